@@ -1,0 +1,56 @@
+# Tripkey: two commands matter — `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# System packages the tests use for real: PostgreSQL server, auditd (audit sensor), Xvfb (tray).
+SYSTEM_PACKAGES := postgresql auditd xvfb
+
+.PHONY: demo test test-all lint system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs what the tests need from Debian when we can (root + apt); otherwise the
+# fixtures that need a missing part skip with the reason.
+system-deps:
+	@missing=""; \
+	command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v auditctl >/dev/null 2>&1 || missing="$$missing auditd"; \
+	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "warning: missing$$missing (need root + apt to install); tests that need them will skip"; \
+	  fi; \
+	fi
+
+demo: $(STAMP)
+	$(BIN)/tripkey demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# pytest exit code 5 means no test ran: that is a failure, never a pass.
+test: system-deps $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
+
+test-all: system-deps $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m '' ; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

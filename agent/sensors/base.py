@@ -1,0 +1,132 @@
+"""The one Sensor interface every OS mechanism implements, and the frozen events it produces.
+
+Producer/consumer split (as in watchdog): a sensor only captures and hands each ReadEvent to a
+callback that must return quickly (the agent's consumer puts it on a queue); storage, classification
+and upload happen on the consumer side.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+
+class SensorError(Exception):
+    """Base of sensor errors."""
+
+
+class SensorUnavailable(SensorError):
+    """The configured sensor cannot start here (missing privilege, kernel feature, tool).
+
+    The message says exactly what is missing; callers must surface it, never fall back silently.
+    """
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One ancestor of a reader, as far as it could be seen."""
+
+    pid: int
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    uid: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "exe": self.exe, "cmdline": list(self.cmdline), "uid": self.uid}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadEvent:
+    """A process opened or read a planted file. Never carries file contents."""
+
+    time: dt.datetime  # UTC
+    path: str
+    pid: int
+    sensor: str
+    access: str = "open"  # open | read | close
+    ppid: int | None = None
+    exe: str | None = None
+    cmdline: tuple[str, ...] = ()
+    uid: int | None = None
+    user: str | None = None
+    start_time: dt.datetime | None = None
+    cwd: str | None = None
+    ancestors: tuple[ProcessInfo, ...] = ()  # parent first, up to pid 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time.isoformat(),
+            "path": self.path,
+            "pid": self.pid,
+            "ppid": self.ppid,
+            "exe": self.exe,
+            "cmdline": list(self.cmdline),
+            "uid": self.uid,
+            "user": self.user,
+            "start_time": self.start_time.isoformat() if self.start_time else None,
+            "cwd": self.cwd,
+            "access": self.access,
+            "sensor": self.sensor,
+            "ancestors": [a.to_dict() for a in self.ancestors],
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Capabilities:
+    has_pid: bool
+    has_cmdline: bool
+    has_ancestors: bool
+    blocks_reader: bool  # permission events: context captured while the reader is held
+    weaker: bool = False  # shown as weaker in status (e.g. notification-only fanotify)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SensorHealth:
+    name: str
+    mode: str
+    healthy: bool
+    error: str | None = None
+    lost_events: int = 0
+    weaker: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+ReadCallback = Callable[[ReadEvent], None]
+
+
+class Sensor(abc.ABC):
+    """Start watching a set of planted files; report every open/read through the callback."""
+
+    name: ClassVar[str]
+    mode: ClassVar[str] = "default"
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, paths: Iterable[str], callback: ReadCallback) -> None:
+        self.paths = frozenset(paths)
+        self.callback = callback
+
+    @classmethod
+    @abc.abstractmethod
+    def check_available(cls) -> str | None:
+        """None when this sensor can start here, else a sentence saying what is missing."""
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start watching; raise SensorUnavailable with a clear message if it cannot."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stop watching and release every kernel resource. Safe to call twice."""
+
+    @abc.abstractmethod
+    def set_paths(self, paths: Iterable[str]) -> None:
+        """Replace the set of watched files (targets added or removed while running)."""
+
+    @abc.abstractmethod
+    def health(self) -> SensorHealth:
+        """Current health, including how many events were lost (never silently dropped)."""

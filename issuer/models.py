@@ -1,0 +1,226 @@
+"""SQLAlchemy 2 models: the registry (devices, placements, credentials), agent events and alerts.
+
+No column ever holds a secret access key or a plaintext token: tokens and keys are stored as hashes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+UTCDateTime = DateTime(timezone=True)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # enroll | device | responder
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    device_id: Mapped[str | None] = mapped_column(ForeignKey("devices.id"), index=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255), index=True)
+    os: Mapped[str] = mapped_column(String(40))
+    os_version: Mapped[str | None] = mapped_column(String(200))
+    serial: Mapped[str | None] = mapped_column(String(200))
+    users: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    agent_version: Mapped[str | None] = mapped_column(String(40))
+    enrolled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    placements: Mapped[list[Placement]] = relationship(back_populates="device")
+
+
+class Placement(Base):
+    """Where one canary lives: a device, a local user, a file path and a profile name."""
+
+    __tablename__ = "placements"
+    __table_args__ = (UniqueConstraint("device_id", "path", "profile"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    local_user: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(String(4096))
+    profile: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    device: Mapped[Device] = relationship(back_populates="placements")
+    credentials: Mapped[list[Credential]] = relationship(back_populates="placement")
+
+
+class Credential(Base):
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    placement_id: Mapped[str] = mapped_column(ForeignKey("placements.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(32))  # iam-user | sts-federation
+    account: Mapped[str] = mapped_column(String(100))  # name of the account in the pool
+    account_id: Mapped[str | None] = mapped_column(String(20))
+    principal_name: Mapped[str] = mapped_column(String(128), index=True)
+    principal_arn: Mapped[str | None] = mapped_column(String(2048))
+    access_key_id: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_used_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    placement: Mapped[Placement] = relationship(back_populates="credentials")
+
+
+class AgentEvent(Base):
+    """A read, tamper or self-report event uploaded by an agent (idempotent by event_id)."""
+
+    __tablename__ = "agent_events"
+    __table_args__ = (Index("ix_agent_events_device_time", "device_id", "time"),)
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # read | tamper | self_report
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    path: Mapped[str] = mapped_column(String(4096))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    exe: Mapped[str | None] = mapped_column(Text)
+    user: Mapped[str | None] = mapped_column(String(255))
+    classification: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SelfTest(Base):
+    __tablename__ = "selftests"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(ForeignKey("credentials.id"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Alert(Base):
+    """One alert per incident of a credential; later detections join it."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    credential_id: Mapped[str | None] = mapped_column(ForeignKey("credentials.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # canary_use | principal_tamper | selftest
+    severity: Mapped[str] = mapped_column(String(16))  # low | medium | high | critical
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open|acknowledged|resolved
+    title: Mapped[str] = mapped_column(String(500))
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    event_count: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # ips, agents, calls, regions
+    enrichment: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    verdict: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Detection(Base):
+    """One AWS-side event that matched a canary (idempotent by source + source event id)."""
+
+    __tablename__ = "detections"
+    __table_args__ = (UniqueConstraint("source", "source_event_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), index=True)
+    source: Mapped[str] = mapped_column(String(32))  # sqs | ingest | lookup_events | last_used
+    source_event_id: Mapped[str] = mapped_column(String(255))
+    event_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    event_name: Mapped[str | None] = mapped_column(String(255))
+    event_source: Mapped[str | None] = mapped_column(String(255))
+    region: Mapped[str | None] = mapped_column(String(40))
+    source_ip: Mapped[str | None] = mapped_column(String(100))
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(255))
+    raw: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """Delivery status of one alert to one sink."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("alert_id", "sink", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(ForeignKey("alerts.id"), index=True)
+    sink: Mapped[str] = mapped_column(String(100))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class PollerLock(Base):
+    """A lease in the database so that several issuer replicas never run the same poller at once."""
+
+    __tablename__ = "poller_locks"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    cursor: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class IngestCounter(Base):
+    """Counts of malformed / unmatched events per source, so skipped input is never silent."""
+
+    __tablename__ = "ingest_counters"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+__all__ = [
+    "AgentEvent",
+    "Alert",
+    "ApiToken",
+    "Base",
+    "Boolean",
+    "Credential",
+    "Delivery",
+    "Detection",
+    "Device",
+    "IngestCounter",
+    "Placement",
+    "PollerLock",
+    "SelfTest",
+    "utcnow",
+]

@@ -1,0 +1,1 @@
+"""The one Python client of the Tripkey issuer HTTP API."""
