@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# System packages the tests use for real: PostgreSQL server, auditd (audit sensor), Xvfb (tray).
-SYSTEM_PACKAGES := postgresql auditd xvfb
+# System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
+# tray: Xvfb, a system-tray host (trayer) and xdotool.
 
 .PHONY: demo test test-all lint system-deps bench clean
 
@@ -23,6 +23,8 @@ system-deps:
 	command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v auditctl >/dev/null 2>&1 || missing="$$missing auditd"; \
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
+	command -v trayer >/dev/null 2>&1 || missing="$$missing trayer"; \
+	command -v xdotool >/dev/null 2>&1 || missing="$$missing xdotool"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

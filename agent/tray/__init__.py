@@ -1,0 +1,1 @@
+"""Per-user tray app (pystray). Never imported by the service process: pystray loads only in `run`."""

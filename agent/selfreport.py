@@ -1,0 +1,162 @@
+"""Self-reports from the device's users ("I opened it by mistake"), over a local Unix socket.
+
+The tray app runs as the user; the agent runs as root and holds the device token. The tray never
+talks to the issuer: it writes one JSON line to the agent's socket, and the agent reads the caller's
+uid from the kernel (SO_PEERCRED), so a self-report cannot claim to come from another user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import pwd
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path("/run/tripkey/selfreport.sock")
+MAX_REQUEST_BYTES = 4096
+MAX_NOTE_CHARS = 500
+
+
+class SelfReportError(Exception):
+    """A self-report could not be delivered to the agent (message says why)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SelfReport:
+    time: dt.datetime
+    uid: int
+    user: str
+    pid: int
+    note: str
+    path: str | None = None
+
+
+def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the connected process, as the kernel knows them."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def parse_request(data: bytes) -> tuple[str, str | None]:
+    """Validate one request line; returns (note, path). Raises ValueError with a clear message."""
+    if len(data) > MAX_REQUEST_BYTES:
+        raise ValueError(f"request larger than {MAX_REQUEST_BYTES} bytes")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"request is not JSON: {exc}") from None
+    if not isinstance(body, dict) or set(body) - {"note", "path"}:
+        raise ValueError('request must be an object with only "note" and "path"')
+    note = body.get("note", "")
+    path = body.get("path")
+    if not isinstance(note, str) or len(note) > MAX_NOTE_CHARS:
+        raise ValueError(f"note must be a string of at most {MAX_NOTE_CHARS} characters")
+    if path is not None and not isinstance(path, str):
+        raise ValueError("path must be a string")
+    return note.strip() or "I opened it by mistake", path
+
+
+class SelfReportServer:
+    """Accepts self-reports on a Unix socket any local user may connect to."""
+
+    def __init__(self, socket_path: Path, on_report: Callable[[SelfReport], None]) -> None:
+        self.socket_path = Path(socket_path)
+        self.on_report = on_report
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        with contextlib.suppress(FileNotFoundError):
+            if self.socket_path.is_socket():
+                self.socket_path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.socket_path))
+        # Any local user may report; who they are comes from SO_PEERCRED, not from the request.
+        os.chmod(self.socket_path, 0o666)
+        sock.listen(16)
+        sock.settimeout(0.5)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="selfreport", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        if self._sock:
+            self._sock.close()
+            self._sock = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn:
+                self._handle(conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        conn.settimeout(2.0)
+        try:
+            pid, uid, _gid = _peer_credentials(conn)
+            data = b""
+            while not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+            note, path = parse_request(data.strip())
+            report = SelfReport(dt.datetime.now(dt.UTC), uid, _user_name(uid), pid, note, path)
+            self.on_report(report)
+            conn.sendall(b'{"ok": true}\n')
+        except (ValueError, OSError) as exc:
+            log.warning("self-report refused: %s", exc)
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"ok": False, "error": str(exc)}).encode() + b"\n")
+
+
+def send_self_report(
+    socket_path: Path = DEFAULT_SOCKET, note: str = "", path: str | None = None, timeout: float = 3.0
+) -> None:
+    """Tell the local agent that this user opened the planted file on purpose or by mistake."""
+    request = json.dumps({"note": note, "path": path} if path else {"note": note}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(socket_path))
+            sock.sendall(request)
+            answer = sock.recv(4096)
+    except OSError as exc:
+        raise SelfReportError(f"the Tripkey agent is not reachable at {socket_path}: {exc}") from None
+    try:
+        reply = json.loads(answer.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SelfReportError("the agent sent an unreadable answer") from None
+    if not reply.get("ok"):
+        raise SelfReportError(f"the agent refused the report: {reply.get('error')}")

@@ -1,0 +1,119 @@
+"""The per-user tray icon: explains the canary and lets the user say "I opened it by mistake".
+
+Runs as the logged-in user (never as the service). Clicking the icon (the default action on every
+pystray backend, including plain X11 where menus are unavailable) opens a small window with the
+explanation and the self-report button; backends with menus also get the same actions there.
+"""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+from agent.selfreport import DEFAULT_SOCKET, SelfReportError, send_self_report
+from agent.tray import text
+from agent.tray.backend import select_backend
+
+ICON_COLOUR = (232, 89, 12)  # a distinctive orange; the Xvfb test looks for it on screen
+
+
+def make_image(size: int = 64) -> Any:
+    """A simple key glyph on an orange disc, drawn with Pillow (no image files to ship)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((0, 0, size - 1, size - 1), fill=(*ICON_COLOUR, 255))
+    unit = size / 16
+    draw.ellipse((3 * unit, 5 * unit, 9 * unit, 11 * unit), outline="white", width=max(1, int(unit * 1.5)))
+    draw.rectangle((8.5 * unit, 7.4 * unit, 13.5 * unit, 8.6 * unit), fill="white")
+    draw.rectangle((11.5 * unit, 8.6 * unit, 12.7 * unit, 10.5 * unit), fill="white")
+    return image
+
+
+class TrayApp:
+    """Owns the Tk window (main thread) and the pystray icon (its own thread)."""
+
+    def __init__(self, socket_path: Path = DEFAULT_SOCKET, *, show_now: bool = False) -> None:
+        self.socket_path = socket_path
+        self.show_now = show_now
+        self.actions: queue.Queue[str] = queue.Queue()
+        self.icon: Any = None
+        self.root: Any = None
+        self.dialog: Any = None
+
+    def run(self) -> None:
+        select_backend()
+        import tkinter as tk
+
+        import pystray
+
+        self.root = tk.Tk()
+        self.root.withdraw()
+        menu = pystray.Menu(
+            pystray.MenuItem("What is this?", lambda: self.actions.put("show"), default=True),
+            pystray.MenuItem(text.MISTAKE_BUTTON, lambda: self.actions.put("report")),
+            pystray.MenuItem("Quit", lambda: self.actions.put("quit")),
+        )
+        self.icon = pystray.Icon("security-tripwire", make_image(), text.TOOLTIP, menu=menu)
+        self.icon.run_detached()
+        if self.show_now:
+            self.actions.put("show")
+        self.root.after(100, self._poll)
+        self.root.mainloop()
+
+    def _poll(self) -> None:
+        try:
+            while True:
+                action = self.actions.get_nowait()
+                if action == "show":
+                    self._show_dialog()
+                elif action == "report":
+                    self._report(None)
+                elif action == "quit":
+                    self.icon.stop()
+                    self.root.quit()
+                    return
+        except queue.Empty:
+            pass
+        self.root.after(100, self._poll)
+
+    def _show_dialog(self) -> None:
+        import tkinter as tk
+
+        if self.dialog is not None and self.dialog.winfo_exists():
+            self.dialog.lift()
+            return
+        dialog = tk.Toplevel(self.root)
+        dialog.title(text.TITLE)
+        tk.Label(dialog, text=text.TITLE, font=("TkDefaultFont", 12, "bold")).pack(padx=16, pady=(16, 8))
+        tk.Label(dialog, text=text.WHAT_IS_THIS, wraplength=420, justify="left").pack(padx=16)
+        status = tk.Label(dialog, text="", wraplength=420, justify="left")
+        status.pack(padx=16, pady=8)
+        buttons = tk.Frame(dialog)
+        buttons.pack(pady=(0, 16))
+        mistake = tk.Button(buttons, text=text.MISTAKE_BUTTON, command=lambda: self._report(status))
+        mistake.pack(side="left", padx=8)
+        tk.Button(buttons, text=text.CLOSE_BUTTON, command=dialog.destroy).pack(side="left", padx=8)
+        # Enter sends the report: keyboard users (and the Xvfb test) need no pointer.
+        dialog.bind("<Return>", lambda _event: self._report(status))
+        mistake.focus_set()
+        self.dialog = dialog
+
+    def _report(self, status: Any) -> None:
+        try:
+            send_self_report(self.socket_path, note=text.MISTAKE_BUTTON)
+            message = text.REPORT_SENT
+        except SelfReportError as exc:
+            message = text.REPORT_FAILED.format(error=exc)
+        if status is not None:
+            status.configure(text=message)
+        elif self.icon is not None and getattr(self.icon, "HAS_NOTIFICATION", False):
+            self.icon.notify(message, text.TITLE)
+
+
+def main(socket_path: Path = DEFAULT_SOCKET, *, show_now: bool = False) -> int:
+    """Run the tray until Quit. `show_now` opens the explanation at once (e.g. a first-login notice)."""
+    TrayApp(socket_path, show_now=show_now).run()
+    return 0

@@ -1,0 +1,389 @@
+"""`tripkey demo`: the whole flow on this machine, on loopback, with embedded defaults.
+
+It starts an emulated AWS account (moto server), the issuer (SQLite in a temporary directory) and an
+agent planting into a sandbox credentials file, then plays a curious reader and an attacker, waits
+for the detection and prints the alert as a responder reads it. Every part is a real process started
+through the same commands an operator uses (`tripkey-issuer serve`, `tripkey-agent run`, `aws`), so
+the demo exercises the product, not a shortcut. Everything stops at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from server_api_client.client import IssuerClient
+from server_api_client.errors import TripkeyError
+from server_api_client.formatting import format_alert
+
+# The sandbox user's own profile: the demo shows it stays byte-identical. These are AWS's documented
+# example values, not real credentials.
+SANDBOX_CREDENTIALS = (
+    "# my personal sandbox account\n"
+    "[personal]\n"
+    "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n"
+    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+)
+DEMO_PROFILE = "prod-backup"
+
+
+class DemoError(Exception):
+    """A step of the demo failed; the message says which and why."""
+
+
+class Steps:
+    """Prints numbered progress lines with the elapsed time."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.start = time.monotonic()
+        self.count = 0
+        self.quiet = quiet
+
+    def step(self, text: str) -> None:
+        self.count += 1
+        self.say(f"[{self.count}] {text}")
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{time.monotonic() - self.start:6.1f}s  {text}", flush=True)
+
+    def detail(self, text: str) -> None:
+        if not self.quiet:
+            print(f"{'':8}    {text}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A console script of this installation (same venv as this interpreter), else PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise DemoError(f"`{name}` is not installed (run `make demo`, which installs everything)")
+    return found
+
+
+def _wait_until(check: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            if proc.poll() is not None:
+                raise DemoError(f"{what}: a demo process exited early (code {proc.returncode})")
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Processes:
+    """Starts child processes in their own process groups and always stops them all."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _aws_env(base: dict[str, str], credentials_file: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if not k.startswith("AWS_")}
+    env["AWS_CONFIG_FILE"] = os.devnull
+    env["AWS_SHARED_CREDENTIALS_FILE"] = str(credentials_file) if credentials_file else os.devnull
+    env["AWS_DEFAULT_REGION"] = "us-east-1"
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    return env
+
+
+@contextlib.contextmanager
+def _workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tripkey-demo-"))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _sensor_for_this_run(steps: Steps) -> str:
+    if os.geteuid() == 0:
+        steps.detail("running as root: the real kernel sensor (fanotify) attributes every read")
+        return "fanotify"
+    steps.detail(
+        "NOT root: process attribution needs root (fanotify needs CAP_SYS_ADMIN). The agent will say "
+        "its sensor cannot start; planting, detection and alerting still run. Re-run `sudo make demo` "
+        "to see which process read the file."
+    )
+    return "fanotify"
+
+
+def run_demo(output_dir: Path, *, timeout: float, keep: bool, quiet: bool) -> dict[str, Any]:
+    steps = Steps(quiet=quiet)
+    base_env = dict(os.environ)
+    with _workdir(keep) as work:
+        procs = Processes(work)
+        try:
+            return _run(steps, procs, work, base_env, output_dir, timeout)
+        finally:
+            procs.stop_all()
+            if keep:
+                steps.say(f"kept the demo's files in {work}")
+
+
+def _run(
+    steps: Steps,
+    procs: Processes,
+    work: Path,
+    base_env: dict[str, str],
+    output_dir: Path,
+    timeout: float,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    remaining = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
+
+    # 1. The emulated AWS account.
+    steps.step("starting an emulated AWS account (moto server) on loopback")
+    moto_port = _free_port()
+    aws_url = f"http://127.0.0.1:{moto_port}"
+    admin_env = {
+        **_aws_env(base_env, None),
+        "AWS_ACCESS_KEY_ID": "demoadmin",
+        "AWS_SECRET_ACCESS_KEY": "demoadmin",
+    }
+    moto = procs.start(
+        "moto",
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+        admin_env,
+    )
+    _wait_until(lambda: _http_ok(f"{aws_url}/moto-api/"), remaining(), "the emulated AWS account", [moto])
+    steps.detail(f"AWS endpoint {aws_url}")
+
+    # 2. The issuer.
+    steps.step("starting the Tripkey issuer (SQLite in a temporary directory)")
+    issuer_port = _free_port()
+    issuer_url = f"http://127.0.0.1:{issuer_port}"
+    data_dir = work / "issuer"
+    data_dir.mkdir()
+    issuer_env = {**admin_env, "TRIPKEY_DATA_DIR": str(data_dir)}
+    db_url = f"sqlite:///{data_dir / 'issuer.db'}"
+    issuer = procs.start(
+        "issuer",
+        [
+            _bin("tripkey-issuer"), "serve", "--db", db_url, "--listen", f"127.0.0.1:{issuer_port}",
+            "--aws-endpoint", aws_url, "--poll-interval", "1",
+        ],
+        issuer_env,
+    )
+    _wait_until(lambda: _http_ok(f"{issuer_url}/healthz"), remaining(), "the issuer", [moto, issuer])
+    steps.detail(f"issuer {issuer_url} (API docs at {issuer_url}/docs)")
+    enroll_token = _create_token(db_url, "enroll", issuer_env)
+    responder_token = _create_token(db_url, "responder", issuer_env)
+    steps.detail("created an enrollment token (what MDM pushes) and a responder token")
+
+    # 3. The agent, planting into a sandbox home.
+    steps.step("starting the agent; it enrolls and plants a canary into a sandbox credentials file")
+    owner = pwd.getpwuid(os.geteuid()).pw_name
+    home = work / "home" / "demo-user"
+    (home / ".aws").mkdir(parents=True, mode=0o700)
+    credentials = home / ".aws" / "credentials"
+    credentials.write_text(SANDBOX_CREDENTIALS)
+    credentials.chmod(0o600)
+    sensor = _sensor_for_this_run(steps)
+    config = work / "agent.toml"
+    config.write_text(
+        "\n".join(
+            [
+                f'issuer_url = "{issuer_url}"',
+                f'enroll_token = "{enroll_token}"',
+                f'profile = "{DEMO_PROFILE}"',
+                f'state_dir = "{work / "agent-state"}"',
+                f'sensor = "{sensor}"',
+                "all_users = false",
+                "heartbeat_interval = 2",
+                "upload_interval = 1",
+                f'aws_endpoint_url = "{aws_url}"',
+                "[[target]]",
+                f'path = "{credentials}"',
+                f'owner = "{owner}"',
+                "",
+            ]
+        )
+    )
+    config.chmod(0o600)
+    agent = procs.start("agent", [_bin("tripkey-agent"), "run", "--config", str(config)], base_env)
+    responder = IssuerClient(issuer_url, responder_token, timeout=5, retries=1)
+    everyone = [moto, issuer, agent]
+    device = _wait_until(lambda: _planted_device(responder), remaining(), "the agent to plant", everyone)
+    key_id = _wait_until(lambda: _planted_key_id(credentials), remaining(), "the planted profile", [agent])
+    steps.detail(f"device {device.device_id} ({device.hostname}) enrolled")
+    steps.detail(f"planted profile [{DEMO_PROFILE}] in {credentials} with key {key_id} (secret not shown)")
+    steps.detail("the user's own [personal] profile is untouched: " + _personal_intact(credentials))
+    if sensor:
+        time.sleep(1.0)  # let the sensor mark the directory before the reads below
+
+    # 4. A curious reader, then an attacker.
+    steps.step("a curious reader opens the file: `grep -A2 prod-backup ~/.aws/credentials`")
+    subprocess.run(["grep", "-A2", DEMO_PROFILE, str(credentials)], stdout=subprocess.DEVNULL, check=False)
+    steps.step("an attacker uses the key with the real AWS CLI against the emulated account")
+    aws_cli = _bin("aws")
+    attacker_env = _aws_env(base_env, credentials)
+    for argv in (["sts", "get-caller-identity"], ["s3", "ls"]):
+        done = subprocess.run(
+            [aws_cli, "--endpoint-url", aws_url, "--profile", DEMO_PROFILE, *argv],
+            env=attacker_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        outcome = "allowed" if done.returncode == 0 else "denied (the canary's explicit deny)"
+        steps.detail(f"aws {' '.join(argv)} -> {outcome}")
+
+    # 5. Detection.
+    steps.step("waiting for the issuer to detect the key's use and raise an alert")
+    alert = _wait_until(lambda: _alert_with_reads(responder, key_id), remaining(), "the alert", everyone)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    alert_path = output_dir / "alert.json"
+    alert_path.write_text(json.dumps(alert, indent=2, sort_keys=True) + "\n")
+    steps.detail(f"alert {alert['id']} raised; JSON written to {alert_path}")
+    if not steps.quiet:
+        print()
+        print(format_alert(alert))
+        print()
+    steps.step("stopping everything")
+    return alert
+
+
+def _http_ok(url: str) -> bool:
+    import requests
+
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def _create_token(db_url: str, role: str, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [_bin("tripkey-issuer"), "token", "create", "--role", role, "--db", db_url, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise DemoError(f"could not create a {role} token: {done.stderr.strip()}")
+    return str(json.loads(done.stdout)["token"])
+
+
+def _planted_device(client: IssuerClient) -> Any:
+    try:
+        devices = client.list_devices()
+    except TripkeyError:
+        return None
+    for device in devices:
+        targets = (device.health or {}).get("targets") or []
+        if any(t.get("planted") for t in targets):
+            return device
+    return None
+
+
+def _planted_key_id(path: Path) -> str | None:
+    in_section = False
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_section = stripped == f"[{DEMO_PROFILE}]"
+        elif in_section and stripped.replace(" ", "").startswith("aws_access_key_id="):
+            return stripped.split("=", 1)[1].strip()
+    return None
+
+
+def _personal_intact(path: Path) -> str:
+    return "yes" if SANDBOX_CREDENTIALS in path.read_text() else "NO (this is a bug)"
+
+
+def _alert_with_reads(client: IssuerClient, key_id: str) -> dict[str, Any] | None:
+    try:
+        for summary in client.list_alerts():
+            alert = client.get_alert(summary.id).raw
+            credential = (alert.get("enrichment") or {}).get("credential") or {}
+            if credential.get("access_key_id") != key_id:
+                continue
+            # Wait until the agent's reads have reached the issuer, unless attribution is off.
+            reads = (alert.get("enrichment") or {}).get("reads") or []
+            if reads or os.geteuid() != 0:
+                return alert
+            # The alert is re-enriched as reads arrive; poll again.
+    except TripkeyError:
+        return None
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tripkey demo",
+        description=(
+            "Run the whole Tripkey flow on this machine: an emulated AWS account (moto), the issuer "
+            "(SQLite), an agent planting a canary in a sandbox file, a curious reader, an attacker "
+            "using the key with the AWS CLI, and the resulting alert. Run as root to see kernel-level "
+            "attribution of the reader. Nothing outside a temporary directory is touched."
+        ),
+    )
+    parser.add_argument("--output", type=Path, default=Path("demo-output"), help="where alert.json goes")
+    parser.add_argument("--timeout", type=float, default=55.0, help="give up after this many seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and logs")
+    parser.add_argument("--json", action="store_true", help="print only the alert JSON")
+    args = parser.parse_args(argv)
+    try:
+        alert = run_demo(args.output, timeout=args.timeout, keep=args.keep, quiet=args.json)
+    except DemoError as exc:
+        print(f"tripkey demo: {exc}", file=sys.stderr)
+        print("re-run with --keep to look at the logs of each process", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(alert, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
