@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -27,10 +28,30 @@ def utcnow() -> dt.datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}  # noqa: RUF012 (SQLAlchemy API)
 
 
-UTCDateTime = DateTime(timezone=True)
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every backend.
+
+    SQLite has no time zone type and hands back naive values; comparing those with aware ones
+    raises, so values are normalised to UTC on the way in and made aware on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        # SQLite stores text: keep one naive UTC format so that string order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 class ApiToken(Base):
@@ -138,7 +159,7 @@ class Alert(Base):
     credential_id: Mapped[str | None] = mapped_column(ForeignKey("credentials.id"), index=True)
     kind: Mapped[str] = mapped_column(String(32))  # canary_use | principal_tamper | selftest
     severity: Mapped[str] = mapped_column(String(16))  # low | medium | high | critical
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open|acknowledged|resolved
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open|acknowledged|resolved
     title: Mapped[str] = mapped_column(String(500))
     first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -222,5 +243,6 @@ __all__ = [
     "Placement",
     "PollerLock",
     "SelfTest",
+    "UTCDateTime",
     "utcnow",
 ]

@@ -1,1 +1,65 @@
-"""The one Python client of the Tripkey issuer HTTP API."""
+"""The one Python client of the Tripkey issuer HTTP API (docs/api.md), and the responder CLI `tripkey`.
+
+    from server_api_client import IssuerClient, NotFound
+
+    with IssuerClient("https://tripkey.example.com", token) as issuer:
+        cred = issuer.lookup_credential("AKIA...")
+
+Exceptions form one tree rooted at `TripkeyError` (see `server_api_client.errors`).
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .client import MAX_EVENTS_PER_BATCH, IssuerClient
+from .errors import (
+    AuthError,
+    IssuerResponseError,
+    IssuerUnreachable,
+    NotFound,
+    ProtocolError,
+    RejectedError,
+    ServerError,
+    TripkeyError,
+)
+from .models import (
+    Alert,
+    AlertSummary,
+    CredentialInfo,
+    Device,
+    Enrollment,
+    EventBatchResult,
+    Health,
+    HeartbeatResult,
+    IngestResult,
+    IssuedCredential,
+    ReadRecord,
+    SelftestInfo,
+)
+
+__all__ = [
+    "MAX_EVENTS_PER_BATCH",
+    "Alert",
+    "AlertSummary",
+    "AuthError",
+    "CredentialInfo",
+    "Device",
+    "Enrollment",
+    "EventBatchResult",
+    "Health",
+    "HeartbeatResult",
+    "IngestResult",
+    "IssuedCredential",
+    "IssuerClient",
+    "IssuerResponseError",
+    "IssuerUnreachable",
+    "NotFound",
+    "ProtocolError",
+    "ReadRecord",
+    "RejectedError",
+    "SelftestInfo",
+    "ServerError",
+    "TripkeyError",
+    "__version__",
+]

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -105,3 +106,70 @@ def is_root() -> bool:
 
 
 requires_root = pytest.mark.skipif(not is_root(), reason="needs root (real kernel sensor)")
+
+
+# ----- issuer: real PostgreSQL and a live issuer (helper A1) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A real PostgreSQL server for the session; yields its admin URL (postgresql+psycopg://...)."""
+    from tests.issuer.pg import postgres_bindir, run_postgres
+
+    if postgres_bindir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are missing: apt-get install postgresql")
+    with run_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the session's PostgreSQL server; dropped after the test."""
+    import secrets
+
+    from tests.issuer.pg import create_database, drop_database
+
+    name = "t_" + secrets.token_hex(6)
+    yield create_database(postgres_server, name)
+    drop_database(postgres_server, name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Store tests run twice: on a SQLite file and on a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'issuer.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def issuer_factory(moto_url: str, tmp_path: Path) -> Iterator[Any]:
+    """`issuer_factory(**settings_overrides) -> LiveIssuer`: a real issuer (uvicorn thread, loopback).
+
+    Defaults: a SQLite DB under tmp_path, aws_endpoint = the (reset) moto server, poll_interval 0
+    (no detection runner unless the test configures detection). The LiveIssuer has .url,
+    .settings, .db_path, .create_token(role), .enroll(), .request(), .session(); stopped after the test.
+    """
+    from tests.issuer.live import start_issuer
+
+    started: list[Any] = []
+
+    def factory(**overrides: Any) -> Any:
+        defaults = {
+            "data_dir": str(tmp_path / f"issuer-{len(started)}"),
+            "aws_endpoint": moto_url,
+            "poll_interval": 0,
+        }
+        issuer = start_issuer(**{**defaults, **overrides})
+        started.append(issuer)
+        return issuer
+
+    yield factory
+    for issuer in started:
+        issuer.stop()
+
+
+@pytest.fixture
+def live_issuer(issuer_factory: Any) -> Any:
+    """A real issuer with default settings on SQLite, minting in the moto server."""
+    return issuer_factory()

@@ -1,0 +1,161 @@
+"""Enrollment: trade the enroll token + host facts for a device id and device token.
+
+The device key (secrets.token_urlsafe(32)) is generated once and kept in the state file before the
+first attempt, so retries and re-enrollments after a lost token map to the same device. An
+unreachable issuer is retried with capped exponential backoff; a refused token stops with a clear
+message (retrying cannot fix a wrong token).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from server_api_client import AuthError, IssuerUnreachable, RejectedError, ServerError
+
+from . import __version__
+from .config import AgentConfig, ConfigError
+from .osflags import LINUX, MACOS, WINDOWS
+from .state import StateStore, to_iso, utcnow
+from .uploader import Backoff
+
+log = logging.getLogger(__name__)
+
+
+class EnrollmentError(Exception):
+    """Enrollment cannot succeed without a human fixing something (token, URL)."""
+
+
+class EnrollClient(Protocol):
+    token: str | None
+
+    def enroll(self, device_key: str, hostname: str, os: str, **facts: Any) -> Any: ...
+
+
+def _os_name() -> str:
+    if LINUX:
+        return "linux"
+    if MACOS:
+        return "macos"
+    if WINDOWS:
+        return "windows"
+    return platform.system().lower() or "unknown"
+
+
+def _os_version() -> str | None:
+    if LINUX:
+        try:
+            with open("/etc/os-release", encoding="utf-8") as fh:
+                fields = dict(line.rstrip("\n").split("=", 1) for line in fh if "=" in line)
+            pretty = fields.get("PRETTY_NAME", "").strip('"')
+            if pretty:
+                return pretty
+        except OSError:
+            pass
+    if MACOS:
+        return "macOS " + platform.mac_ver()[0]
+    return f"{platform.system()} {platform.release()}".strip() or None
+
+
+def _serial() -> str | None:
+    if LINUX:
+        try:
+            with open("/sys/class/dmi/id/product_serial", encoding="utf-8") as fh:
+                value = fh.read().strip()
+            # Firmware placeholders are not serials; sending them would make hosts look alike.
+            if value and value.lower() not in ("none", "not specified", "to be filled by o.e.m.", "0"):
+                return value
+        except OSError:
+            pass
+    return None
+
+
+def host_facts(users: Sequence[str]) -> dict[str, Any]:
+    """hostname, os, os_version, serial, users, agent_version — what the issuer records per device."""
+    return {
+        "hostname": socket.gethostname(),
+        "os": _os_name(),
+        "os_version": _os_version(),
+        "serial": _serial(),
+        "users": sorted(set(users)),
+        "agent_version": __version__,
+    }
+
+
+def ensure_enrolled(
+    store: StateStore,
+    client: EnrollClient,
+    config: AgentConfig,
+    users: Sequence[str],
+    *,
+    force: bool = False,
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    max_attempts: int | None = None,
+    backoff: Backoff | None = None,
+) -> tuple[str, str]:
+    """Return (device_id, device_token), enrolling first when needed (or when `force`).
+
+    Sets `client.token` to the device token. Raises EnrollmentError when the token is refused or
+    when stopped/exhausted while the issuer is unreachable.
+    """
+    state = store.state
+    issuer_url = config.require_issuer()
+    if state.enrolled and state.issuer_url == issuer_url and not force:
+        client.token = state.device_token
+        return state.device_id, state.device_token  # type: ignore[return-value]
+    if not config.enroll_token:
+        raise ConfigError("not enrolled yet and enroll_token is not set (config file or TRIPKEY_ENROLL_TOKEN)")
+    with store.mutate() as st:
+        device_key = st.ensure_device_key()
+    facts = host_facts(users)
+    backoff = backoff or Backoff(initial=2.0, cap=300.0)
+    attempt = 0
+    while True:
+        attempt += 1
+        client.token = config.enroll_token
+        try:
+            result = client.enroll(
+                device_key,
+                facts["hostname"],
+                facts["os"],
+                os_version=facts["os_version"],
+                serial=facts["serial"],
+                users=facts["users"],
+                agent_version=facts["agent_version"],
+            )
+            break
+        except AuthError as exc:
+            raise EnrollmentError(
+                f"the issuer refused the enrollment token ({exc.status_code} {exc.code}); "
+                "create a new one with `tripkey-issuer token create --role enroll`"
+            ) from None
+        except RejectedError as exc:
+            raise EnrollmentError(f"the issuer rejected the enrollment: {exc}") from None
+        except (IssuerUnreachable, ServerError) as exc:
+            if max_attempts is not None and attempt >= max_attempts:
+                raise EnrollmentError(f"could not enroll after {attempt} attempts: {exc}") from None
+            delay = backoff.next_delay()
+            log.warning("enrollment failed (%s); retrying in %.0f s", exc, delay)
+            if stop is not None:
+                if stop.wait(delay):
+                    raise EnrollmentError("stopped before enrollment completed") from None
+            else:
+                sleep(delay)
+    with store.mutate() as st:
+        st.device_id = result.device_id
+        st.device_token = result.device_token
+        st.issuer_url = issuer_url
+        st.enrolled_at = to_iso(utcnow())
+    client.token = result.device_token
+    log.info("enrolled with %s as device %s (%s)", issuer_url, result.device_id,
+             "new" if result.created else "existing")
+    return result.device_id, result.device_token
+
+
+__all__ = ["EnrollmentError", "ensure_enrolled", "host_facts"]

@@ -1,0 +1,117 @@
+"""Fail-open guard for fanotify permission events: every held reader is answered, exactly once.
+
+The books are a dict of pending event fds under one condition variable. The handler that owns an
+event fd pops it (answering if nobody did) BEFORE closing the fd, so the guard can never write a
+response for a closed, possibly reused, fd number; the guard only writes, never closes. An entry
+the guard answered stays in the books (marked) until its handler pops it, so a late handler sees
+`answered` and does not write a second response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+
+from agent.sensors import _fanotify_abi as abi
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    deadline: float
+    answered: bool = False
+
+
+class PermissionGuard:
+    """Answers FAN_ALLOW for events not answered by their handler within `budget` seconds."""
+
+    def __init__(self, fan_fd: int, budget: float) -> None:
+        self._fan_fd = fan_fd
+        self._budget = budget
+        self._cond = threading.Condition()
+        self._pending: dict[int, _Pending] = {}
+        self._closed = False
+        self.guard_answered = 0
+        self.write_errors = 0
+        self._thread = threading.Thread(target=self._run, name="tripkey-fanotify-guard", daemon=True)
+        self._thread.start()
+
+    def register(self, fd: int) -> None:
+        with self._cond:
+            if self._fd_is_pending(fd):
+                log.error("event fd %d registered twice; answering the stale entry", fd)
+            self._pending[fd] = _Pending(deadline=time.monotonic() + self._budget)
+            self._cond.notify()
+
+    def _fd_is_pending(self, fd: int) -> bool:
+        entry = self._pending.get(fd)
+        return entry is not None and not entry.answered
+
+    def answer(self, fd: int) -> bool:
+        """The handler's answer. True if this call wrote the response, False if the guard had."""
+        with self._cond:
+            entry = self._pending.pop(fd, None)
+            if entry is None or entry.answered:
+                return False
+            entry.answered = True
+            self._write_allow(fd)
+            return True
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return sum(1 for e in self._pending.values() if not e.answered)
+
+    def close(self) -> None:
+        """Allow everything still held, stop the guard thread. Safe to call twice."""
+        with self._cond:
+            if self._closed:
+                return
+            for fd, entry in self._pending.items():
+                if not entry.answered:
+                    entry.answered = True
+                    self._write_allow(fd)
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+    def _write_allow(self, fd: int) -> None:
+        if self._closed:
+            return
+        try:
+            os.write(self._fan_fd, abi.allow_response(fd))
+        except OSError as exc:  # ENOENT: the kernel holds no such event (already answered)
+            self.write_errors += 1
+            log.error("fanotify response for fd %d failed: %s", fd, exc)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                late, timeout = self._expire(time.monotonic())
+                if not late:
+                    self._cond.wait(timeout)
+            if late:  # logged outside the lock: a log handler must never delay an answer
+                log.warning("fail-open: allowed %d reader(s) after %.0f ms (handler stalled)",
+                            late, self._budget * 1000)  # fmt: skip
+
+    def _expire(self, now: float) -> tuple[int, float | None]:
+        """Answer every overdue entry; return how many, and the wait until the next deadline."""
+        late = 0
+        next_deadline: float | None = None
+        for fd, entry in self._pending.items():
+            if entry.answered:
+                continue
+            if entry.deadline <= now:
+                entry.answered = True
+                self._write_allow(fd)
+                self.guard_answered += 1
+                late += 1
+            elif next_deadline is None or entry.deadline < next_deadline:
+                next_deadline = entry.deadline
+        return late, None if next_deadline is None else next_deadline - now

@@ -1,0 +1,391 @@
+"""`tripkey-agent run`: enroll → plant → sense → log → spool → upload, with refresh and heartbeat.
+
+Threads:
+  main      enrollment, the periodic pass (user rescan, plant/repair/refresh every target,
+            sensor and watcher paths), due re-plants after backoff, state/health persistence
+  consumer  sensor events from a bounded queue: classify, record in the read log, spool
+  uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
+  repair    the tamper watcher (agent.repair) and watchdog's observer
+  sensor    whatever the chosen sensor runs
+
+A sensor that cannot start is reported LOUDLY (error log, status, heartbeat healthy=false with the
+reason) and the agent keeps planting and reporting; it never silently switches to a weaker sensor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from server_api_client import AuthError, IssuerClient, TripkeyError
+
+from . import __version__
+from .config import AgentConfig
+from .enroll import EnrollmentError, ensure_enrolled
+from .planter import Planter, resolve_targets
+from .repair import RepairWatcher
+from .spool import Spool
+from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore, to_iso, utcnow
+from .uploader import Backoff, Periodic, Uploader, heartbeat_payload
+
+log = logging.getLogger(__name__)
+
+EVENT_QUEUE_SIZE = 10_000
+TICK_SECONDS = 1.0
+
+
+def make_client(config: AgentConfig, token: str | None = None) -> IssuerClient:
+    return IssuerClient(config.require_issuer(), token, timeout=config.issuer_timeout,
+                        ca_bundle=config.ca_bundle, retries=2)
+
+
+def read_event_payload(event: Any, event_id: str, classification: str | None) -> dict[str, Any]:
+    """A sensor ReadEvent as the docs/api.md "read" event (never file contents)."""
+    data = event.to_dict()
+    read = {key: data.get(key) for key in
+            ("pid", "ppid", "exe", "cmdline", "uid", "user", "start_time", "cwd", "access", "sensor",
+             "ancestors")}
+    if event.start_time is not None:
+        read["start_time"] = to_iso(event.start_time)
+    read["classification"] = classification
+    return {"event_id": event_id, "kind": "read", "time": to_iso(event.time), "path": event.path, "read": read}
+
+
+def unavailable_health(sensor: str, error: str) -> dict[str, Any]:
+    return {"name": sensor, "mode": "unavailable", "healthy": False, "error": error, "lost_events": 0,
+            "weaker": False}
+
+
+def target_reports(store: StateStore) -> list[dict[str, Any]]:
+    """Per-target lines for the heartbeat (and `status`)."""
+    return [
+        {"path": ts.path, "local_user": ts.owner, "profile": ts.profile, "access_key_id": ts.access_key_id,
+         "planted": ts.planted, "error": ts.last_error}
+        for ts in sorted(store.state.targets.values(), key=lambda t: t.path)
+    ]
+
+
+class AgentService:
+    """The resident agent. `run(stop)` returns an exit code when `stop` is set or on a fatal error."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        sensor_factory: Callable[..., Any] | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._sensor_factory = sensor_factory
+        self.stop_event = threading.Event()
+        self._events: queue.Queue[Any] = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
+        self._queue_lost = 0
+        self._secrets: set[str] = set()  # in memory only: what the read log must never store
+        self._upload_wake = threading.Event()
+        self._reenroll = threading.Event()
+        self.sensor: Any = None
+        self.sensor_error: str | None = None
+        self.store: StateStore | None = None
+        self.spool: Spool | None = None
+        self.readlog: Any = None
+        self.classifier: Any = None
+        self.planter: Planter | None = None
+        self.watcher: RepairWatcher | None = None
+        self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        config = self.config
+        lock = DirLock(config.state_dir)
+        lock.acquire()
+        threads: list[threading.Thread] = []
+        try:
+            self.store = store = StateStore(config.state_dir)
+            with store.mutate() as st:
+                st.service_pid, st.service_started_at = os.getpid(), to_iso(self.clock())
+            self.spool = Spool(store.dir / SPOOL_FILE, config.spool_max_events)
+            self.readlog, self.classifier = _open_readlog(config, store.dir / READLOG_FILE)
+            client = make_client(config)
+            targets, errors = resolve_targets(config)
+            try:
+                ensure_enrolled(store, client, config, [t.owner.name for t in targets], stop=self.stop_event)
+            except EnrollmentError as exc:
+                if self.stop_event.is_set():
+                    return 0
+                log.error("cannot enroll: %s", exc)
+                return 1
+            self.planter = Planter(config, store, client, emit=self._spool_put, clock=self.clock,
+                                   on_secret=self._scrub_secret)
+            self.planter.sync(targets, errors)
+            self._start_sensor()
+            self.watcher = RepairWatcher(self.planter)
+            self.watcher.start(self.planter.paths)
+            for name, target in (("tripkey-consumer", self._consume), ("tripkey-uploader", self._upload_loop)):
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                threads.append(thread)
+            self._persist_health()
+            self.ready.set()
+            log.info("tripkey-agent %s running: %d target(s), sensor %s", __version__,
+                     len(self.planter.paths), self._health().get("name"))
+            self._main_loop(client)
+            return 0
+        finally:
+            self._shutdown(threads)
+            lock.release()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._upload_wake.set()
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        self.stop_event.set()
+        self._upload_wake.set()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.sensor is not None:
+            try:
+                self.sensor.stop()
+            except Exception:
+                log.exception("sensor stop failed")
+        self._events.put(None)  # wakes the consumer, which drains what is left first
+        for thread in threads:
+            thread.join(timeout=15)
+        if self.store is not None:
+            try:
+                with self.store.mutate() as st:
+                    st.sensor_health = dict(self._health(), running=False)
+                    st.service_pid = None
+            except OSError:
+                log.exception("could not save state at shutdown")
+        if self.spool is not None:
+            self.spool.close()
+        if self.readlog is not None and hasattr(self.readlog, "close"):
+            self.readlog.close()
+        log.info("tripkey-agent stopped")
+
+    # ------------------------------------------------------------------ sensor
+
+    def _start_sensor(self) -> None:
+        assert self.planter is not None
+        factory = self._sensor_factory or _default_sensor_factory
+        paths = self.planter.paths
+        try:
+            self.sensor = factory(self.config.sensor, paths, self._on_read,
+                                  budget=self.config.fail_open_ms / 1000.0)
+            self.sensor.start()
+            self.sensor_error = None
+        except Exception as exc:  # SensorUnavailable or anything else: loud, never a silent fallback
+            self.sensor = None
+            self.sensor_error = f"sensor {self.config.sensor!r} could not start: {exc}"
+            log.error("!!! %s — reads of the planted files are NOT being recorded; planting and "
+                      "reporting continue. Fix the cause or choose another sensor explicitly.", self.sensor_error)
+
+    def _health(self) -> dict[str, Any]:
+        if self.sensor is None:
+            return unavailable_health(self.config.sensor, self.sensor_error or "sensor not started")
+        try:
+            health = dict(self.sensor.health().to_dict())
+        except Exception as exc:
+            return unavailable_health(self.config.sensor, f"health check failed: {exc}")
+        health["lost_events"] = int(health.get("lost_events") or 0) + self._queue_lost
+        return health
+
+    def _on_read(self, event: Any) -> None:
+        """Sensor callback: must return at once; storage happens on the consumer thread."""
+        try:
+            self._events.put_nowait(event)
+        except queue.Full:
+            self._queue_lost += 1  # reported as lost_events in the heartbeat
+
+    def _consume(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            try:
+                label = self.classifier.classify(event) if self.classifier else None
+                event_id = self.readlog.record(event, label)
+                self._spool_put(read_event_payload(event, event_id, label))
+                if self.store is not None:
+                    self.store.state.last_event_at = to_iso(event.time)
+            except Exception:
+                log.exception("could not record a read of %s", getattr(event, "path", "?"))
+
+    def _scrub_secret(self, secret: str) -> None:
+        self._secrets.add(secret)
+        if self.readlog is not None:
+            self.readlog.set_secrets(self._secrets)
+
+    def _spool_put(self, event: dict[str, Any]) -> None:
+        if self.spool is None:
+            return
+        self.spool.put(event)
+        self._upload_wake.set()
+
+    # ------------------------------------------------------------------ upload + heartbeat
+
+    def _upload_loop(self) -> None:
+        assert self.store is not None and self.spool is not None
+        client = make_client(self.config, self.store.state.device_token)
+        uploader = Uploader(client, self.spool, self.store.state.device_id or "")
+        upload = Periodic(self.config.upload_interval, Backoff(5.0, 300.0))
+        beat = Periodic(self.config.heartbeat_interval, Backoff(5.0, 300.0))
+        while not self.stop_event.is_set():
+            client.token = self.store.state.device_token
+            uploader.device_id = self.store.state.device_id or ""
+            if self._upload_wake.is_set():
+                self._upload_wake.clear()
+                upload.trigger_now()
+            if upload.due() and not self._reenroll.is_set():
+                self._upload_once(uploader, upload)
+            if beat.due() and not self._reenroll.is_set():
+                self._heartbeat_once(client, beat)
+            wait = min(upload.seconds_until_due(), beat.seconds_until_due(), 5.0)
+            self._upload_wake.wait(max(wait, 0.05))
+        # Last chance to ship what is queued (a few seconds at most; the spool keeps the rest).
+        client.retries = 0
+        client.timeout = 3.0
+        if self.spool.pending() and not self._reenroll.is_set():
+            self._upload_once(uploader, upload)
+        client.close()
+
+    def _upload_once(self, uploader: Uploader, timer: Periodic) -> None:
+        try:
+            result = uploader.flush()
+        except AuthError as exc:
+            self._auth_failed(exc)
+            timer.failed()
+            return
+        except TripkeyError as exc:
+            result = None
+            error: str | None = str(exc)
+        else:
+            error = result.error
+        if error:
+            delay = timer.failed()
+            log.warning("upload failed (%s); %d event(s) wait in the spool; retry in %.0f s",
+                        error, self.spool.pending() if self.spool else 0, delay)
+        else:
+            timer.succeeded()
+        if self.store is not None:
+            self.store.state.last_upload_error = error
+
+    def _heartbeat_once(self, client: IssuerClient, timer: Periodic) -> None:
+        assert self.store is not None
+        payload = heartbeat_payload(sensor_health=self._health(), targets=target_reports(self.store),
+                                    last_event_at=self.store.state.last_event_at, spool=self.spool)
+        try:
+            client.heartbeat(self.store.state.device_id or "", payload)
+        except AuthError as exc:
+            self._auth_failed(exc)
+            timer.failed()
+            return
+        except TripkeyError as exc:
+            self.store.state.last_heartbeat_error = str(exc)
+            timer.failed()
+            return
+        self.store.state.last_heartbeat_at = to_iso(self.clock())
+        self.store.state.last_heartbeat_error = None
+        timer.succeeded()
+
+    def _auth_failed(self, exc: AuthError) -> None:
+        log.error("the issuer refused this device's token (%s); re-enrolling", exc)
+        self._reenroll.set()
+
+    # ------------------------------------------------------------------ main loop
+
+    def _main_loop(self, client: IssuerClient) -> None:
+        assert self.planter is not None and self.store is not None
+        next_check = time.monotonic() + self.config.check_interval
+        next_persist = time.monotonic() + 10.0
+        while not self.stop_event.wait(TICK_SECONDS):
+            if self._reenroll.is_set():
+                self._try_reenroll(client)
+            self.planter.run_due()
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + self.config.check_interval
+                self.periodic_pass()
+            if now >= next_persist:
+                next_persist = now + 10.0
+                self._persist_health()
+
+    def periodic_pass(self) -> None:
+        """Rescan users, plant/repair/refresh everything, update what the sensor and watcher watch."""
+        assert self.planter is not None
+        targets, errors = resolve_targets(self.config)
+        self.planter.sync(targets, errors)
+        paths = self.planter.paths
+        if self.sensor is not None:
+            try:
+                self.sensor.set_paths(paths)
+            except Exception:
+                log.exception("could not update the sensor's paths")
+        if self.watcher is not None:
+            self.watcher.set_paths(paths)
+        self._persist_health()
+
+    def _try_reenroll(self, client: IssuerClient) -> None:
+        assert self.store is not None
+        if not self.config.enroll_token:
+            log.error("device token refused and no enroll_token configured: uploads are stalled")
+            return
+        try:
+            ensure_enrolled(self.store, client, self.config, [], force=True, max_attempts=1)
+        except (EnrollmentError, TripkeyError) as exc:
+            log.error("re-enrollment failed: %s", exc)
+            return
+        self._reenroll.clear()
+        self._upload_wake.set()
+
+    def _persist_health(self) -> None:
+        if self.store is None:
+            return
+        health = dict(self._health(), running=True, recorded_at=to_iso(self.clock()))
+        with self.store.mutate() as st:
+            st.sensor_health = health
+
+
+def _default_sensor_factory(name: str, paths: list[str], callback: Callable[[Any], None], **options: Any) -> Any:
+    from .sensors import create_sensor
+
+    return create_sensor(name, paths, callback, **options)
+
+
+def _open_readlog(config: AgentConfig, path: os.PathLike[str]) -> tuple[Any, Any]:
+    from .classify import Classifier
+    from .readlog import ReadLog
+
+    readlog = ReadLog(path, retention_days=config.readlog_retention_days, max_mb=config.readlog_max_mb)
+    classifier = Classifier.from_config(list(config.classification_rules))
+    return readlog, classifier
+
+
+def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; installs the signal handlers (main thread only)."""
+    service = AgentService(config, sensor_factory=sensor_factory)
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        service.stop()
+
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return service.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["AgentService", "make_client", "read_event_payload", "run_service", "target_reports",
+           "unavailable_health"]

@@ -1,0 +1,144 @@
+"""`tripkey-agent trigger`: an end-to-end self-test that uses this device's canary like an attacker.
+
+1. Tell the issuer first (`start_selftest`), so the use that follows opens an alert labelled
+   `selftest` instead of paging anyone.
+2. Run the real AWS CLI against the planted file — `aws sts get-caller-identity --profile <profile>`
+   with AWS_SHARED_CREDENTIALS_FILE=<that file> — and one call the canary's policy denies
+   (`iam list-users`). The agent bundle carries no botocore, so without `aws` on PATH the command
+   says so instead of signing requests itself.
+
+The AWS CLI reads the secret from the file itself; the agent never handles it. Environment
+credentials are stripped so they cannot shadow the profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+from .config import AgentConfig
+from .state import StateStore, TargetState
+
+AWS_TIMEOUT = 60
+
+
+class TriggerError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclasses.dataclass
+class TriggerReport:
+    path: str
+    profile: str
+    access_key_id: str | None
+    credential_id: str
+    selftest_id: str
+    selftest_expires_at: str
+    aws_cli: str
+    identity: dict[str, Any] | None = None
+    identity_error: str | None = None
+    denied_call: str = "iam list-users"
+    denied: bool | None = None
+    denied_output: str | None = None
+
+    @property
+    def used(self) -> bool:
+        return self.identity is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(dataclasses.asdict(self), used=self.used)
+
+    def text(self) -> str:
+        lines = [
+            f"self-test {self.selftest_id} registered with the issuer (until {self.selftest_expires_at})",
+            f"canary:    {self.access_key_id} in {self.path} [profile {self.profile}]",
+        ]
+        if self.identity is not None:
+            lines.append(f"sts get-caller-identity: OK as {self.identity.get('Arn')} "
+                         f"(account {self.identity.get('Account')})")
+        else:
+            lines.append(f"sts get-caller-identity FAILED: {self.identity_error}")
+        verdict = {True: "denied, as it should be", False: "NOT denied (check the canary's policy)",
+                   None: "not run"}[self.denied]
+        lines.append(f"{self.denied_call}: {verdict}")
+        if self.used:
+            lines.append("the issuer should now open a `selftest` alert for this key")
+        return "\n".join(lines)
+
+
+def find_aws_cli() -> str | None:
+    """`aws` on PATH, else next to this Python (a virtualenv with awscli installed)."""
+    found = shutil.which("aws")
+    if found:
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "aws")
+    return beside if os.access(beside, os.X_OK) else None
+
+
+def pick_target(store: StateStore, path: str | None) -> TargetState:
+    planted = {p: t for p, t in store.state.targets.items() if t.credential_id}
+    if path is not None:
+        ts = planted.get(os.path.normpath(path))
+        if ts is None:
+            raise TriggerError(f"no Tripkey credential is planted in {path}", 5)
+        return ts
+    for p in sorted(planted):
+        if planted[p].status == "planted":
+            return planted[p]
+    raise TriggerError("no planted credential on this device (run `tripkey-agent plant-once`)", 5)
+
+
+def aws_env(config: AgentConfig, path: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_SHARED_CREDENTIALS_FILE=path,
+        AWS_CONFIG_FILE=os.devnull,  # nothing from root's or the user's config may change the test
+        AWS_DEFAULT_REGION=config.region or "us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_PAGER="",
+    )
+    return env
+
+
+def run_aws(aws: str, args: list[str], config: AgentConfig, path: str) -> subprocess.CompletedProcess[str]:
+    cmd = [aws, *args, "--profile", config.profile, "--output", "json"]
+    if config.aws_endpoint_url:
+        cmd += ["--endpoint-url", config.aws_endpoint_url]
+    return subprocess.run(cmd, env=aws_env(config, path), capture_output=True, text=True, timeout=AWS_TIMEOUT,
+                          check=False)
+
+
+def run_trigger(config: AgentConfig, store: StateStore, client: Any, *, target: str | None = None) -> TriggerReport:
+    ts = pick_target(store, target)
+    aws = find_aws_cli()
+    if aws is None:
+        raise TriggerError("the AWS CLI (`aws`) is not installed or not on PATH; the self-test uses it as an "
+                           "attacker would (install awscli, or run the trigger from a host that has it)", 6)
+    assert ts.credential_id is not None
+    info = client.start_selftest(store.state.device_id, ts.credential_id)
+    report = TriggerReport(path=ts.path, profile=ts.profile, access_key_id=ts.access_key_id,
+                           credential_id=ts.credential_id, selftest_id=info.selftest_id,
+                           selftest_expires_at=info.expires_at.isoformat(), aws_cli=aws)
+    sts = run_aws(aws, ["sts", "get-caller-identity"], config, ts.path)
+    if sts.returncode == 0:
+        try:
+            report.identity = json.loads(sts.stdout)
+        except json.JSONDecodeError:
+            report.identity = {"raw": sts.stdout.strip()}
+    else:
+        report.identity_error = (sts.stderr or sts.stdout).strip()[-500:]
+    denied = run_aws(aws, ["iam", "list-users", "--max-items", "1"], config, ts.path)
+    output = (denied.stderr or denied.stdout).strip()
+    report.denied = denied.returncode != 0 and ("AccessDenied" in output or "not authorized" in output)
+    report.denied_output = output[-500:]
+    return report
+
+
+__all__ = ["TriggerError", "TriggerReport", "find_aws_cli", "pick_target", "run_trigger"]

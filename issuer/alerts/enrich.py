@@ -1,0 +1,206 @@
+"""Host context for an alert: device, placement, credential, reads, self-reports, agent health.
+
+The reads that matter are those of the planted file between the credential's planting and its first
+use: one of them is how the key left the host (unless it travelled without being read, which is a
+finding too). Reads shortly after the first use are shown as context but cannot explain the leak.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from issuer.alerts.verdict import ReadFact, SelfReportFact, Verdict, VerdictInput, decide
+from issuer.detection.events import as_utc
+from issuer.models import AgentEvent, Credential, Device, Placement
+
+AFTER_USE_WINDOW = dt.timedelta(minutes=10)
+# Agent clocks drift; a read a little "before" the issuer minted the key is still of this key.
+CLOCK_SKEW = dt.timedelta(minutes=2)
+MAX_READS = 200
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return as_utc(value).isoformat().replace("+00:00", "Z")
+
+
+def device_facts(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.id,
+        "hostname": device.hostname,
+        "os": device.os,
+        "os_version": device.os_version,
+        "serial": device.serial,
+        "users": list(device.users or []),
+        "agent_version": device.agent_version,
+        "enrolled_at": _iso(device.enrolled_at),
+    }
+
+
+def credential_facts(credential: Credential) -> dict[str, Any]:
+    return {
+        "credential_id": credential.id,
+        "access_key_id": credential.access_key_id,
+        "principal_name": credential.principal_name,
+        "principal_arn": credential.principal_arn,
+        "backend": credential.backend,
+        "account": credential.account,
+        "account_id": credential.account_id,
+        "created_at": _iso(credential.created_at),
+        "expires_at": _iso(credential.expires_at),
+        "retired_at": _iso(credential.retired_at),
+        "revoked_at": _iso(credential.revoked_at),
+    }
+
+
+def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:
+    detail = event.detail or {}
+    read = detail.get("read", detail) if isinstance(detail, dict) else {}
+    cmdline = read.get("cmdline") if isinstance(read.get("cmdline"), list) else []
+    return {
+        "event_id": event.event_id,
+        "time": _iso(event.time),
+        "pid": event.pid if event.pid is not None else read.get("pid"),
+        "ppid": read.get("ppid"),
+        "exe": event.exe or read.get("exe"),
+        "cmdline": [str(part) for part in cmdline],
+        "uid": read.get("uid"),
+        "user": event.user or read.get("user"),
+        "classification": event.classification or read.get("classification"),
+        "sensor": read.get("sensor"),
+        "ancestors": read.get("ancestors") or [],
+        "after_first_use": as_utc(event.time) > first_use,
+    }
+
+
+def _self_report_record(row: AgentEvent) -> dict[str, Any]:
+    detail = row.detail if isinstance(row.detail, dict) else {}
+    report = detail.get("self_report", detail)
+    return {
+        "event_id": row.event_id,
+        "time": _iso(row.time),
+        "path": row.path,
+        "user": report.get("user") or row.user,
+        "note": report.get("note"),
+    }
+
+
+def agent_health(device: Device, at: dt.datetime, stale_after_seconds: int) -> dict[str, Any]:
+    """The agent's health around `at`: heartbeat freshness and what its sensor said last."""
+    last = as_utc(device.last_heartbeat_at) if device.last_heartbeat_at else None
+    stale_after = dt.timedelta(seconds=stale_after_seconds)
+    # Only the latest heartbeat is kept: a heartbeat older than stale_after before the use means the
+    # agent was not reporting then. A newer one cannot prove it was up at the time, but it is the
+    # best evidence the registry holds.
+    stale = last is None or last < at - stale_after
+    health = dict(device.health or {})
+    sensor = health.get("sensor") if isinstance(health.get("sensor"), dict) else {}
+    return {
+        "last_heartbeat_at": _iso(last),
+        "stale_at_use": stale,
+        "stale_now": last is None or last < dt.datetime.now(dt.UTC) - stale_after,
+        "sensor": sensor,
+        "sensor_healthy": bool(sensor.get("healthy", False)) if sensor else False,
+        "lost_events": int(sensor.get("lost_events") or 0) if sensor else 0,
+        "health": health,
+    }
+
+
+def build_context(
+    session: Session,
+    credential: Credential,
+    first_use: dt.datetime,
+    *,
+    stale_after_seconds: int,
+    selftest: bool = False,
+) -> tuple[dict[str, Any], Verdict]:
+    """Return (enrichment, verdict) for an alert about `credential` first used at `first_use`."""
+    first_use = as_utc(first_use)
+    placement: Placement = credential.placement
+    device: Device = placement.device
+    planted = as_utc(credential.created_at)
+    leak_end = first_use
+    if credential.retired_at is not None:
+        # After rotation the file holds another key: later reads cannot have leaked this one.
+        leak_end = min(leak_end, as_utc(credential.retired_at) + CLOCK_SKEW)
+
+    rows = session.scalars(
+        select(AgentEvent)
+        .where(
+            AgentEvent.device_id == device.id,
+            AgentEvent.path == placement.path,
+            AgentEvent.kind == "read",
+            AgentEvent.time >= planted - CLOCK_SKEW,
+            AgentEvent.time <= first_use + AFTER_USE_WINDOW,
+        )
+        .order_by(AgentEvent.time)
+        .limit(MAX_READS)
+    ).all()
+    reads = [_read_record(row, first_use) for row in rows]
+    leak_reads = [
+        ReadFact(
+            time=as_utc(row.time),
+            classification=record["classification"],
+            user=record["user"],
+            exe=record["exe"],
+            cmdline=tuple(record["cmdline"]),
+            pid=record["pid"],
+        )
+        for row, record in zip(rows, reads, strict=True)
+        if as_utc(row.time) <= leak_end
+    ]
+
+    reports = session.scalars(
+        select(AgentEvent)
+        .where(
+            AgentEvent.device_id == device.id,
+            AgentEvent.kind == "self_report",
+            AgentEvent.time >= planted - CLOCK_SKEW,
+            AgentEvent.time <= first_use + AFTER_USE_WINDOW,
+        )
+        .order_by(AgentEvent.time)
+    ).all()
+    relevant_reports = [row for row in reports if row.path == placement.path or not row.path]
+    self_reports = [_self_report_record(row) for row in relevant_reports]
+
+    health = agent_health(device, first_use, stale_after_seconds)
+    enrichment = {
+        "device": device_facts(device),
+        "placement": {
+            "placement_id": placement.id,
+            "local_user": placement.local_user,
+            "path": placement.path,
+            "profile": placement.profile,
+            "created_at": _iso(placement.created_at),
+        },
+        "credential": credential_facts(credential),
+        "reads_window": {
+            "from": _iso(planted),
+            "first_use": _iso(first_use),
+            "to": _iso(first_use + AFTER_USE_WINDOW),
+        },
+        "reads": reads,
+        "self_reports": self_reports,
+        "agent_health": health,
+    }
+    verdict = decide(
+        VerdictInput(
+            first_use=first_use,
+            placement_user=placement.local_user,
+            reads=tuple(leak_reads),
+            self_reports=tuple(
+                SelfReportFact(time=as_utc(row.time), user=record["user"])
+                for row, record in zip(relevant_reports, self_reports, strict=True)
+            ),
+            agent_stale=health["stale_at_use"],
+            sensor_healthy=health["sensor_healthy"] if health["sensor"] else not health["stale_at_use"],
+            lost_events=health["lost_events"],
+            selftest=selftest,
+        )
+    )
+    return enrichment, verdict

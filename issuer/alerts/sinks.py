@@ -1,0 +1,298 @@
+"""Alert sinks: webhook (HMAC-signed JSON), Slack incoming webhook, PagerDuty Events v2, SMTP, JSONL.
+
+Configuration is one table per sink in the issuer settings (``[[sinks]]`` with ``type`` and
+``name``). Every sink takes ``max_attempts`` (default 5), ``backoff_seconds`` (default 2, doubled
+each retry) and ``timeout`` (default 10 s).
+
+Webhook signature: ``X-Tripkey-Timestamp: <unix seconds>`` and
+``X-Tripkey-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``; receivers should
+reject stale timestamps to stop replays.
+
+Errors never carry a sink's URL or credentials into `last_error`: a Slack webhook URL *is* a secret.
+
+    SinkError
+    ├── SinkConfigError    invalid sink configuration (raised at startup, loudly)
+    └── DeliveryFailed     one attempt failed (retried with backoff)
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import smtplib
+import ssl
+import threading
+import time
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, ClassVar
+
+import requests
+
+DELIVERED = "delivered"
+SKIPPED = "skipped"
+PAGERDUTY_DEFAULT_ENDPOINT = "https://events.pagerduty.com/v2/enqueue"
+SIGNATURE_HEADER = "X-Tripkey-Signature"
+TIMESTAMP_HEADER = "X-Tripkey-Timestamp"
+
+
+class SinkError(Exception):
+    """Base of every sink error."""
+
+
+class SinkConfigError(SinkError):
+    """A sink's configuration is invalid."""
+
+
+class DeliveryFailed(SinkError):
+    """One delivery attempt failed; the message is safe to store (no URL, no secret)."""
+
+
+def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _require(config: dict[str, Any], key: str, sink: str) -> Any:
+    value = config.get(key)
+    if value in (None, "", []):
+        raise SinkConfigError(f"sink {sink!r}: missing required key {key!r}")
+    return value
+
+
+def _post_json(
+    url: str,
+    payload: dict[str, Any],
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> None:
+    data = body if body is not None else json.dumps(payload).encode()
+    try:
+        response = requests.post(
+            url,
+            data=data,
+            timeout=timeout,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+    except requests.Timeout:
+        raise DeliveryFailed(f"timed out after {timeout}s") from None
+    except requests.ConnectionError:
+        raise DeliveryFailed("connection failed") from None
+    except requests.RequestException as exc:
+        raise DeliveryFailed(f"request failed ({type(exc).__name__})") from None
+    if not 200 <= response.status_code < 300:
+        raise DeliveryFailed(f"HTTP {response.status_code}")
+
+
+class Sink(abc.ABC):
+    type: ClassVar[str]
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.name = str(config.get("name") or self.type)
+        self.max_attempts = int(config.get("max_attempts", 5))
+        self.backoff_seconds = float(config.get("backoff_seconds", 2.0))
+        self.timeout = float(config.get("timeout", 10.0))
+        if self.max_attempts < 1 or self.backoff_seconds < 0 or self.timeout <= 0:
+            raise SinkConfigError(f"sink {self.name!r}: max_attempts >= 1, backoff_seconds >= 0, timeout > 0")
+
+    @abc.abstractmethod
+    def send(self, alert: dict[str, Any]) -> str:
+        """Deliver `alert` (the API's alert JSON); return DELIVERED or SKIPPED, raise DeliveryFailed."""
+
+    def retry_delay(self, attempts: int) -> float:
+        return self.backoff_seconds * (2 ** max(attempts - 1, 0))
+
+
+class WebhookSink(Sink):
+    type = "webhook"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.url = str(_require(config, "url", self.name))
+        self.secret = str(_require(config, "secret", self.name))
+
+    def send(self, alert: dict[str, Any]) -> str:
+        body = json.dumps({"type": "tripkey.alert", "alert": alert}, sort_keys=True).encode()
+        timestamp = str(int(time.time()))
+        headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign_webhook(self.secret, timestamp, body)}
+        _post_json(self.url, {}, self.timeout, headers=headers, body=body)
+        return DELIVERED
+
+
+def _headline(alert: dict[str, Any]) -> str:
+    verdict = alert.get("verdict") or {}
+    return (
+        f"[Tripkey {alert.get('severity', '?').upper()}] {alert.get('title')} — hint: {verdict.get('hint')}"
+    )
+
+
+def _text_body(alert: dict[str, Any]) -> str:
+    summary = alert.get("summary") or {}
+    enrichment = alert.get("enrichment") or {}
+    device = enrichment.get("device") or {}
+    placement = enrichment.get("placement") or {}
+    lines = [
+        _headline(alert),
+        f"alert: {alert.get('id')}  kind: {alert.get('kind')}  selftest: {alert.get('selftest')}",
+        f"first seen: {alert.get('first_seen')}  events: {alert.get('event_count')}",
+        f"host: {device.get('hostname')} ({device.get('device_id')})  user: {placement.get('local_user')}"
+        f"  file: {placement.get('path')}  profile: {placement.get('profile')}",
+        f"calls: {', '.join(summary.get('event_names') or [])}",
+        f"source IPs: {', '.join(summary.get('source_ips') or [])}",
+        "reasons:",
+        *[f"  - {reason}" for reason in (alert.get("verdict") or {}).get("reasons", [])],
+    ]
+    for read in (enrichment.get("reads") or [])[:10]:
+        lines.append(
+            f"read {read.get('time')}: {read.get('exe')} {' '.join(read.get('cmdline') or [])} "
+            f"user={read.get('user')} class={read.get('classification')}"
+        )
+    return "\n".join(lines)
+
+
+class SlackSink(Sink):
+    type = "slack"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.url = str(config.get("webhook_url") or _require(config, "url", self.name))
+
+    def send(self, alert: dict[str, Any]) -> str:
+        payload = {
+            "text": _headline(alert),
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_headline(alert)}*"}},
+                {
+                    "type": "section",
+                    "text": {"type": "mrkdwn", "text": "```" + _text_body(alert)[:2800] + "```"},
+                },
+            ],
+        }
+        _post_json(self.url, payload, self.timeout)
+        return DELIVERED
+
+
+_PD_SEVERITY = {"critical": "critical", "high": "error", "medium": "warning", "low": "info"}
+
+
+class PagerDutySink(Sink):
+    type = "pagerduty"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.routing_key = str(_require(config, "routing_key", self.name))
+        self.endpoint = str(config.get("endpoint") or PAGERDUTY_DEFAULT_ENDPOINT)
+
+    def send(self, alert: dict[str, Any]) -> str:
+        if alert.get("selftest"):
+            return SKIPPED  # a self-test is expected; it must never page anyone
+        device = (alert.get("enrichment") or {}).get("device") or {}
+        payload = {
+            "routing_key": self.routing_key,
+            "event_action": "trigger",
+            "dedup_key": f"tripkey-{alert.get('id')}",
+            "payload": {
+                "summary": str(alert.get("title"))[:1024],
+                "source": device.get("hostname") or "tripkey-issuer",
+                "severity": _PD_SEVERITY.get(str(alert.get("severity")), "error"),
+                "component": "tripkey",
+                "class": alert.get("kind"),
+                "custom_details": {
+                    "alert_id": alert.get("id"),
+                    "verdict": alert.get("verdict"),
+                    "summary": alert.get("summary"),
+                    "first_seen": alert.get("first_seen"),
+                    "event_count": alert.get("event_count"),
+                },
+            },
+        }
+        _post_json(self.endpoint, payload, self.timeout)
+        return DELIVERED
+
+
+class SmtpSink(Sink):
+    type = "smtp"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.host = str(_require(config, "host", self.name))
+        self.port = int(config.get("port", 25))
+        self.sender = str(_require(config, "from", self.name))
+        to = _require(config, "to", self.name)
+        self.recipients = [to] if isinstance(to, str) else [str(r) for r in to]
+        self.starttls = bool(config.get("starttls", False))
+        self.username = config.get("username")
+        self.password = config.get("password")
+
+    def send(self, alert: dict[str, Any]) -> str:
+        message = EmailMessage()
+        message["Subject"] = _headline(alert)[:250]
+        message["From"] = self.sender
+        message["To"] = ", ".join(self.recipients)
+        message.set_content(_text_body(alert) + "\n\n" + json.dumps(alert, indent=2, sort_keys=True))
+        try:
+            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as client:
+                if self.starttls:
+                    client.starttls(context=ssl.create_default_context())
+                if self.username:
+                    client.login(str(self.username), str(self.password or ""))
+                client.send_message(message)
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryFailed(f"SMTP {exc.smtp_code}") from None
+        except (smtplib.SMTPException, OSError) as exc:
+            raise DeliveryFailed(f"SMTP failed ({type(exc).__name__})") from None
+        return DELIVERED
+
+
+class JsonlSink(Sink):
+    type = "jsonl"
+    _lock = threading.Lock()
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.path = Path(str(_require(config, "path", self.name))).expanduser()
+
+    def send(self, alert: dict[str, Any]) -> str:
+        line = (
+            json.dumps({"delivered_at": dt.datetime.now(dt.UTC).isoformat(), "alert": alert}, sort_keys=True)
+            + "\n"
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # One write of one line with O_APPEND: concurrent writers never interleave a record.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                with self._lock:
+                    os.write(fd, line.encode())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise DeliveryFailed(f"cannot append to {self.path}: {exc.strerror}") from None
+        return DELIVERED
+
+
+SINK_CLASSES: dict[str, type[Sink]] = {
+    cls.type: cls for cls in (WebhookSink, SlackSink, PagerDutySink, SmtpSink, JsonlSink)
+}
+
+
+def build_sink(config: dict[str, Any]) -> Sink:
+    kind = config.get("type")
+    cls = SINK_CLASSES.get(str(kind))
+    if cls is None:
+        raise SinkConfigError(f"unknown sink type {kind!r}; expected one of {', '.join(SINK_CLASSES)}")
+    return cls(dict(config))
+
+
+def build_sinks(configs: list[dict[str, Any]]) -> list[Sink]:
+    sinks = [build_sink(config) for config in configs]
+    names = [sink.name for sink in sinks]
+    if len(set(names)) != len(names):
+        raise SinkConfigError(f"duplicate sink names in {names}")
+    return sinks

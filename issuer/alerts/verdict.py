@@ -1,0 +1,190 @@
+"""Verdict hint: a pure function from the host context of an alert to a hint and its reasons.
+
+Several rules can fire; the hint is the most severe one, and every reason is listed so the responder
+sees the whole picture. The hint is a triage aid, never a conclusion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+# Most severe first.
+HINTS = (
+    "suspicious",
+    "key_copied_elsewhere",
+    "context_incomplete",
+    "curious_user",
+    "scanner_verification",
+    "likely_benign",
+)
+_RANK = {hint: index for index, hint in enumerate(HINTS)}
+
+AWS_TOOL = "aws_tool"
+SECRET_SCANNER = "secret_scanner"
+SHELL_UTILITY = "shell_utility"
+UNKNOWN = "unknown"
+# Anything else the agent reports (indexer, backup, antivirus, sync...) is a background copier: it
+# does not use the key itself but may carry the file elsewhere.
+_SUSPICIOUS_CLASSES = {SHELL_UTILITY, UNKNOWN, None, ""}
+
+SELF_REPORT_BEFORE = dt.timedelta(hours=1)
+SELF_REPORT_AFTER = dt.timedelta(minutes=10)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReadFact:
+    time: dt.datetime
+    classification: str | None
+    user: str | None
+    exe: str | None
+    cmdline: tuple[str, ...] = ()
+    pid: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SelfReportFact:
+    time: dt.datetime
+    user: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class VerdictInput:
+    first_use: dt.datetime
+    placement_user: str | None
+    reads: tuple[ReadFact, ...]  # reads that could have leaked the key: planting .. first use
+    self_reports: tuple[SelfReportFact, ...] = ()
+    agent_stale: bool = False  # no heartbeat around the first use
+    sensor_healthy: bool = True
+    lost_events: int = 0
+    selftest: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    hint: str
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"hint": self.hint, "reasons": list(self.reasons)}
+
+
+def _explained_by(read: ReadFact, reports: list[SelfReportFact], placement_user: str | None) -> bool:
+    """A read by the self-reporting user around the time of their report is what they reported."""
+    for report in reports:
+        user = report.user or placement_user
+        if (
+            read.user is not None
+            and read.user == user
+            and report.time - SELF_REPORT_BEFORE <= read.time <= report.time + SELF_REPORT_AFTER
+        ):
+            return True
+    return False
+
+
+def describe_process(read: ReadFact) -> str:
+    cmd = " ".join(read.cmdline) if read.cmdline else "?"
+    return f"{read.exe or '?'} (cmdline: {cmd}; user: {read.user or '?'}; pid: {read.pid or '?'})"
+
+
+def decide(facts: VerdictInput) -> Verdict:
+    fired: list[tuple[str, str]] = []
+
+    reported = [
+        r
+        for r in facts.self_reports
+        if facts.first_use - SELF_REPORT_BEFORE <= r.time <= facts.first_use + SELF_REPORT_AFTER
+    ]
+    explained = [read for read in facts.reads if _explained_by(read, reported, facts.placement_user)]
+    if reported:
+        first = min(reported, key=lambda r: r.time)
+        fired.append(
+            (
+                "likely_benign",
+                f"the device user {first.user or facts.placement_user} self-reported opening the file at "
+                f"{first.time.isoformat()}, shortly before the first use"
+                + (f"; that explains {len(explained)} read(s) by them" if explained else ""),
+            )
+        )
+
+    aws_by_owner: list[ReadFact] = []
+    background: list[ReadFact] = []
+    for read in facts.reads:
+        if read in explained:
+            continue
+        if read.classification in _SUSPICIOUS_CLASSES:
+            kind = read.classification or "unclassified"
+            fired.append(
+                (
+                    "suspicious",
+                    f"{kind} reader: {describe_process(read)} read the file at {read.time.isoformat()}",
+                )
+            )
+        elif read.classification == SECRET_SCANNER:
+            fired.append(
+                ("scanner_verification", f"a secret scanner read the file: {describe_process(read)}")
+            )
+        elif read.classification == AWS_TOOL:
+            if facts.placement_user is not None and read.user == facts.placement_user:
+                aws_by_owner.append(read)
+            else:
+                fired.append(
+                    (
+                        "suspicious",
+                        f"AWS tool run by {read.user or 'an unknown user'}, not the "
+                        f"file's owner {facts.placement_user}: {describe_process(read)}",
+                    )
+                )
+        else:
+            background.append(read)
+
+    if aws_by_owner and all(
+        r.classification == AWS_TOOL and r.user == facts.placement_user
+        for r in facts.reads
+        if r not in background and r not in explained
+    ):
+        fired.append(
+            (
+                "curious_user",
+                f"only AWS tools run by the device's user {facts.placement_user} "
+                f"read the file ({len(aws_by_owner)} read(s)), e.g. {describe_process(aws_by_owner[0])}",
+            )
+        )
+
+    context_ok = not facts.agent_stale and facts.sensor_healthy and facts.lost_events == 0
+    if not facts.reads and context_ok:
+        fired.append(
+            (
+                "key_copied_elsewhere",
+                "no read of the file was recorded since planting while the "
+                "agent was healthy: the key probably travelled without being read on this host "
+                "(check backups, file sync, disk images, VM snapshots)",
+            )
+        )
+    for read in background:
+        fired.append(
+            (
+                "key_copied_elsewhere",
+                f"{read.classification} process {describe_process(read)} read "
+                "the file: the key may have travelled with its copy",
+            )
+        )
+
+    if facts.agent_stale:
+        fired.append(
+            ("context_incomplete", "the agent was offline or stale at the time of use: reads may be missing")
+        )
+    if not facts.sensor_healthy:
+        fired.append(("context_incomplete", "the agent's sensor reported itself unhealthy"))
+    if facts.lost_events:
+        fired.append(("context_incomplete", f"the sensor lost {facts.lost_events} event(s)"))
+
+    if not fired:
+        fired.append(("suspicious", "no rule explains this use"))
+    if facts.selftest:
+        reasons_prefix = ["a self-test of this credential was active: this use is expected"]
+    else:
+        reasons_prefix = []
+    hint = min((h for h, _ in fired), key=_RANK.__getitem__)
+    ordered = sorted(fired, key=lambda item: _RANK[item[0]])
+    return Verdict(hint=hint, reasons=tuple(reasons_prefix + [f"{h}: {text}" for h, text in ordered]))

@@ -1,0 +1,443 @@
+"""The registry: devices, placements, credentials, agent events and self-tests.
+
+Routers and the detection side call these functions with a Session; write functions commit.
+Credential secrets pass through `issue_credential` to the caller and are never written anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, joinedload
+
+from issuer.auth import create_token, hash_secret, new_id
+from issuer.errors import NotFound
+from issuer.models import AgentEvent, ApiToken, Credential, Device, Placement, SelfTest, utcnow
+
+if TYPE_CHECKING:
+    from issuer.aws_config import MintedCredential
+
+log = logging.getLogger(__name__)
+
+# Ids and key ids are short ASCII; anything else cannot exist, so it is not even looked up.
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9_.:+=,@-]{1,128}$")
+
+
+def _plain(value: str) -> bool:
+    return bool(_PLAIN_ID.match(value))
+
+
+# ----- devices ----------------------------------------------------------------------------------
+
+
+def enroll_device(
+    session: Session,
+    *,
+    device_key: str,
+    hostname: str,
+    os: str,
+    os_version: str | None = None,
+    serial: str | None = None,
+    users: Iterable[str] = (),
+    agent_version: str | None = None,
+) -> tuple[Device, str, bool]:
+    """Return (device, fresh device token, created). Same key = same device; old tokens revoked."""
+    key_hash = hash_secret(device_key)
+    facts: dict[str, Any] = {
+        "hostname": hostname,
+        "os": os,
+        "os_version": os_version,
+        "serial": serial,
+        "users": list(users),
+        "agent_version": agent_version,
+    }
+    device = session.scalars(select(Device).where(Device.device_key_hash == key_hash)).first()
+    created = device is None
+    if device is None:
+        device = Device(id=new_id("dev_"), device_key_hash=key_hash, health={}, **facts)
+        session.add(device)
+        try:
+            session.flush()
+        except IntegrityError:  # the same key enrolled concurrently: use that device
+            session.rollback()
+            return enroll_device(session, device_key=device_key, **facts)
+    else:
+        for name, value in facts.items():
+            setattr(device, name, value)
+        now = utcnow()
+        for token in session.scalars(
+            select(ApiToken).where(ApiToken.device_id == device.id, ApiToken.revoked_at.is_(None))
+        ):
+            token.revoked_at = now
+    _, raw_token = create_token(
+        session, "device", device_id=device.id, label=f"device {hostname}", commit=False
+    )
+    session.commit()
+    return device, raw_token, created
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id) if _plain(device_id) else None
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    return device
+
+
+def list_devices(session: Session) -> list[Device]:
+    return list(session.scalars(select(Device).order_by(Device.enrolled_at, Device.id)))
+
+
+def is_stale(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> bool:
+    seen = device.last_heartbeat_at or device.enrolled_at
+    return ((now or utcnow()) - seen).total_seconds() > stale_after_seconds
+
+
+def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> dict[str, Any]:
+    return {
+        "device_id": device.id,
+        "hostname": device.hostname,
+        "os": device.os,
+        "os_version": device.os_version,
+        "serial": device.serial,
+        "users": list(device.users or []),
+        "agent_version": device.agent_version,
+        "enrolled_at": device.enrolled_at,
+        "last_heartbeat_at": device.last_heartbeat_at,
+        "health": dict(device.health or {}),
+        "stale": is_stale(device, stale_after_seconds, now),
+    }
+
+
+def record_heartbeat(session: Session, device_id: str, health: Mapping[str, Any]) -> dt.datetime:
+    device = get_device(session, device_id)
+    now = utcnow()
+    device.health = dict(health)
+    device.last_heartbeat_at = now
+    if health.get("agent_version"):
+        device.agent_version = health["agent_version"]
+    session.commit()
+    return now
+
+
+# ----- placements and credentials ---------------------------------------------------------------
+
+
+def credential_status(cred: Credential, now: dt.datetime | None = None) -> str:
+    if cred.revoked_at is not None:
+        return "revoked"
+    if cred.retired_at is not None:
+        return "retired"
+    if cred.expires_at is not None and cred.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
+
+
+def credential_info(cred: Credential, now: dt.datetime | None = None) -> dict[str, Any]:
+    placement = cred.placement
+    return {
+        "credential_id": cred.id,
+        "access_key_id": cred.access_key_id,
+        "backend": cred.backend,
+        "account": cred.account,
+        "account_id": cred.account_id,
+        "principal_name": cred.principal_name,
+        "principal_arn": cred.principal_arn,
+        "placement_id": placement.id,
+        "local_user": placement.local_user,
+        "path": placement.path,
+        "profile": placement.profile,
+        "device_id": placement.device_id,
+        "created_at": cred.created_at,
+        "expires_at": cred.expires_at,
+        "retired_at": cred.retired_at,
+        "revoked_at": cred.revoked_at,
+        "status": credential_status(cred, now),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedCredential:
+    """A credential just minted: the stored row plus the secret (only here, only once)."""
+
+    credential: Credential
+    minted: MintedCredential
+    retired: tuple[str, ...]
+
+
+def _placement(session: Session, device: Device, local_user: str, path: str, profile: str) -> Placement:
+    query = select(Placement).where(
+        Placement.device_id == device.id, Placement.path == path, Placement.profile == profile
+    )
+    placement = session.scalars(query).first()
+    if placement is None:
+        placement = Placement(
+            id=new_id("plc_"), device_id=device.id, local_user=local_user, path=path, profile=profile
+        )
+        session.add(placement)
+        try:
+            session.commit()
+        except IntegrityError:  # created concurrently by the same agent
+            session.rollback()
+            placement = session.scalars(query).one()
+    elif placement.local_user != local_user:
+        placement.local_user = local_user
+        session.commit()
+    return placement
+
+
+def active_counts(session: Session) -> dict[str, int]:
+    """Active (not retired, not revoked) credentials per account of the pool."""
+    rows = session.execute(
+        select(Credential.account, func.count())
+        .where(Credential.retired_at.is_(None), Credential.revoked_at.is_(None))
+        .group_by(Credential.account)
+    )
+    return {account: count for account, count in rows}
+
+
+def _mint_for_placement(session: Session, gateway: Any, placement: Placement) -> IssuedCredential:
+    account = gateway.pick_account(active_counts(session))
+    minted = gateway.mint(account)  # AwsError propagates: nothing was stored
+    try:
+        now = utcnow()
+        previous = list(
+            session.scalars(
+                select(Credential).where(
+                    Credential.placement_id == placement.id,
+                    Credential.retired_at.is_(None),
+                    Credential.revoked_at.is_(None),
+                )
+            )
+        )
+        for old in previous:
+            old.retired_at = now  # still matched if used later
+        cred = Credential(
+            id=new_id("cred_"),
+            placement_id=placement.id,
+            backend=minted.backend,
+            account=minted.account,
+            account_id=minted.account_id,
+            principal_name=minted.principal_name,
+            principal_arn=minted.principal_arn,
+            access_key_id=minted.access_key_id,
+            created_at=now,
+            expires_at=minted.expires_at,
+        )
+        session.add(cred)
+        session.commit()
+    except Exception:
+        # A canary AWS knows about but the registry does not could never be attributed: undo it.
+        session.rollback()
+        try:
+            gateway.revoke(
+                backend=minted.backend,
+                account=minted.account,
+                principal_name=minted.principal_name,
+                access_key_id=minted.access_key_id,
+            )
+        except Exception as exc:
+            log.error("could not revoke unrecorded credential %s: %s", minted.access_key_id, exc)
+        raise
+    log.info(
+        "issued credential %s (%s, account %s, principal %s) for placement %s",
+        cred.id,
+        minted.access_key_id,
+        minted.account,
+        minted.principal_name,
+        placement.id,
+    )
+    return IssuedCredential(credential=cred, minted=minted, retired=tuple(old.id for old in previous))
+
+
+def issue_credential(
+    session: Session, gateway: Any, device_id: str, *, local_user: str, path: str, profile: str
+) -> IssuedCredential:
+    """Mint a credential for (device, path, profile); retire the placement's earlier ones."""
+    device = get_device(session, device_id)
+    placement = _placement(session, device, local_user, path, profile)
+    return _mint_for_placement(session, gateway, placement)
+
+
+def get_device_credential(session: Session, device_id: str, credential_id: str) -> Credential:
+    cred = session.get(Credential, credential_id) if _plain(credential_id) else None
+    if cred is None or cred.placement.device_id != device_id:
+        raise NotFound(f"no credential {credential_id!r} on device {device_id!r}")
+    return cred
+
+
+def rotate_credential(session: Session, gateway: Any, device_id: str, credential_id: str) -> IssuedCredential:
+    cred = get_device_credential(session, device_id, credential_id)
+    return _mint_for_placement(session, gateway, cred.placement)
+
+
+def revoke_credential(session: Session, gateway: Any, device_id: str, credential_id: str) -> Credential:
+    """Delete the key (and IAM user) in AWS; keep the row with revoked_at set. Idempotent."""
+    cred = get_device_credential(session, device_id, credential_id)
+    if cred.revoked_at is None:
+        gateway.revoke(
+            backend=cred.backend,
+            account=cred.account,
+            principal_name=cred.principal_name,
+            access_key_id=cred.access_key_id,
+        )
+        cred.revoked_at = utcnow()
+        session.commit()
+        log.info("revoked credential %s (%s)", cred.id, cred.access_key_id)
+    return cred
+
+
+def list_credentials(session: Session, device_id: str) -> list[Credential]:
+    get_device(session, device_id)
+    return list(
+        session.scalars(
+            select(Credential)
+            .join(Placement)
+            .where(Placement.device_id == device_id)
+            .options(joinedload(Credential.placement))
+            .order_by(Credential.created_at, Credential.id)
+        )
+    )
+
+
+def find_credential(
+    session: Session, access_key_id: str | None = None, principal_name: str | None = None
+) -> Credential | None:
+    """The credential with this access key id or principal name, whatever its status."""
+    if access_key_id:
+        if not _plain(access_key_id):
+            return None
+        return session.scalars(
+            select(Credential)
+            .where(Credential.access_key_id == access_key_id)
+            .options(joinedload(Credential.placement).joinedload(Placement.device))
+        ).first()
+    if principal_name:
+        if not _plain(principal_name):
+            return None
+        return session.scalars(
+            select(Credential)
+            .where(Credential.principal_name == principal_name)
+            .options(joinedload(Credential.placement).joinedload(Placement.device))
+            .order_by(Credential.created_at.desc())
+        ).first()
+    return None
+
+
+# ----- agent events and self-tests --------------------------------------------------------------
+
+
+def store_events(session: Session, device_id: str, events: list[Mapping[str, Any]]) -> tuple[int, int]:
+    """Store new events, skip known event_ids. Return (accepted, duplicates)."""
+    get_device(session, device_id)
+    for attempt in range(3):
+        wanted: dict[str, Mapping[str, Any]] = {}
+        for event in events:
+            wanted.setdefault(event["event_id"], event)
+        known = (
+            set(session.scalars(select(AgentEvent.event_id).where(AgentEvent.event_id.in_(list(wanted)))))
+            if wanted
+            else set()
+        )
+        now = utcnow()
+        for event_id, event in wanted.items():
+            if event_id in known:
+                continue
+            detail = dict(event.get("detail") or {})
+            read = detail if event["kind"] == "read" else {}
+            session.add(
+                AgentEvent(
+                    event_id=event_id,
+                    device_id=device_id,
+                    kind=event["kind"],
+                    time=event["time"],
+                    path=event["path"],
+                    pid=read.get("pid"),
+                    exe=read.get("exe"),
+                    user=read.get("user") or detail.get("user"),
+                    classification=read.get("classification"),
+                    detail=detail,
+                    received_at=now,
+                )
+            )
+        try:
+            session.commit()
+        except IntegrityError:  # the same events uploaded concurrently: count again
+            session.rollback()
+            if attempt == 2:
+                raise
+            continue
+        accepted = len(wanted) - len(known)
+        return accepted, len(events) - accepted
+    raise AssertionError("unreachable")
+
+
+def create_selftest(session: Session, device_id: str, credential_id: str, window_seconds: float) -> SelfTest:
+    cred = get_device_credential(session, device_id, credential_id)
+    now = utcnow()
+    selftest = SelfTest(
+        id=new_id("st_"),
+        credential_id=cred.id,
+        created_at=now,
+        expires_at=now + dt.timedelta(seconds=window_seconds),
+    )
+    session.add(selftest)
+    session.commit()
+    return selftest
+
+
+_RELATIVE = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
+    """`24h`, `30m`, `7d`, `2w`, `90s` before now, or an ISO 8601 time (naive = UTC)."""
+    now = now or utcnow()
+    match = _RELATIVE.match(value)
+    if match:
+        return now - dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"since must be like 24h, 30m, 7d or an ISO 8601 time, got {value!r}") from exc
+
+
+def query_reads(
+    session: Session,
+    device_id: str,
+    *,
+    since: dt.datetime | None = None,
+    until: dt.datetime | None = None,
+    path: str | None = None,
+    limit: int = 1000,
+) -> list[AgentEvent]:
+    """Read events of a device, newest first."""
+    get_device(session, device_id)
+    query = select(AgentEvent).where(AgentEvent.device_id == device_id, AgentEvent.kind == "read")
+    if since is not None:
+        query = query.where(AgentEvent.time >= since)
+    if until is not None:
+        query = query.where(AgentEvent.time <= until)
+    if path:
+        query = query.where(AgentEvent.path == path)
+    return list(session.scalars(query.order_by(AgentEvent.time.desc(), AgentEvent.event_id).limit(limit)))
+
+
+def read_record(event: AgentEvent) -> dict[str, Any]:
+    detail = dict(event.detail or {})
+    detail.pop("time", None)
+    detail.pop("path", None)
+    return {
+        **detail,
+        "event_id": event.event_id,
+        "device_id": event.device_id,
+        "time": event.time,
+        "path": event.path,
+    }

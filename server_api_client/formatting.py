@@ -1,0 +1,428 @@
+"""Plain-text rendering for the `tripkey` responder CLI: tables and multi-section reports.
+
+Everything renders from the issuer's JSON dicts with ``.get()``: a field the issuer does not send
+shows as ``-`` instead of crashing the responder's terminal in the middle of an incident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+MAX_CELL = 60
+NONE = "-"
+
+
+def text(value: Any) -> str:
+    """One value as a short human string (lists joined, None as '-', times without the 'T')."""
+    if value is None or value == "" or value == [] or value == {}:
+        return NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(text(item) for item in value)
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+    value = str(value)
+    if len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
+        # ISO time: a space instead of the T and whole seconds read easier; --json keeps the precision.
+        head, tail = value[:19].replace("T", " "), value[19:]
+        if tail.startswith("."):
+            tail = tail.lstrip(".0123456789")
+        return head + ("Z" if tail in ("Z", "+00:00") else tail)
+    return value
+
+
+def _clip(value: str, width: int) -> str:
+    value = value.replace("\n", " ")
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], max_cell: int = MAX_CELL) -> str:
+    """A left-aligned text table; long cells are clipped with '…' (use --json for everything)."""
+    cells = [[_clip(text(cell), max_cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for index, cell in enumerate(row):
+            widths[index] = max(widths[index], len(cell))
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def fields(pairs: Iterable[tuple[str, Any]], indent: str = "  ") -> str:
+    """Aligned 'label: value' lines."""
+    items = [(label, text(value)) for label, value in pairs]
+    width = max((len(label) for label, _ in items), default=0)
+    return "\n".join(f"{indent}{(label + ':').ljust(width + 1)} {value}" for label, value in items)
+
+
+def section(title: str, body: str) -> str:
+    return f"{title}\n{body}" if body else f"{title}\n  (none)"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def cmdline(value: Any) -> str:
+    return " ".join(str(part) for part in value) if isinstance(value, list) else text(value)
+
+
+# ------------------------------------------------------------------------------------------ alerts
+
+
+def alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
+    return table(
+        ["ID", "STATUS", "SEVERITY", "KIND", "HOST", "ACCESS KEY", "LAST SEEN", "EVENTS", "VERDICT", "TITLE"],
+        [
+            [
+                a.get("id") or a.get("alert_id"),
+                a.get("status"),
+                a.get("severity"),
+                a.get("kind"),
+                a.get("hostname"),
+                a.get("access_key_id"),
+                a.get("last_seen"),
+                a.get("event_count"),
+                a.get("verdict_hint") or _dict(a.get("verdict")).get("hint"),
+                a.get("title"),
+            ]
+            for a in alerts
+        ],
+    )
+
+
+def _reads_block(reads: list[Any]) -> str:
+    lines = []
+    for read in reads:
+        read = _dict(read)
+        marker = " (after first use)" if read.get("after_first_use") else ""
+        lines.append(
+            f"  {text(read.get('time'))}  pid {text(read.get('pid'))}  user {text(read.get('user'))}"
+            f"  [{text(read.get('classification'))}]{marker}"
+        )
+        lines.append(f"      exe: {text(read.get('exe'))}")
+        lines.append(f"      cmdline: {cmdline(read.get('cmdline'))}")
+        ancestors = [_dict(a) for a in _list(read.get("ancestors"))]
+        if ancestors:
+            chain = " <- ".join(f"{text(a.get('exe'))}[{text(a.get('pid'))}]" for a in ancestors)
+            lines.append(f"      parents: {chain}")
+    return "\n".join(lines)
+
+
+def _note_line(note: Any) -> str:
+    if isinstance(note, Mapping):
+        who = note.get("by") or note.get("actor") or note.get("token") or ""
+        what = note.get("action") or note.get("status") or ""
+        body = note.get("note") or note.get("text") or ""
+        parts = [text(note.get("time") or note.get("at")), str(what), str(who), str(body)]
+        return "  " + "  ".join(p for p in parts if p and p != NONE)
+    return f"  {text(note)}"
+
+
+def alert_report(alert: Mapping[str, Any]) -> str:
+    """The full alert as a responder reads it, from headline to delivery status."""
+    summary = _dict(alert.get("summary"))
+    enrichment = _dict(alert.get("enrichment"))
+    verdict = _dict(alert.get("verdict"))
+    device = _dict(enrichment.get("device"))
+    placement = _dict(enrichment.get("placement"))
+    credential = _dict(enrichment.get("credential"))
+    health = _dict(enrichment.get("agent_health"))
+    sensor = _dict(health.get("sensor"))
+    reads = _list(enrichment.get("reads"))
+    window = _dict(enrichment.get("reads_window"))
+    selftest = " [SELFTEST]" if alert.get("selftest") else ""
+
+    parts = [
+        f"ALERT {text(alert.get('id') or alert.get('alert_id'))}{selftest}: {text(alert.get('title'))}",
+        fields(
+            [
+                ("severity", alert.get("severity")),
+                ("status", alert.get("status")),
+                ("kind", alert.get("kind")),
+                ("first seen", alert.get("first_seen")),
+                ("last seen", alert.get("last_seen")),
+                ("events", alert.get("event_count")),
+            ]
+        ),
+        section(
+            f"VERDICT HINT: {text(verdict.get('hint'))}",
+            "\n".join(f"  - {text(r)}" for r in _list(verdict.get("reasons"))),
+        ),
+        section(
+            "CREDENTIAL AND PLACEMENT",
+            fields(
+                [
+                    ("host", f"{text(device.get('hostname'))} ({text(device.get('device_id'))})"),
+                    ("os", " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None),
+                    ("serial", device.get("serial")),
+                    ("user", placement.get("local_user")),
+                    ("path", placement.get("path")),
+                    ("profile", placement.get("profile")),
+                    ("access key id", credential.get("access_key_id")),
+                    ("credential id", credential.get("credential_id")),
+                    ("principal", credential.get("principal_arn") or credential.get("principal_name")),
+                    ("planted at", credential.get("created_at")),
+                    ("retired at", credential.get("retired_at")),
+                    ("revoked at", credential.get("revoked_at")),
+                ]
+            ),
+        ),
+        section(
+            "AWS ACTIVITY",
+            fields(
+                [
+                    ("first seen", alert.get("first_seen")),
+                    ("last seen", alert.get("last_seen")),
+                    ("event count", alert.get("event_count")),
+                    ("source IPs", summary.get("source_ips")),
+                    ("user agents", summary.get("user_agents")),
+                    ("API calls", summary.get("event_names")),
+                    ("regions", summary.get("regions")),
+                    ("error codes", summary.get("error_codes")),
+                    ("detected via", summary.get("detection_sources")),
+                ]
+            ),
+        ),
+        section(
+            f"READS OF THE FILE ({len(reads)}; window {text(window.get('from'))}"
+            f" .. {text(window.get('to'))})",
+            _reads_block(reads),
+        ),
+        section(
+            "SELF-REPORTS",
+            "\n".join(
+                f"  {text(_dict(r).get('time'))}  {text(_dict(r).get('user'))}: {text(_dict(r).get('note'))}"
+                for r in _list(enrichment.get("self_reports"))
+            ),
+        ),
+        section(
+            "AGENT HEALTH",
+            fields(
+                [
+                    ("last heartbeat", health.get("last_heartbeat_at")),
+                    ("stale at first use", health.get("stale_at_use")),
+                    ("stale now", health.get("stale_now")),
+                    (
+                        "sensor",
+                        " ".join(str(x) for x in (sensor.get("name"), sensor.get("mode")) if x) or None,
+                    ),
+                    ("sensor healthy", health.get("sensor_healthy")),
+                    ("sensor error", sensor.get("error")),
+                    ("lost events", health.get("lost_events")),
+                ]
+            )
+            if health
+            else "",
+        ),
+        section(
+            "DELIVERIES",
+            "\n".join(
+                f"  {text(_dict(d).get('sink'))}: {text(_dict(d).get('status'))}"
+                f" (attempts {text(_dict(d).get('attempts'))}, delivered {text(_dict(d).get('delivered_at'))}"
+                f", last error {text(_dict(d).get('last_error'))})"
+                for d in _list(alert.get("deliveries"))
+            ),
+        ),
+    ]
+    notes = _list(alert.get("notes"))
+    if notes:
+        parts.append(section("NOTES", "\n".join(_note_line(n) for n in notes)))
+    return "\n\n".join(parts)
+
+
+def format_alert(alert: Mapping[str, Any]) -> str:
+    """The alert report (`tripkey alerts show`); the name issuer/demo.py imports."""
+    return alert_report(alert)
+
+
+# ------------------------------------------------------------------------------------------ reads
+
+
+def reads_table(reads: Sequence[Mapping[str, Any]]) -> str:
+    return table(
+        ["TIME", "PID", "USER", "CLASSIFICATION", "EXE", "CMDLINE", "PATH"],
+        [
+            [
+                r.get("time"),
+                r.get("pid"),
+                r.get("user") if r.get("user") is not None else r.get("uid"),
+                r.get("classification"),
+                r.get("exe"),
+                cmdline(r.get("cmdline")),
+                r.get("path"),
+            ]
+            for r in reads
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------------ devices
+
+
+def _targets(device: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [_dict(t) for t in _list(_dict(device.get("health")).get("targets"))]
+
+
+def _sensor(device: Mapping[str, Any]) -> dict[str, Any]:
+    return _dict(_dict(device.get("health")).get("sensor"))
+
+
+def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for d in devices:
+        sensor = _sensor(d)
+        targets = _targets(d)
+        planted = sum(1 for t in targets if t.get("planted"))
+        sensor_state = None
+        if sensor:
+            sensor_state = f"{text(sensor.get('name'))} {'ok' if sensor.get('healthy') else 'UNHEALTHY'}"
+        rows.append(
+            [
+                d.get("device_id"),
+                d.get("hostname"),
+                d.get("os"),
+                d.get("agent_version"),
+                d.get("last_heartbeat_at"),
+                sensor_state,
+                f"{planted}/{len(targets)}" if targets else None,
+                "STALE" if d.get("stale") else "ok",
+            ]
+        )
+    return table(
+        ["DEVICE ID", "HOSTNAME", "OS", "AGENT", "LAST HEARTBEAT", "SENSOR", "PLANTED", "STATE"], rows
+    )
+
+
+def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, Any]] | None) -> str:
+    health = _dict(device.get("health"))
+    sensor = _sensor(device)
+    targets = _targets(device)
+    parts = [
+        f"DEVICE {text(device.get('device_id'))}: {text(device.get('hostname'))}"
+        + ("  [STALE: no recent heartbeat]" if device.get("stale") else ""),
+        fields(
+            [
+                ("os", " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None),
+                ("serial", device.get("serial")),
+                ("users", device.get("users")),
+                ("agent version", device.get("agent_version")),
+                ("enrolled at", device.get("enrolled_at")),
+                ("last heartbeat", device.get("last_heartbeat_at")),
+                ("stale", device.get("stale")),
+            ]
+        ),
+        section(
+            "SENSOR",
+            fields(
+                [
+                    ("name", sensor.get("name")),
+                    ("mode", sensor.get("mode")),
+                    ("healthy", sensor.get("healthy")),
+                    ("error", sensor.get("error")),
+                    ("lost events", sensor.get("lost_events")),
+                    ("last event at", health.get("last_event_at")),
+                    ("spool pending", health.get("spool_pending")),
+                    ("spool dropped", health.get("spool_dropped")),
+                ]
+            )
+            if sensor or health
+            else "",
+        ),
+        section(
+            f"PLANTED TARGETS ({sum(1 for t in targets if t.get('planted'))}/{len(targets)} planted)",
+            table(
+                ["PATH", "USER", "PROFILE", "ACCESS KEY", "PLANTED", "ERROR"],
+                [
+                    [
+                        t.get("path"),
+                        t.get("local_user"),
+                        t.get("profile"),
+                        t.get("access_key_id"),
+                        t.get("planted"),
+                        t.get("error"),
+                    ]
+                    for t in targets
+                ],
+            )
+            if targets
+            else "",
+        ),
+    ]
+    if credentials is not None:
+        parts.append(section("CREDENTIALS", credentials_table(credentials) if credentials else ""))
+    return "\n\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ credentials
+
+
+def credentials_table(credentials: Sequence[Mapping[str, Any]]) -> str:
+    return table(
+        ["CREDENTIAL ID", "ACCESS KEY", "STATUS", "USER", "PATH", "PROFILE", "CREATED"],
+        [
+            [
+                c.get("credential_id"),
+                c.get("access_key_id"),
+                c.get("status"),
+                c.get("local_user"),
+                c.get("path"),
+                c.get("profile"),
+                c.get("created_at"),
+            ]
+            for c in credentials
+        ],
+    )
+
+
+def credential_report(cred: Mapping[str, Any]) -> str:
+    device = _dict(cred.get("device"))
+    status = text(cred.get("status"))
+    warning = ""
+    if status in ("retired", "revoked", "expired"):
+        warning = f"  [{status.upper()}: no longer in the file, still a canary]"
+    return "\n\n".join(
+        [
+            f"ACCESS KEY {text(cred.get('access_key_id'))}: {status}{warning}",
+            section(
+                "WHERE IT WAS PLANTED",
+                fields(
+                    [
+                        ("host", device.get("hostname")),
+                        ("device id", cred.get("device_id") or device.get("device_id")),
+                        (
+                            "os",
+                            " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None,
+                        ),
+                        ("user", cred.get("local_user")),
+                        ("path", cred.get("path")),
+                        ("profile", cred.get("profile")),
+                        ("device last heartbeat", device.get("last_heartbeat_at")),
+                        ("device stale", device.get("stale")),
+                    ]
+                ),
+            ),
+            section(
+                "CREDENTIAL",
+                fields(
+                    [
+                        ("credential id", cred.get("credential_id")),
+                        ("backend", cred.get("backend")),
+                        ("account", cred.get("account")),
+                        ("principal", cred.get("principal_arn") or cred.get("principal_name")),
+                        ("created at", cred.get("created_at")),
+                        ("expires at", cred.get("expires_at")),
+                        ("retired at", cred.get("retired_at")),
+                        ("revoked at", cred.get("revoked_at")),
+                    ]
+                ),
+            ),
+        ]
+    )

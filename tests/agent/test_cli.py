@@ -1,0 +1,180 @@
+"""`tripkey-agent` commands against a LIVE issuer + moto: plant-once, status, check, reads, unplant,
+trigger (real AWS CLI), exit codes and error messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from agent.sensors.base import ReadEvent
+from tests.agent.agent_support import SEED, make_users
+from tests.agent.test_planter import seed
+from tests.conftest import REPO_ROOT, free_port
+
+
+@pytest.fixture
+def setup(tmp_path: Path, live_issuer: Any, moto_url: str) -> dict[str, Any]:
+    passwd, users = make_users(tmp_path)
+    seed(users[0])
+    config = tmp_path / "agent.toml"
+    targets = "".join(f'[[target]]\npath = "{u.credentials}"\nowner = "{u.name}"\n' for u in users)
+    config.write_text(
+        f'issuer_url = "{live_issuer.url}"\nenroll_token = "{live_issuer.create_token("enroll")}"\n'
+        f'state_dir = "{tmp_path / "state"}"\nall_users = false\npasswd_file = "{passwd}"\n'
+        f'aws_endpoint_url = "{moto_url}"\n' + targets
+    )
+    return {"config": str(config), "users": users, "state": tmp_path / "state", "issuer": live_issuer}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_plant_once_status_and_unplant(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = setup["config"]
+    alice, bob = setup["users"]
+    code, out, _ = run(capsys, "plant-once", "--config", cfg)
+    assert code == 0, out
+    code, out, _ = run(capsys, "status", "--config", cfg, "--json")
+    data = json.loads(out)
+    assert code == 0 and data["enrolled"] and data["device_id"].startswith("dev")
+    assert [t["status"] for t in data["targets"]] == ["planted", "planted"]
+    keys = [t["access_key_id"] for t in data["targets"]]
+    assert len(set(keys)) == 2 and all(k for k in keys)
+    secret = alice.credentials.read_text().split("aws_secret_access_key = ")[-1].split()[0]
+    assert secret not in out
+    assert data["service"]["running"] is False and data["sensor"] is None
+
+    code, table, _ = run(capsys, "status", "--config", cfg)
+    assert code == 0
+    assert "PATH" in table and "ACCESS KEY ID" in table and keys[0] in table and keys[1] in table
+    assert str(alice.credentials) in table and "never (long-term)" in table
+    assert "service:    not running" in table and secret not in table
+
+    code, out, _ = run(capsys, "check", "--config", cfg, "--json")
+    assert code == 0 and {t["state"] for t in json.loads(out)["targets"]} == {"ours"}
+
+    code, out, _ = run(capsys, "unplant", "--config", cfg, "--json")
+    results = json.loads(out)["results"]
+    assert code == 0 and [(r["removed"], r["revoked"]) for r in results] == [(True, True), (True, True)]
+    assert alice.credentials.read_bytes() == SEED
+    code, out, _ = run(capsys, "check", "--config", cfg)
+    assert code == 3 and "absent" in out
+
+
+def test_unplant_without_issuer_says_keys_were_not_revoked(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = setup["config"]
+    assert run(capsys, "plant-once", "--config", cfg)[0] == 0
+    setup["issuer"].stop()
+    code, out, _ = run(capsys, "unplant", "--config", cfg, "--issuer-url", f"http://127.0.0.1:{free_port()}",
+                       "--set", "issuer_timeout=2")
+    assert code == 4
+    assert "NOT revoked" in out and "removed" in out
+    assert setup["users"][0].credentials.read_bytes() == SEED
+
+
+def test_conflict_gives_exit_3(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    alice = setup["users"][0]
+    seed(alice, b"[prod-backup]\naws_access_key_id = AKIAFOREIGN\naws_secret_access_key = z\n")
+    code, out, _ = run(capsys, "plant-once", "--config", setup["config"])
+    assert code == 3 and "conflict" in out
+
+
+def test_trigger_uses_the_canary_with_the_aws_cli(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = setup["config"]
+    alice = setup["users"][0]
+    assert run(capsys, "plant-once", "--config", cfg)[0] == 0
+    code, out, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials), "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    state = json.loads((setup["state"] / "state.json").read_text())
+    planted = state["targets"][str(alice.credentials)]
+    assert report["used"] is True and report["credential_id"] == planted["credential_id"]
+    assert report["identity"]["Arn"].startswith("arn:aws:iam::")
+    assert report["selftest_id"]
+    code, out, err = run(capsys, "trigger", "--config", cfg, "--target", "/nowhere/credentials")
+    assert code == 5 and "no Tripkey credential is planted in /nowhere/credentials" in err
+
+
+def test_trigger_without_aws_cli(setup: dict[str, Any], capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(capsys, "plant-once", "--config", setup["config"])[0] == 0
+    monkeypatch.setattr("agent.trigger.find_aws_cli", lambda: None)
+    code, _, err = run(capsys, "trigger", "--config", setup["config"])
+    assert code == 6 and "AWS CLI (`aws`) is not installed" in err
+
+
+def test_trigger_not_enrolled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "trigger", "--state-dir", str(tmp_path / "none"), "--issuer-url", "http://x:1")
+    assert code == 5 and "not enrolled" in err
+
+
+def test_reads_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.readlog import ReadLog
+
+    state = tmp_path / "state"
+    with ReadLog(state / "reads.db") as log:
+        log.record(ReadEvent(time=dt.datetime.now(dt.UTC), path="/h/a/.aws/credentials", pid=77,
+                             sensor="fanotify", exe="/usr/bin/cat", cmdline=("cat", "x"), user="alice"),
+                   "shell_utility")
+        log.record(ReadEvent(time=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), path="/h/b", pid=78,
+                             sensor="fanotify"), "unknown")
+    code, out, _ = run(capsys, "reads", "--state-dir", str(state), "--json")
+    rows = json.loads(out)["reads"]
+    assert code == 0 and [r["pid"] for r in rows] == [77]
+    code, out, _ = run(capsys, "reads", "--state-dir", str(state), "--since", "7d", "--path", "/h/b")
+    assert code == 0 and "78" in out and "/usr/bin/cat" not in out
+    code, _, err = run(capsys, "reads", "--state-dir", str(state), "--since", "yesterday")
+    assert code == 2 and "invalid --since" in err
+
+
+def test_status_before_anything(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "status", "--state-dir", str(tmp_path / "fresh"))
+    assert code == 0 and "enrolled:   NO" in out and "targets:    none planted" in out
+
+
+def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("all_user = true\n")
+    code, _, err = run(capsys, "status", "--config", str(bad))
+    assert code == 2 and "unknown configuration key 'all_user'" in err
+    code, _, err = run(capsys, "plant-once", "--state-dir", str(tmp_path / "s"))
+    assert code == 2 and "issuer_url is not set" in err
+
+
+def test_plant_once_refuses_while_service_holds_the_state(setup: dict[str, Any],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.state import DirLock
+
+    with DirLock(setup["state"]):
+        code, _, err = run(capsys, "unplant", "--config", setup["config"])
+    assert code == 1 and "another tripkey-agent" in err
+
+
+def test_plant_once_with_a_refused_enroll_token(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "plant-once", "--config", setup["config"], "--set", 'enroll_token="wrong"')
+    assert code == 1 and "refused the enrollment token" in err
+
+
+def test_help_documents_exit_codes_and_module_entry() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, env=env,
+                          check=False, timeout=60)
+    assert proc.returncode == 0
+    for word in ("run", "status", "reads", "unplant", "plant-once", "check", "trigger", "tray", "exit codes"):
+        assert word in proc.stdout
+    sub = subprocess.run([sys.executable, "-m", "agent", "status", "--help"], capture_output=True, text=True,
+                         env=env, check=False, timeout=60)
+    assert "--config" in sub.stdout and "--json" in sub.stdout

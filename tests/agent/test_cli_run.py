@@ -1,0 +1,140 @@
+"""`tripkey-agent run` (agent.service) against a LIVE issuer: real fanotify sensor, reads logged and
+uploaded with classification, tamper repaired and reported, heartbeat, loud sensor failure, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.service import AgentService
+from tests.agent.agent_support import SEED, agent_config, make_users
+from tests.agent.test_planter import seed
+from tests.conftest import REPO_ROOT, requires_root
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+FAST = {"upload_interval": 0.5, "heartbeat_interval": 1.0, "check_interval": 60.0}
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path, live_issuer: Any) -> Iterator[Callable[..., tuple[AgentService, Any]]]:
+    started: list[tuple[AgentService, threading.Thread]] = []
+
+    def start(**extra: Any) -> tuple[AgentService, Any]:
+        passwd, users = make_users(tmp_path)
+        seed(users[0])
+        config = agent_config(tmp_path, live_issuer, passwd, users, **{**FAST, **extra})
+        service = AgentService(config)
+        result: dict[str, int] = {}
+        thread = threading.Thread(target=lambda: result.setdefault("rc", service.run()), daemon=True)
+        thread.start()
+        started.append((service, thread))
+        assert service.ready.wait(60), "service did not become ready"
+        return service, users
+
+    yield start
+    for service, thread in started:
+        service.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "service did not stop"
+
+
+def issuer_get(issuer: Any, path: str) -> Any:
+    response = issuer.request("GET", path, issuer.create_token("responder"))
+    response.raise_for_status()
+    return response.json()
+
+
+@requires_root
+def test_read_is_logged_classified_and_uploaded(service_factory: Any, live_issuer: Any) -> None:
+    service, users = service_factory(sensor="fanotify")
+    alice = users[0]
+    device_id = service.store.state.device_id
+    subprocess.run(["cat", str(alice.credentials)], check=True, capture_output=True)
+    rows = wait_for(lambda: [r for r in service.readlog.query() if r["exe"] and r["exe"].endswith("cat")])
+    assert rows and rows[0]["path"] == str(alice.credentials) and rows[0]["classification"] == "shell_utility"
+    reads = wait_for(lambda: issuer_get(live_issuer, f"/v1/devices/{device_id}/reads?since=1h")["reads"])
+    mine = [r for r in reads if r["event_id"] == rows[0]["event_id"]]
+    assert mine and mine[0]["classification"] == "shell_utility" and mine[0]["pid"] == rows[0]["pid"]
+    # Heartbeat with the contract's fields reaches the issuer.
+    device = wait_for(lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d)
+    assert device["last_heartbeat_at"]
+    assert service.store.state.sensor_health["healthy"] is True
+    # The secret never reaches the read log, even if a reader puts it on its command line.
+    secret = alice.credentials.read_text().split("aws_secret_access_key = ")[-1].split()[0]
+    subprocess.run(["grep", "-c", secret, str(alice.credentials)], capture_output=True, check=False)
+    assert wait_for(lambda: [r for r in service.readlog.query() if r["exe"] and r["exe"].endswith("grep")])
+    assert secret not in json.dumps(service.readlog.query())
+
+
+def test_tamper_is_repaired_and_reported_to_the_issuer(service_factory: Any, live_issuer: Any) -> None:
+    service, users = service_factory(sensor="fanotify")
+    alice = users[0]
+    alice.credentials.write_bytes(SEED)
+    assert wait_for(lambda: b"[prod-backup]" in alice.credentials.read_bytes(), 10)
+    assert wait_for(lambda: service.spool.pending() == 0 and service.store.state.last_upload_error is None)
+    with live_issuer.session() as session:
+        from issuer.models import AgentEvent
+
+        kinds = [(e.kind, e.detail) for e in session.query(AgentEvent).all()]
+    assert any(kind == "tamper" for kind, _ in kinds), kinds
+
+
+def test_sensor_that_cannot_start_is_loud_and_planting_goes_on(
+    service_factory: Any, live_issuer: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    service, users = service_factory(sensor="eslogger")  # macOS only: cannot start here
+    assert all(ts.status == "planted" for ts in service.store.state.targets.values())
+    health = service.store.state.sensor_health
+    assert health["healthy"] is False and "eslogger" in health["error"]
+    assert any("NOT being recorded" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    device_id = service.store.state.device_id
+    device = wait_for(lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d)
+    assert device["health"]["sensor"]["healthy"] is False
+    assert "eslogger" in device["health"]["sensor"]["error"]
+
+
+def test_sigterm_stops_cleanly(tmp_path: Path, live_issuer: Any) -> None:
+    passwd, users = make_users(tmp_path)
+    config = tmp_path / "agent.toml"
+    targets = "".join(f'[[target]]\npath = "{u.credentials}"\nowner = "{u.name}"\n' for u in users)
+    config.write_text(
+        f'issuer_url = "{live_issuer.url}"\nenroll_token = "{live_issuer.create_token("enroll")}"\n'
+        f'state_dir = "{tmp_path / "state"}"\nall_users = false\npasswd_file = "{passwd}"\n'
+        f'sensor = "fanotify-notify"\nupload_interval = 0.5\n' + targets
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        state = tmp_path / "state" / "state.json"
+        assert wait_for(lambda: state.exists() and json.loads(state.read_text()).get("sensor_health"), 60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped" in err
+    final = json.loads(state.read_text())
+    assert final["service_pid"] is None and final["sensor_health"]["running"] is False
+    assert all(t["status"] == "planted" for t in final["targets"].values())

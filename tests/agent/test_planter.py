@@ -1,0 +1,259 @@
+"""Planting orchestration against a LIVE issuer (moto as AWS): distinct keys, conflicts, tampering,
+refresh/rotation with an injected clock, per-target errors, byte-exact unplant with revocation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.enroll import ensure_enrolled
+from agent.planter import Planter, refresh_due, resolve_targets, tamper_delay
+from agent.service import make_client
+from agent.state import StateStore, TargetState, to_iso
+from tests.agent.agent_support import SEED, Clock, FakeUser, agent_config, make_users, parse_credentials
+
+
+def seed(user: FakeUser, data: bytes = SEED) -> None:
+    user.credentials.parent.mkdir(exist_ok=True)
+    os.chown(user.credentials.parent, user.uid, user.gid)
+    user.credentials.write_bytes(data)
+    os.chown(user.credentials, user.uid, user.gid)
+    os.chmod(user.credentials, 0o600)
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, issuer: Any, **extra: Any) -> None:
+        self.passwd, self.users = make_users(tmp_path)
+        self.config = agent_config(tmp_path, issuer, self.passwd, self.users, **extra)
+        self.issuer = issuer
+        self.store = StateStore(self.config.state_dir)
+        self.client = make_client(self.config)
+        self.events: list[dict[str, Any]] = []
+        self.clock = Clock()
+        self.targets, self.errors = resolve_targets(self.config)
+        ensure_enrolled(self.store, self.client, self.config, [u.name for u in self.users])
+        self.planter = Planter(self.config, self.store, self.client, emit=self.events.append, clock=self.clock)
+
+    def sync(self) -> list[TargetState]:
+        return self.planter.sync(self.targets, self.errors)
+
+    def ts(self, user: FakeUser) -> TargetState:
+        return self.store.state.targets[str(user.credentials)]
+
+    def target(self, user: FakeUser) -> Any:
+        return next(t for t in self.targets if t.path == str(user.credentials))
+
+    def issuer_credentials(self) -> dict[str, dict[str, Any]]:
+        return {c.access_key_id: c for c in self.client.list_credentials(self.store.state.device_id)}
+
+
+@pytest.fixture
+def rig(tmp_path: Path, live_issuer: Any) -> Rig:
+    return Rig(tmp_path, live_issuer)
+
+
+def test_plants_distinct_credentials_owned_0600_and_parseable(rig: Rig) -> None:
+    alice, bob = rig.users
+    seed(alice)
+    states = rig.sync()
+    assert [s.status for s in states] == ["planted", "planted"]
+    keys = {rig.ts(u).access_key_id for u in rig.users}
+    assert len(keys) == 2 and keys <= rig.store.state.owned_key_ids
+    for user in rig.users:
+        st = user.credentials.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (user.uid, user.gid, 0o600)
+        parsed = parse_credentials(user.credentials)
+        assert parsed["prod-backup"]["aws_access_key_id"] == rig.ts(user).access_key_id
+    assert parse_credentials(alice.credentials)["work"]["aws_access_key_id"] == "AKIAUSERSOWNKEY00001"
+    # The secret is in the file only, never in the state file.
+    secret = parse_credentials(bob.credentials)["prod-backup"]["aws_secret_access_key"]
+    assert secret not in Path(rig.config.state_dir, "state.json").read_text()
+    assert rig.events == []
+
+
+def test_second_pass_changes_nothing(rig: Rig) -> None:
+    rig.sync()
+    before = {u.name: u.credentials.read_bytes() for u in rig.users}
+    creds_before = len(rig.issuer_credentials())
+    rig.sync()
+    assert {u.name: u.credentials.read_bytes() for u in rig.users} == before
+    assert len(rig.issuer_credentials()) == creds_before  # nothing new minted
+
+
+def test_conflict_reported_once_left_untouched_not_retried(rig: Rig) -> None:
+    alice, bob = rig.users
+    foreign = b"[prod-backup]\naws_access_key_id = AKIANOTOURS000000000\naws_secret_access_key = x\n"
+    seed(alice, foreign)
+    rig.sync()
+    assert alice.credentials.read_bytes() == foreign
+    assert rig.ts(alice).status == "conflict" and "not Tripkey's" in rig.ts(alice).last_error
+    assert rig.ts(bob).status == "planted"  # other targets go on
+    conflicts = [e for e in rig.events if e["tamper"]["action"] == "conflict"]
+    assert len(conflicts) == 1 and conflicts[0]["path"] == str(alice.credentials)
+    minted = len(rig.issuer_credentials())
+    rig.sync()
+    rig.planter.ensure(rig.target(alice))  # a watcher event: still backed off
+    assert len([e for e in rig.events if e["tamper"]["action"] == "conflict"]) == 1
+    assert len(rig.issuer_credentials()) == minted  # no credential minted for a conflicted file
+    rig.clock.advance(hours=2)
+    rig.planter.run_due()  # retried after the backoff, still a conflict, not reported again
+    assert rig.ts(alice).status == "conflict" and len(rig.events) == 1
+
+
+def test_duplicate_sections_are_a_conflict(rig: Rig) -> None:
+    alice, _ = rig.users
+    dup = b"[prod-backup]\na = 1\n[prod-backup]\nb = 2\n"
+    seed(alice, dup)
+    rig.sync()
+    assert rig.ts(alice).status == "conflict" and alice.credentials.read_bytes() == dup
+
+
+def test_removed_section_is_replanted_then_backed_off(rig: Rig) -> None:
+    alice, _ = rig.users
+    seed(alice)
+    rig.sync()
+    first_key = rig.ts(alice).access_key_id
+    alice.credentials.write_bytes(SEED)  # the user removes our section
+    rig.planter.ensure(rig.target(alice), hint="modified")
+    assert rig.ts(alice).status == "planted" and rig.ts(alice).access_key_id != first_key
+    assert rig.events[-1]["tamper"] == {"action": "section_removed", "replanted": True,
+                                        "detail": "our profile 'prod-backup' was section removed"}
+    # Second removal: reported, but re-planted only after 1 minute.
+    alice.credentials.write_bytes(SEED)
+    rig.clock.advance(seconds=5)
+    rig.planter.ensure(rig.target(alice), hint="modified")
+    assert rig.ts(alice).status == "pending" and alice.credentials.read_bytes() == SEED
+    assert rig.events[-1]["tamper"]["replanted"] is False
+    rig.clock.advance(seconds=30)
+    rig.planter.run_due()
+    assert alice.credentials.read_bytes() == SEED  # still waiting
+    rig.clock.advance(seconds=31)
+    rig.planter.run_due()
+    assert rig.ts(alice).status == "planted" and b"[prod-backup]" in alice.credentials.read_bytes()
+    # Third removal: two minutes.
+    alice.credentials.write_bytes(SEED)
+    rig.planter.ensure(rig.target(alice))
+    assert rig.ts(alice).next_attempt_at == to_iso(rig.clock.now + dt.timedelta(seconds=120))
+
+
+def test_deleted_file_is_recreated(rig: Rig) -> None:
+    alice, _ = rig.users
+    rig.sync()
+    alice.credentials.unlink()
+    rig.planter.ensure(rig.target(alice), hint="deleted")
+    assert rig.events[-1]["tamper"]["action"] == "file_deleted"
+    assert rig.ts(alice).status == "planted" and alice.credentials.exists()
+
+
+def test_altered_secret_is_replanted(rig: Rig) -> None:
+    alice, _ = rig.users
+    rig.sync()
+    text = alice.credentials.read_text()
+    key = rig.ts(alice).access_key_id
+    alice.credentials.write_text(text.split("aws_secret_access_key")[0] + "aws_secret_access_key =\n")
+    rig.planter.ensure(rig.target(alice))
+    assert rig.events[-1]["tamper"]["action"] == "section_altered"
+    assert rig.ts(alice).status == "planted" and rig.ts(alice).access_key_id != key
+
+
+def test_long_term_key_rotated_on_schedule(rig: Rig) -> None:
+    alice, _ = rig.users
+    rig.sync()
+    old = rig.ts(alice)
+    old_key, old_cred = old.access_key_id, old.credential_id
+    rig.clock.advance(days=89)
+    rig.sync()
+    assert rig.ts(alice).access_key_id == old_key  # not yet
+    rig.clock.advance(days=2)
+    rig.sync()
+    new_key = rig.ts(alice).access_key_id
+    assert new_key != old_key and old_key in rig.store.state.owned_key_ids
+    assert parse_credentials(alice.credentials)["prod-backup"]["aws_access_key_id"] == new_key
+    info = {c.credential_id: c for c in rig.client.list_credentials(rig.store.state.device_id)}
+    assert info[old_cred].status == "retired"  # the issuer retired the old one
+    assert not rig.events  # a rotation is not a tamper
+
+
+def test_refresh_due_rules() -> None:
+    from agent.config import AgentConfig
+
+    config = AgentConfig(refresh_before_seconds=6 * 3600, rotate_days=90)
+    now = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+    short = TargetState(path="/p", owner="o", profile="p", expires_at=to_iso(now + dt.timedelta(hours=7)))
+    assert refresh_due(short, config, now) is None
+    assert refresh_due(short, config, now + dt.timedelta(hours=1, seconds=1)) == "expiring"
+    long = TargetState(path="/p", owner="o", profile="p", created_at=to_iso(now - dt.timedelta(days=90)))
+    assert refresh_due(long, config, now) == "rotation"
+    assert refresh_due(long, config, now - dt.timedelta(days=1)) is None
+
+
+def test_tamper_delay_schedule() -> None:
+    assert [tamper_delay(n) for n in (1, 2, 3, 4)] == [0, 60, 120, 240]
+    assert tamper_delay(40) == 24 * 3600
+
+
+def test_unknown_owner_recorded_others_planted(tmp_path: Path, live_issuer: Any) -> None:
+    passwd, users = make_users(tmp_path)
+    targets = [{"path": str(u.credentials), "owner": u.name} for u in users]
+    targets.append({"path": str(tmp_path / "ghost" / ".aws" / "credentials"), "owner": "ghost"})
+    config = agent_config(tmp_path, live_issuer, passwd, users, target=targets)
+    resolved, errors = resolve_targets(config)
+    assert list(errors) == [targets[2]["path"]] and "ghost" in errors[targets[2]["path"]]
+    store = StateStore(config.state_dir)
+    client = make_client(config)
+    ensure_enrolled(store, client, config, [])
+    states = Planter(config, store, client).sync(resolved, errors)
+    assert [s.status for s in states] == ["planted", "planted"]
+
+
+def test_unsafe_path_is_an_error_for_that_target_only(rig: Rig, tmp_path: Path) -> None:
+    alice, bob = rig.users
+    alice.credentials.parent.mkdir()
+    os.chown(alice.credentials.parent, alice.uid, alice.gid)
+    os.symlink("/etc/passwd", alice.credentials)  # a user-made symlink must never be followed
+    states = rig.sync()
+    assert states[0].status == "error" and states[0].last_error
+    assert states[1].status == "planted"
+    assert os.path.islink(alice.credentials)
+    assert len(rig.issuer_credentials()) == 1  # nothing minted for the unsafe path
+
+
+def test_unplant_restores_bytes_and_revokes(rig: Rig) -> None:
+    alice, bob = rig.users
+    seed(alice)
+    rig.sync()
+    creds = [rig.ts(u).credential_id for u in rig.users]
+    results = rig.planter.unplant_all()
+    assert [r["removed"] for r in results] == [True, True]
+    assert [r["revoked"] for r in results] == [True, True]
+    assert alice.credentials.read_bytes() == SEED
+    assert bob.credentials.read_bytes() == b""  # the file we created is emptied, never deleted
+    info = {c.credential_id: c for c in rig.client.list_credentials(rig.store.state.device_id)}
+    assert {info[c].status for c in creds} == {"revoked"}
+    assert rig.store.state.targets == {} and rig.store.state.owned_key_ids  # owned ids are kept
+
+
+def test_retired_target_is_removed_and_revoked(rig: Rig) -> None:
+    alice, bob = rig.users
+    rig.sync()
+    bob_cred = rig.ts(bob).credential_id
+    rig.targets = [t for t in rig.targets if t.owner.name == "alice"]
+    rig.sync()
+    assert str(bob.credentials) not in rig.store.state.targets
+    assert b"prod-backup" not in bob.credentials.read_bytes()
+    info = {c.credential_id: c for c in rig.client.list_credentials(rig.store.state.device_id)}
+    assert info[bob_cred].status == "revoked"
+
+
+def test_issuer_down_is_recorded_and_backed_off(tmp_path: Path, live_issuer: Any) -> None:
+    rig = Rig(tmp_path, live_issuer)
+    live_issuer.stop()
+    rig.client.retries = 0
+    states = rig.sync()
+    assert {s.status for s in states} == {"error"}
+    assert all("issuer unreachable" in (s.last_error or "") and s.next_attempt_at for s in states)

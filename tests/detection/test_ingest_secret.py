@@ -1,0 +1,40 @@
+"""`ingest-secret create`: the printed secret passes the ingest check; only its hash is in the config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+
+import pytest
+
+from issuer.detection import ingest_secret
+from issuer.errors import Unauthenticated
+from issuer.routers.ingest import check_ingest_key
+from issuer.settings import Settings
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="tripkey-issuer")
+    ingest_secret.register(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_create_json_and_config_round_trip(capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert ingest_secret.run(parse(["ingest-secret", "create", "--name", "eb-prod", "--json"])) == 0
+    data = json.loads(capsys.readouterr().out)
+    config = tomllib.loads(data["config"])
+    assert data["secret"] not in data["config"]
+    settings = Settings(data_dir=tmp_path, **config)
+    check_ingest_key(settings, "eb-prod", data["secret"])  # accepted
+    with pytest.raises(Unauthenticated):
+        check_ingest_key(settings, "eb-prod", data["secret"] + "x")
+    with pytest.raises(Unauthenticated):
+        check_ingest_key(settings, "eb-other", data["secret"])
+
+
+def test_bad_name_and_help(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert ingest_secret.run(parse(["ingest-secret", "create", "--name", "no/slash"])) == 2
+    with pytest.raises(SystemExit):
+        parse(["ingest-secret", "create", "--help"])
+    assert "shown once" not in capsys.readouterr().err

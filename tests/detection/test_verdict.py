@@ -1,0 +1,121 @@
+"""Verdict hint table: each rule alone, and the most severe winning when several fire."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from issuer.alerts.verdict import ReadFact, SelfReportFact, VerdictInput, decide
+
+USE = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
+
+
+def read(
+    cls: str | None,
+    user: str = "alice",
+    exe: str = "/usr/bin/aws",
+    minutes_before: int = 30,
+    cmdline: tuple[str, ...] = ("aws", "s3", "ls"),
+) -> ReadFact:
+    return ReadFact(
+        time=USE - dt.timedelta(minutes=minutes_before),
+        classification=cls,
+        user=user,
+        exe=exe,
+        cmdline=cmdline,
+        pid=4242,
+    )
+
+
+def report(minutes_before: int, user: str = "alice") -> SelfReportFact:
+    return SelfReportFact(time=USE - dt.timedelta(minutes=minutes_before), user=user)
+
+
+VIM = dict(exe="/usr/bin/vim", cmdline=("vim", "credentials"))
+CASES = [
+    (
+        "self_report_explains_own_read",
+        dict(reads=(read("unknown", minutes_before=7, **VIM),), self_reports=(report(5),)),
+        "likely_benign",
+    ),
+    (
+        "self_report_not_for_others",
+        dict(reads=(read("unknown", user="bob", minutes_before=7, **VIM),), self_reports=(report(5),)),
+        "suspicious",
+    ),
+    ("aws_tool_by_owner", dict(reads=(read("aws_tool"), read("aws_tool"))), "curious_user"),
+    (
+        "secret_scanner",
+        dict(reads=(read("secret_scanner", exe="/usr/bin/trufflehog"),)),
+        "scanner_verification",
+    ),
+    ("shell_utility", dict(reads=(read("shell_utility", exe="/usr/bin/cat"),)), "suspicious"),
+    ("unknown", dict(reads=(read("unknown", exe="/tmp/.x/stealer"),)), "suspicious"),
+    ("aws_tool_other_user", dict(reads=(read("aws_tool", user="mallory"),)), "suspicious"),
+    ("no_reads_healthy", dict(reads=()), "key_copied_elsewhere"),
+    ("backup_only", dict(reads=(read("backup", exe="/usr/bin/restic"),)), "key_copied_elsewhere"),
+    ("agent_stale_no_reads", dict(reads=(), agent_stale=True), "context_incomplete"),
+    ("sensor_unhealthy", dict(reads=(read("aws_tool"),), sensor_healthy=False), "context_incomplete"),
+    ("lost_events", dict(reads=(read("aws_tool"),), lost_events=3), "context_incomplete"),
+    # several rules: the most severe wins, all are listed
+    (
+        "scanner_and_shell",
+        dict(reads=(read("secret_scanner"), read("shell_utility", exe="/usr/bin/cat"))),
+        "suspicious",
+    ),
+    ("self_report_and_aws", dict(reads=(read("aws_tool"),), self_reports=(report(2),)), "likely_benign"),
+    ("aws_and_scanner", dict(reads=(read("aws_tool"), read("secret_scanner"))), "scanner_verification"),
+    (
+        "stale_and_cat",
+        dict(reads=(read("shell_utility", exe="/usr/bin/cat"),), agent_stale=True),
+        "suspicious",
+    ),
+    (
+        "old_self_report_ignored",
+        dict(reads=(read("unknown", minutes_before=300, **VIM),), self_reports=(report(299),)),
+        "suspicious",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "facts", "hint"), CASES, ids=[c[0] for c in CASES])
+def test_verdict_table(name: str, facts: dict, hint: str) -> None:  # type: ignore[type-arg]
+    verdict = decide(VerdictInput(first_use=USE, placement_user="alice", **{"reads": (), **facts}))
+    assert verdict.hint == hint, verdict.reasons
+    assert verdict.reasons, "every verdict explains itself"
+    assert verdict.reasons[0].startswith(hint)
+
+
+def test_suspicious_reason_names_the_process() -> None:
+    verdict = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=(read("unknown", exe="/tmp/.cache/x", cmdline=("x", "--grab"), user="alice"),),
+        )
+    )
+    reason = " ".join(verdict.reasons)
+    assert "/tmp/.cache/x" in reason and "x --grab" in reason and "user: alice" in reason
+
+
+def test_all_fired_rules_are_listed() -> None:
+    verdict = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            agent_stale=True,
+            self_reports=(report(0),),
+            reads=(read("secret_scanner", user="scan"), read("backup", user="root")),
+        )
+    )
+    hints = {reason.split(":", 1)[0] for reason in verdict.reasons}
+    assert {"likely_benign", "scanner_verification", "context_incomplete", "key_copied_elsewhere"} <= hints
+
+
+def test_selftest_is_mentioned() -> None:
+    verdict = decide(
+        VerdictInput(first_use=USE, placement_user="alice", reads=(read("aws_tool"),), selftest=True)
+    )
+    assert "self-test" in verdict.reasons[0]
+    assert verdict.hint == "curious_user"
