@@ -99,17 +99,16 @@ def plant_region_bytes(data: bytes, profile: str, region: str, *, force_default:
     """Append ``[profile NAME]`` with ``region``; unchanged if ours already; ConflictError otherwise."""
     validate_profile(profile, force_default=force_default)
     _check_region(region)
-    state = inspect_region_bytes(data, profile, region)
-    if state.status is SectionStatus.OURS:
+    doc = inifile.parse(data)  # ParseError / DuplicateSectionError exactly when botocore refuses
+    sections = _matching(doc, profile)
+    if len(sections) == 1 and _is_ours(data, sections[0], profile, region):
         return data
-    if state.status is SectionStatus.UNPARSEABLE:
-        inifile.parse(data)  # raises the precise ParseError
-    if state.status is not SectionStatus.ABSENT:
+    if sections:
         raise ConflictError(
-            f"profile {profile!r} is already configured here ({state.detail})", line=state.line
+            f"profile {profile!r} is already configured in this file", line=sections[0].header + 1
         )
     name = config_section_name(profile)
-    new = inifile.append_section(inifile.parse(data), name, [("region", region)])
+    new = inifile.append_section(doc, name, [("region", region)])
     _verify(data, new, name, region)
     return new
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from server_api_client import IssuerUnreachable, TripkeyError
@@ -21,8 +22,9 @@ from server_api_client import IssuerUnreachable, TripkeyError
 from . import __version__
 from .config import AgentConfig, ConfigError, load_config, parse_assignment
 from .enroll import EnrollmentError, ensure_enrolled
-from .spool import Spool, spool_counts
+from .spool import Spool
 from .state import READLOG_FILE, SPOOL_FILE, AgentBusy, DirLock, StateError, StateStore, utcnow
+from .status import format_status, status_data
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -59,11 +61,18 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="agent config file (TOML)")
-    common.add_argument("--state-dir", metavar="DIR", help="state directory (default /var/lib/tripkey as root)")
+    common.add_argument(
+        "--state-dir", metavar="DIR", help="state directory (default /var/lib/tripkey as root)"
+    )
     common.add_argument("--issuer-url", metavar="URL", help="issuer base URL")
     common.add_argument("--profile", help="AWS CLI profile name to plant")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key (TOML value), e.g. --set all_users=false; repeatable")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key (TOML value), e.g. --set all_users=false; repeatable",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     parser = argparse.ArgumentParser(
@@ -76,14 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
-    run = add("run", "the service: enroll, plant, sense reads, report, repair, refresh (until SIGTERM)",
-              json_flag=False)
+    run = add(
+        "run",
+        "the service: enroll, plant, sense reads, report, repair, refresh (until SIGTERM)",
+        json_flag=False,
+    )
     run.add_argument("--sensor", help="override the configured sensor")
     add("status", "enrollment, each target (key id, expiry, last check, error), sensor health, spool")
     reads = add("reads", "reads of the planted files recorded on this host (newest first)")
@@ -96,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("check", "inspect every target without changing anything; exit 3 unless all are planted")
     trigger = add("trigger", "self-test: tell the issuer, then use this device's canary against AWS")
     trigger.add_argument("--target", metavar="PATH", help="which planted file (default: the first)")
-    add("tray", "the per-user tray app", json_flag=False)
+    tray = add(
+        "tray", "the per-user tray app (explains the canary; 'I opened it by mistake')", json_flag=False
+    )
+    tray.add_argument("--show", action="store_true", help="open the explanation window at once")
     return parser
 
 
@@ -172,89 +193,6 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
 # ---------------------------------------------------------------------------------------------- status
 
 
-def status_data(config: AgentConfig) -> dict[str, Any]:
-    store = _open_store(config)
-    st = store.state if store else None
-    pid = st.service_pid if st else None
-    running = bool(pid) and _alive(pid)
-    targets = []
-    for ts in sorted(st.targets.values(), key=lambda t: t.path) if st else ():
-        targets.append({
-            "path": ts.path, "owner": ts.owner, "profile": ts.profile, "status": ts.status,
-            "access_key_id": ts.access_key_id, "credential_id": ts.credential_id, "backend": ts.backend,
-            "expires_at": ts.expires_at, "created_at": ts.created_at, "last_check": ts.last_check,
-            "last_error": ts.last_error, "next_attempt_at": ts.next_attempt_at, "tamper_count": ts.tamper_count,
-        })
-    return {
-        "agent_version": __version__,
-        "state_dir": config.state_dir,
-        "issuer_url": (st.issuer_url if st and st.issuer_url else config.issuer_url),
-        "profile": config.profile,
-        "enrolled": bool(st and st.enrolled),
-        "device_id": st.device_id if st else None,
-        "enrolled_at": st.enrolled_at if st else None,
-        "service": {"running": running, "pid": pid if running else None,
-                    "started_at": st.service_started_at if st else None},
-        "sensor": st.sensor_health if st else None,
-        "targets": targets,
-        "spool": spool_counts(os.path.join(config.state_dir, SPOOL_FILE)),
-        "last_event_at": st.last_event_at if st else None,
-        "last_heartbeat_at": st.last_heartbeat_at if st else None,
-        "last_heartbeat_error": st.last_heartbeat_error if st else None,
-    }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def format_status(data: dict[str, Any]) -> str:
-    lines = [f"Tripkey agent {data['agent_version']}  (state dir {data['state_dir']})"]
-    if data["enrolled"]:
-        lines.append(f"enrolled:   device {data['device_id']} at {data['issuer_url']} since {data['enrolled_at']}")
-    else:
-        lines.append(f"enrolled:   NO (issuer {data['issuer_url'] or 'not configured'})")
-    svc = data["service"]
-    lines.append(f"service:    {'running, pid ' + str(svc['pid']) if svc['running'] else 'not running'}")
-    sensor = data["sensor"]
-    if sensor is None:
-        lines.append("sensor:     unknown (the service has not run yet)")
-    elif sensor.get("healthy"):
-        extra = " (WEAKER mode)" if sensor.get("weaker") else ""
-        lines.append(f"sensor:     {sensor.get('name')} ({sensor.get('mode')}) healthy{extra}, "
-                     f"{sensor.get('lost_events', 0)} lost events")
-    else:
-        lines.append(f"sensor:     {sensor.get('name')} NOT WORKING: {sensor.get('error')}")
-    spool = data["spool"]
-    lines.append("spool:      " + ("empty (never used)" if spool is None else
-                                   f"{spool['pending']} pending, {spool['dropped']} dropped, "
-                                   f"{spool['rejected']} rejected"))
-    lines.append(f"last read:  {data['last_event_at'] or 'none'}   last heartbeat: "
-                 f"{data['last_heartbeat_at'] or 'never'}"
-                 + (f" (error: {data['last_heartbeat_error']})" if data["last_heartbeat_error"] else ""))
-    lines.append(f"profile:    {data['profile']}")
-    if not data["targets"]:
-        lines.append("targets:    none planted")
-        return "\n".join(lines)
-    header = ("PATH", "OWNER", "PROFILE", "STATUS", "ACCESS KEY ID", "EXPIRES", "LAST CHECK", "ERROR")
-    rows = [header] + [
-        (t["path"], t["owner"], t["profile"], t["status"], t["access_key_id"] or "-",
-         t["expires_at"] or "never (long-term)", t["last_check"] or "-", t["last_error"] or "")
-        for t in data["targets"]
-    ]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
-    lines.append("")
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-                 for r in rows)
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def cmd_status(args: argparse.Namespace, config: AgentConfig) -> int:
     data = status_data(config)
     _emit(args, data, format_status(data))
@@ -265,7 +203,7 @@ def cmd_status(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_reads(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .readlog import ReadLog, format_table, parse_since
+    from .readlog import ReadLog, ReadLogError, format_table, parse_since
 
     try:
         since = parse_since(args.since)
@@ -275,7 +213,10 @@ def cmd_reads(args: argparse.Namespace, config: AgentConfig) -> int:
     if not os.path.exists(path):
         rows: list[dict[str, Any]] = []
     else:
-        readlog = ReadLog(path, retention_days=config.readlog_retention_days, max_mb=config.readlog_max_mb)
+        try:
+            readlog = ReadLog(Path(path), readonly=True)  # never creates, prunes or writes
+        except ReadLogError as exc:
+            raise CliError(str(exc)) from None
         try:
             rows = readlog.query(since=since, path=args.path, limit=args.limit)
         finally:
@@ -296,7 +237,9 @@ def _enrolled_client(config: AgentConfig, store: StateStore, users: list[str], *
             ensure_enrolled(store, client, config, users, max_attempts=3)
         except EnrollmentError as exc:
             unreachable = "attempts" in str(exc)
-            raise CliError(f"cannot enroll: {exc}", EXIT_UNREACHABLE if unreachable else EXIT_FAILURE) from None
+            raise CliError(
+                f"cannot enroll: {exc}", EXIT_UNREACHABLE if unreachable else EXIT_FAILURE
+            ) from None
     elif store.state.enrolled:
         client.token = store.state.device_token
     else:
@@ -329,7 +272,8 @@ def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .planter import inspect_targets, resolve_targets
+    from .planter import resolve_targets
+    from .targets import inspect_targets
 
     store = _open_store(config)
     targets, errors = resolve_targets(config)
@@ -368,8 +312,10 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
     if not results:
         lines.append("nothing planted")
     if unrevoked:
-        lines.append("the issuer could not be reached (or refused): the keys above were NOT revoked; "
-                     "run `tripkey-agent unplant` again later or revoke them from the issuer")
+        lines.append(
+            "the issuer could not be reached (or refused): the keys above were NOT revoked; "
+            "run `tripkey-agent unplant` again later or revoke them from the issuer"
+        )
     _emit(args, {"results": results}, "\n".join(lines))
     if failed:
         return EXIT_PARTIAL
@@ -392,8 +338,9 @@ def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
     except TriggerError as exc:
         raise CliError(str(exc), exc.code) from None
     except IssuerUnreachable as exc:
-        raise CliError(f"the issuer is unreachable, so the self-test was not started: {exc}",
-                       EXIT_UNREACHABLE) from None
+        raise CliError(
+            f"the issuer is unreachable, so the self-test was not started: {exc}", EXIT_UNREACHABLE
+        ) from None
     except TripkeyError as exc:
         raise CliError(f"the issuer refused the self-test: {exc}") from None
     _emit(args, report.to_dict(), report.text())
@@ -404,21 +351,24 @@ def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_tray(args: argparse.Namespace) -> int:
-    for module_name in ("agent.tray", "agent.tray.app"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            if "pystray" in str(exc) or "PIL" in str(exc):
-                print(f"tripkey-agent: the tray needs the tray extra (pip install 'tripkey[tray]'): {exc}",
-                      file=sys.stderr)
-                return EXIT_FAILURE
-            continue
-        entry = getattr(module, "main", None)
-        if callable(entry):
-            result = entry([a for a in ("--config", args.config) if args.config] if args.config else [])
-            return int(result or 0)
-    print("tripkey-agent: the tray app is not part of this build (agent.tray has no main())", file=sys.stderr)
-    return EXIT_FAILURE
+    """Runs as the logged-in user: the root-only agent config may be unreadable, so it is optional."""
+    socket_path = "/run/tripkey/selfreport.sock"
+    try:
+        socket_path = config_from_args(args).selfreport_socket
+    except ConfigError as exc:
+        if args.config:
+            print(f"tripkey-agent: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        module = importlib.import_module("agent.tray.app")
+    except ImportError as exc:
+        print(
+            f"tripkey-agent: the tray app cannot start: {exc} (install the tray extra: "
+            "pip install 'tripkey[tray]')",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    return int(module.main(Path(socket_path), show_now=args.show) or 0)
 
 
 COMMANDS = {

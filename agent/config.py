@@ -71,6 +71,8 @@ class AgentConfig:
     passwd_file: str | None = None  # tests: a passwd-format file instead of the system database
     login_defs: str = "/etc/login.defs"
     log_level: str = "INFO"
+    selfreport: bool = True  # accept "I opened it by mistake" from the tray over a local socket
+    selfreport_socket: str = "/run/tripkey/selfreport.sock"
 
     @property
     def state_path(self) -> Path:
@@ -88,13 +90,22 @@ _FILE_KEYS = {name for name in _FIELDS if name != "targets"} | {"target"}
 # agent/classify.py documents its rule tables as `[[classify_rule]]`; accept that spelling too.
 _ALIASES = {"classify_rule": "classification_rules"}
 _INT_KEYS = {
-    "refresh_before_seconds", "rotate_days", "readlog_retention_days", "readlog_max_mb",
-    "spool_max_events", "fail_open_ms",
+    "refresh_before_seconds",
+    "rotate_days",
+    "readlog_retention_days",
+    "readlog_max_mb",
+    "spool_max_events",
+    "fail_open_ms",
 }
 _FLOAT_KEYS = {"heartbeat_interval", "upload_interval", "check_interval", "issuer_timeout"}
-_BOOL_KEYS = {"force_default_profile", "all_users"}
+_BOOL_KEYS = {"force_default_profile", "all_users", "selfreport"}
 _OPTIONAL_STR_KEYS = {
-    "issuer_url", "enroll_token", "ca_bundle", "region", "aws_endpoint_url", "passwd_file",
+    "issuer_url",
+    "enroll_token",
+    "ca_bundle",
+    "region",
+    "aws_endpoint_url",
+    "passwd_file",
 }
 
 
@@ -112,7 +123,9 @@ def load_config(
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is None:
-        path = env.get("TRIPKEY_CONFIG") or (DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None)
+        path = env.get("TRIPKEY_CONFIG") or (
+            DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None
+        )
     if path is not None:
         raw.update(_read_file(Path(path)))
     raw.update(_from_env(env))

@@ -110,7 +110,9 @@ def ensure_enrolled(
         client.token = state.device_token
         return state.device_id, state.device_token  # type: ignore[return-value]
     if not config.enroll_token:
-        raise ConfigError("not enrolled yet and enroll_token is not set (config file or TRIPKEY_ENROLL_TOKEN)")
+        raise ConfigError(
+            "not enrolled yet and enroll_token is not set (config file or TRIPKEY_ENROLL_TOKEN)"
+        )
     with store.mutate() as st:
         device_key = st.ensure_device_key()
     facts = host_facts(users)
@@ -153,8 +155,12 @@ def ensure_enrolled(
         st.issuer_url = issuer_url
         st.enrolled_at = to_iso(utcnow())
     client.token = result.device_token
-    log.info("enrolled with %s as device %s (%s)", issuer_url, result.device_id,
-             "new" if result.created else "existing")
+    log.info(
+        "enrolled with %s as device %s (%s)",
+        issuer_url,
+        result.device_id,
+        "new" if result.created else "existing",
+    )
     return result.device_id, result.device_token
 
 

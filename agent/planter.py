@@ -15,15 +15,12 @@ watcher, the periodic pass and the CLI share one set of rules:
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import hashlib
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from server_api_client import IssuerUnreachable, NotFound, TripkeyError
@@ -31,7 +28,17 @@ from server_api_client import IssuerUnreachable, NotFound, TripkeyError
 from . import credfile
 from .config import AgentConfig
 from .state import StateStore, TargetState, from_iso, to_iso, utcnow
-from .users import LocalUser, UnknownUser, discover_human_users, lookup_user
+from .targets import (
+    Target,
+    file_digest,
+    inspect_section,
+    plant_one,
+    plant_region,
+    resolve_targets,
+    unplant_one,
+    unplant_region,
+)
+from .users import LocalUser, UnknownUser, lookup_user
 
 log = logging.getLogger(__name__)
 
@@ -44,37 +51,6 @@ CONFLICT_FIRST_DELAY = 3600.0
 CONFLICT_MAX_DELAY = 24 * 3600.0
 
 EventSink = Callable[[dict[str, Any]], None]
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Target:
-    """A resolved placement: where the file is and which local account owns it."""
-
-    path: str
-    owner: LocalUser
-    source: str  # explicit | all_users
-
-
-def resolve_targets(config: AgentConfig) -> tuple[list[Target], dict[str, str]]:
-    """Explicit targets plus (with all_users) every human user's ~/.aws/credentials.
-
-    Returns the targets and, per explicit path whose owner is unknown, an error sentence.
-    An explicit target wins over the all-users entry for the same path.
-    """
-    targets: dict[str, Target] = {}
-    errors: dict[str, str] = {}
-    if config.all_users:
-        for user in discover_human_users(config.passwd_file, config.login_defs):
-            path = os.path.normpath(user.credentials_path)
-            targets[path] = Target(path, user, "all_users")
-    for spec in config.targets:
-        try:
-            owner = lookup_user(spec.owner, config.passwd_file)
-        except UnknownUser as exc:
-            errors[spec.path] = str(exc)
-            continue
-        targets[spec.path] = Target(spec.path, owner, "explicit")
-    return sorted(targets.values(), key=lambda t: t.path), errors
 
 
 def tamper_delay(count: int) -> float:
@@ -99,51 +75,6 @@ def refresh_due(ts: TargetState, config: AgentConfig, now: dt.datetime) -> str |
     if created is not None and now >= created + dt.timedelta(days=config.rotate_days):
         return "rotation"
     return None
-
-
-def _owner_ids(path: str, owner: LocalUser | None) -> tuple[int, int]:
-    """The uid/gid files of this target must belong to: the owner's, else (user gone) the file's."""
-    if owner is not None:
-        return owner.uid, owner.gid
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return 0, 0
-    return st.st_uid, st.st_gid
-
-
-def inspect_state(path: str, profile: str, owned: Iterable[str], owner: LocalUser | None) -> str:
-    """absent | ours | altered | foreign | duplicate | unparseable (CredfileError for unsafe paths)."""
-    return inspect_section(path, profile, owned, owner)[0]
-
-
-def inspect_section(
-    path: str, profile: str, owned: Iterable[str], owner: LocalUser | None
-) -> tuple[str, str | None, str]:
-    """(status, our access key id in the file or None, detail)."""
-    uid, _gid = _owner_ids(path, owner)
-    state = credfile.inspect_file(Path(path), profile, set(owned), owner_uid=uid)
-    return str(state.status.value), state.access_key_id, state.detail
-
-
-def plant_one(path: str, profile: str, issued: Any, owned: Iterable[str], owner: LocalUser, *,
-              force_default: bool = False) -> None:
-    cred = credfile.CanaryCredential(issued.access_key_id, issued.secret_access_key, issued.session_token)
-    credfile.plant_file(Path(path), profile, cred, set(owned), owner_uid=owner.uid, owner_gid=owner.gid,
-                        force_default=force_default)
-
-
-def unplant_one(path: str, profile: str, owned: Iterable[str], owner: LocalUser | None) -> bool:
-    uid, gid = _owner_ids(path, owner)
-    return credfile.unplant_file(Path(path), profile, set(owned), owner_uid=uid, owner_gid=gid)
-
-
-def file_digest(path: str) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
-        return None
 
 
 def tamper_event(path: str, action: str, detail: str, replanted: bool, now: dt.datetime) -> dict[str, Any]:
@@ -254,8 +185,9 @@ class Planter:
             with self.store.mutate():
                 ts.profile, ts.status = profile, "pending"
         try:
-            found, key_id, detail = inspect_section(target.path, profile, self.store.state.owned_key_ids,
-                                                    target.owner)
+            found, key_id, detail = inspect_section(
+                target.path, profile, self.store.state.owned_key_ids, target.owner
+            )
         except credfile.CredfileError as exc:
             return self._failed(ts, f"cannot inspect: {exc}", now)
         if found == "ours" and ts.access_key_id and key_id != ts.access_key_id:
@@ -309,8 +241,12 @@ class Planter:
         with self.store.mutate() as st:
             ts = st.targets.get(target.path)
             if ts is None:
-                ts = TargetState(path=target.path, owner=target.owner.name, profile=self.config.profile,
-                                 source=target.source)
+                ts = TargetState(
+                    path=target.path,
+                    owner=target.owner.name,
+                    profile=self.config.profile,
+                    source=target.source,
+                )
                 st.targets[target.path] = ts
             ts.owner, ts.source = target.owner.name, target.source
         return ts
@@ -362,11 +298,20 @@ class Planter:
             st.owned_key_ids.add(issued.access_key_id)  # owned before it exists on disk
         self._writing.add(target.path)
         try:
-            plant_one(target.path, self.config.profile, issued, self.store.state.owned_key_ids, target.owner,
-                      force_default=self.config.force_default_profile)
+            plant_one(
+                target.path,
+                self.config.profile,
+                issued,
+                self.store.state.owned_key_ids,
+                target.owner,
+                force_default=self.config.force_default_profile,
+            )
             self._digests[target.path] = file_digest(target.path)
             if self.on_secret is not None:
                 self.on_secret(issued.secret_access_key)
+        except credfile.ConflictError as exc:  # the file changed between inspection and writing
+            self._revoke_quietly(issued.credential_id)
+            return self._conflict(ts, "foreign", str(exc), now)
         except (credfile.CredfileError, OSError, ValueError) as exc:
             self._revoke_quietly(issued.credential_id)
             return self._failed(ts, f"cannot write the credentials file: {exc}", now)
@@ -380,12 +325,32 @@ class Planter:
             ts.created_at = to_iso(now)
             ts.profile = self.config.profile
             ts.status, ts.last_error, ts.failures, ts.next_attempt_at = "planted", None, 0, None
-        log.info("%s: planted %s (%s) for %s%s", target.path, issued.access_key_id, issued.backend,
-                 target.owner.name, f", {renew}" if renew else "")
+        if self.config.region:  # a region lets the attacker's first command go out (and be seen)
+            problem = plant_region(
+                target.path,
+                self.config.profile,
+                self.config.region,
+                target.owner,
+                force_default=self.config.force_default_profile,
+            )
+            if problem:
+                log.warning("%s: %s", target.path, problem)
+                with self.store.mutate():
+                    ts.last_error = problem
+        log.info(
+            "%s: planted %s (%s) for %s%s",
+            target.path,
+            issued.access_key_id,
+            issued.backend,
+            target.owner.name,
+            f", {renew}" if renew else "",
+        )
         return ts
 
     def _mint(self, target: Target) -> Any:
-        return self.client.mint_credential(self.device_id, target.owner.name, target.path, self.config.profile)
+        return self.client.mint_credential(
+            self.device_id, target.owner.name, target.path, self.config.profile
+        )
 
     def _revoke_quietly(self, credential_id: str | None) -> str | None:
         if not credential_id:
@@ -402,8 +367,11 @@ class Planter:
     def _unplant_quietly(self, ts: TargetState) -> bool:
         self._writing.add(ts.path)
         try:
-            removed = unplant_one(ts.path, ts.profile, self.store.state.owned_key_ids, self._owner_of(ts))
+            owner = self._owner_of(ts)
+            removed = unplant_one(ts.path, ts.profile, self.store.state.owned_key_ids, owner)
             self._digests[ts.path] = file_digest(ts.path)
+            if self.config.region:
+                unplant_region(ts.path, ts.profile, self.config.region, owner)
             return removed
         except (credfile.CredfileError, OSError) as exc:
             log.error("%s: could not remove our profile: %s", ts.path, exc)
@@ -446,13 +414,20 @@ class Planter:
         for path in paths:
             ts = self.store.state.targets.get(path)
             profile = ts.profile if ts else self.config.profile
-            result: dict[str, Any] = {"path": path, "profile": profile, "removed": False,
-                                      "revoked": None, "error": None}
+            result: dict[str, Any] = {
+                "path": path,
+                "profile": profile,
+                "removed": False,
+                "revoked": None,
+                "error": None,
+            }
             with self._lock(path):
                 self._writing.add(path)
                 try:
                     owner = self._owner_of(ts) if ts else self._targets_owner(path)
                     result["removed"] = unplant_one(path, profile, self.store.state.owned_key_ids, owner)
+                    if self.config.region:
+                        unplant_region(path, profile, self.config.region, owner)
                 except (credfile.CredfileError, OSError) as exc:
                     result["error"] = f"could not remove: {exc}"
                 finally:
@@ -466,31 +441,17 @@ class Planter:
                     if result["error"] is None:
                         st.targets.pop(path, None)
                     elif ts is not None:
-                        ts.status, ts.last_error = "removed" if result["removed"] else ts.status, result["error"]
+                        ts.status, ts.last_error = (
+                            "removed" if result["removed"] else ts.status,
+                            result["error"],
+                        )
             results.append(result)
         return results
-
-
-def inspect_targets(
-    paths: Iterable[str], profile: str, owned: Iterable[str], owners: dict[str, LocalUser] | None = None
-) -> dict[str, str]:
-    """Read-only view (`tripkey-agent check`): the state of each file for our profile."""
-    out = {}
-    owned_set = set(owned)
-    owners = owners or {}
-    for path in paths:
-        try:
-            out[path] = inspect_state(path, profile, owned_set, owners.get(path))
-        except credfile.CredfileError as exc:
-            out[path] = f"error: {exc}"
-    return out
 
 
 __all__ = [
     "Planter",
     "Target",
-    "file_digest",
-    "inspect_targets",
     "refresh_due",
     "resolve_targets",
     "tamper_delay",

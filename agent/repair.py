@@ -41,8 +41,13 @@ from .planter import Planter
 log = logging.getLogger(__name__)
 
 _WRITE_EVENTS = [
-    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent,
-    DirDeletedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
 ]
 
 
@@ -80,6 +85,8 @@ class RepairWatcher:
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._pending: dict[str, str] = {}
         self._cond = threading.Condition()
+        self._watch_lock = threading.RLock()  # set_paths (main thread) vs. the worker's refresh
+        self._stale: set[str] = set()  # watched directories that were deleted or moved away
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.handled = 0  # events judged (tests and status)
@@ -114,11 +121,16 @@ class RepairWatcher:
         self._refresh_watches()
 
     def _refresh_watches(self) -> None:
+        with self._watch_lock:
+            self._refresh_watches_locked()
+
+    def _refresh_watches_locked(self) -> None:
         if self._observer is None:
             return
         wanted = {os.path.dirname(p) for p in self.paths}
+        stale, self._stale = self._stale, set()
         for directory in list(self._watches):
-            if directory not in wanted or not os.path.isdir(directory):
+            if directory not in wanted or directory in stale or not os.path.isdir(directory):
                 watch = self._watches.pop(directory)
                 with contextlib.suppress(Exception):
                     self._observer.unschedule(watch)
@@ -133,11 +145,12 @@ class RepairWatcher:
                 log.error("cannot watch %s for tampering: %s", directory, exc)
 
     def directory_lost(self, directory: str) -> None:
-        """The watched directory itself was deleted or moved: every target in it is gone."""
-        watch = self._watches.pop(directory, None)
-        if watch is not None and self._observer is not None:
-            with contextlib.suppress(Exception):
-                self._observer.unschedule(watch)
+        """The watched directory itself was deleted or moved: every target in it is gone.
+
+        Runs on watchdog's dispatch thread, so the dead watch is only marked here; the worker
+        replaces it (a re-created directory is a new inode that needs a new watch)."""
+        with self._watch_lock:
+            self._stale.add(directory)
         for path in self.paths:
             if os.path.dirname(path) == directory:
                 self.notify(path, "deleted")

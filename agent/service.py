@@ -21,10 +21,11 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
-from server_api_client import AuthError, IssuerClient, TripkeyError
+from server_api_client import IssuerClient, TripkeyError
 
 from . import __version__
 from .config import AgentConfig
@@ -33,41 +34,74 @@ from .planter import Planter, resolve_targets
 from .repair import RepairWatcher
 from .spool import Spool
 from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore, to_iso, utcnow
-from .uploader import Backoff, Periodic, Uploader, heartbeat_payload
+from .uploader import UploadWorker
 
 log = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 10_000
+SELF_REPORT_MIN_INTERVAL = 10.0
 TICK_SECONDS = 1.0
 
 
 def make_client(config: AgentConfig, token: str | None = None) -> IssuerClient:
-    return IssuerClient(config.require_issuer(), token, timeout=config.issuer_timeout,
-                        ca_bundle=config.ca_bundle, retries=2)
+    return IssuerClient(
+        config.require_issuer(), token, timeout=config.issuer_timeout, ca_bundle=config.ca_bundle, retries=2
+    )
 
 
 def read_event_payload(event: Any, event_id: str, classification: str | None) -> dict[str, Any]:
     """A sensor ReadEvent as the docs/api.md "read" event (never file contents)."""
     data = event.to_dict()
-    read = {key: data.get(key) for key in
-            ("pid", "ppid", "exe", "cmdline", "uid", "user", "start_time", "cwd", "access", "sensor",
-             "ancestors")}
+    read = {
+        key: data.get(key)
+        for key in (
+            "pid",
+            "ppid",
+            "exe",
+            "cmdline",
+            "uid",
+            "user",
+            "start_time",
+            "cwd",
+            "access",
+            "sensor",
+            "ancestors",
+        )
+    }
     if event.start_time is not None:
         read["start_time"] = to_iso(event.start_time)
     read["classification"] = classification
-    return {"event_id": event_id, "kind": "read", "time": to_iso(event.time), "path": event.path, "read": read}
+    return {
+        "event_id": event_id,
+        "kind": "read",
+        "time": to_iso(event.time),
+        "path": event.path,
+        "read": read,
+    }
 
 
 def unavailable_health(sensor: str, error: str) -> dict[str, Any]:
-    return {"name": sensor, "mode": "unavailable", "healthy": False, "error": error, "lost_events": 0,
-            "weaker": False}
+    return {
+        "name": sensor,
+        "mode": "unavailable",
+        "healthy": False,
+        "error": error,
+        "lost_events": 0,
+        "weaker": False,
+    }
 
 
 def target_reports(store: StateStore) -> list[dict[str, Any]]:
     """Per-target lines for the heartbeat (and `status`)."""
     return [
-        {"path": ts.path, "local_user": ts.owner, "profile": ts.profile, "access_key_id": ts.access_key_id,
-         "planted": ts.planted, "error": ts.last_error}
+        {
+            "path": ts.path,
+            "local_user": ts.owner,
+            "profile": ts.profile,
+            "access_key_id": ts.access_key_id,
+            "planted": ts.planted,
+            "error": ts.last_error,
+        }
         for ts in sorted(store.state.targets.values(), key=lambda t: t.path)
     ]
 
@@ -100,6 +134,8 @@ class AgentService:
         self.planter: Planter | None = None
         self.watcher: RepairWatcher | None = None
         self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
+        self.selfreport: Any = None
+        self._last_report: dict[int, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -123,20 +159,29 @@ class AgentService:
                     return 0
                 log.error("cannot enroll: %s", exc)
                 return 1
-            self.planter = Planter(config, store, client, emit=self._spool_put, clock=self.clock,
-                                   on_secret=self._scrub_secret)
+            self.planter = Planter(
+                config, store, client, emit=self._spool_put, clock=self.clock, on_secret=self._scrub_secret
+            )
             self.planter.sync(targets, errors)
             self._start_sensor()
             self.watcher = RepairWatcher(self.planter)
             self.watcher.start(self.planter.paths)
-            for name, target in (("tripkey-consumer", self._consume), ("tripkey-uploader", self._upload_loop)):
+            self._start_selfreport()
+            for name, target in (
+                ("tripkey-consumer", self._consume),
+                ("tripkey-uploader", self._upload_loop),
+            ):
                 thread = threading.Thread(target=target, name=name, daemon=True)
                 thread.start()
                 threads.append(thread)
             self._persist_health()
             self.ready.set()
-            log.info("tripkey-agent %s running: %d target(s), sensor %s", __version__,
-                     len(self.planter.paths), self._health().get("name"))
+            log.info(
+                "tripkey-agent %s running: %d target(s), sensor %s",
+                __version__,
+                len(self.planter.paths),
+                self._health().get("name"),
+            )
             self._main_loop(client)
             return 0
         finally:
@@ -152,6 +197,8 @@ class AgentService:
         self._upload_wake.set()
         if self.watcher is not None:
             self.watcher.stop()
+        if self.selfreport is not None:
+            self.selfreport.stop()
         if self.sensor is not None:
             try:
                 self.sensor.stop()
@@ -179,16 +226,23 @@ class AgentService:
         assert self.planter is not None
         factory = self._sensor_factory or _default_sensor_factory
         paths = self.planter.paths
+        # The fail-open budget only means something to fanotify permission events; an explicitly
+        # named other sensor would reject the option.
+        options: dict[str, Any] = {}
+        if self.config.sensor in ("auto", "fanotify", "fanotify-notify"):
+            options["budget"] = self.config.fail_open_ms / 1000.0
         try:
-            self.sensor = factory(self.config.sensor, paths, self._on_read,
-                                  budget=self.config.fail_open_ms / 1000.0)
+            self.sensor = factory(self.config.sensor, paths, self._on_read, **options)
             self.sensor.start()
             self.sensor_error = None
         except Exception as exc:  # SensorUnavailable or anything else: loud, never a silent fallback
             self.sensor = None
             self.sensor_error = f"sensor {self.config.sensor!r} could not start: {exc}"
-            log.error("!!! %s — reads of the planted files are NOT being recorded; planting and "
-                      "reporting continue. Fix the cause or choose another sensor explicitly.", self.sensor_error)
+            log.error(
+                "!!! %s — reads of the planted files are NOT being recorded; planting and "
+                "reporting continue. Fix the cause or choose another sensor explicitly.",
+                self.sensor_error,
+            )
 
     def _health(self) -> dict[str, Any]:
         if self.sensor is None:
@@ -221,6 +275,47 @@ class AgentService:
             except Exception:
                 log.exception("could not record a read of %s", getattr(event, "path", "?"))
 
+    # ------------------------------------------------------------------ self-reports
+
+    def _start_selfreport(self) -> None:
+        if not self.config.selfreport:
+            return
+        from pathlib import Path
+
+        from .selfreport import SelfReportServer
+
+        try:
+            server = SelfReportServer(Path(self.config.selfreport_socket), self._on_self_report)
+            server.start()
+            self.selfreport = server
+        except OSError as exc:
+            log.error(
+                "self-reports from the tray are disabled: cannot listen on %s: %s",
+                self.config.selfreport_socket,
+                exc,
+            )
+
+    def _on_self_report(self, report: Any) -> None:
+        """A local user says they opened the file (uid from SO_PEERCRED); at most one per uid per 10 s."""
+        now = time.monotonic()
+        if now - self._last_report.get(report.uid, -1e9) < SELF_REPORT_MIN_INTERVAL:
+            raise ValueError("a report from this user was just received; try again in a few seconds")
+        self._last_report[report.uid] = now
+        path = report.path if report.path in (self.planter.paths if self.planter else []) else None
+        if path is None and self.store is not None:  # the reporting user's own planted file, if any
+            mine = [ts.path for ts in self.store.state.targets.values() if ts.owner == report.user]
+            path = mine[0] if mine else (self.planter.paths[0] if self.planter and self.planter.paths else "")
+        self._spool_put(
+            {
+                "event_id": str(uuid.uuid4()),
+                "kind": "self_report",
+                "time": to_iso(report.time),
+                "path": path,
+                "self_report": {"user": report.user, "note": report.note},
+            }
+        )
+        log.info("self-report from %s (uid %d) about %s", report.user, report.uid, path)
+
     def _scrub_secret(self, secret: str) -> None:
         self._secrets.add(secret)
         if self.readlog is not None:
@@ -236,71 +331,20 @@ class AgentService:
 
     def _upload_loop(self) -> None:
         assert self.store is not None and self.spool is not None
-        client = make_client(self.config, self.store.state.device_token)
-        uploader = Uploader(client, self.spool, self.store.state.device_id or "")
-        upload = Periodic(self.config.upload_interval, Backoff(5.0, 300.0))
-        beat = Periodic(self.config.heartbeat_interval, Backoff(5.0, 300.0))
-        while not self.stop_event.is_set():
-            client.token = self.store.state.device_token
-            uploader.device_id = self.store.state.device_id or ""
-            if self._upload_wake.is_set():
-                self._upload_wake.clear()
-                upload.trigger_now()
-            if upload.due() and not self._reenroll.is_set():
-                self._upload_once(uploader, upload)
-            if beat.due() and not self._reenroll.is_set():
-                self._heartbeat_once(client, beat)
-            wait = min(upload.seconds_until_due(), beat.seconds_until_due(), 5.0)
-            self._upload_wake.wait(max(wait, 0.05))
-        # Last chance to ship what is queued (a few seconds at most; the spool keeps the rest).
-        client.retries = 0
-        client.timeout = 3.0
-        if self.spool.pending() and not self._reenroll.is_set():
-            self._upload_once(uploader, upload)
-        client.close()
-
-    def _upload_once(self, uploader: Uploader, timer: Periodic) -> None:
-        try:
-            result = uploader.flush()
-        except AuthError as exc:
-            self._auth_failed(exc)
-            timer.failed()
-            return
-        except TripkeyError as exc:
-            result = None
-            error: str | None = str(exc)
-        else:
-            error = result.error
-        if error:
-            delay = timer.failed()
-            log.warning("upload failed (%s); %d event(s) wait in the spool; retry in %.0f s",
-                        error, self.spool.pending() if self.spool else 0, delay)
-        else:
-            timer.succeeded()
-        if self.store is not None:
-            self.store.state.last_upload_error = error
-
-    def _heartbeat_once(self, client: IssuerClient, timer: Periodic) -> None:
-        assert self.store is not None
-        payload = heartbeat_payload(sensor_health=self._health(), targets=target_reports(self.store),
-                                    last_event_at=self.store.state.last_event_at, spool=self.spool)
-        try:
-            client.heartbeat(self.store.state.device_id or "", payload)
-        except AuthError as exc:
-            self._auth_failed(exc)
-            timer.failed()
-            return
-        except TripkeyError as exc:
-            self.store.state.last_heartbeat_error = str(exc)
-            timer.failed()
-            return
-        self.store.state.last_heartbeat_at = to_iso(self.clock())
-        self.store.state.last_heartbeat_error = None
-        timer.succeeded()
-
-    def _auth_failed(self, exc: AuthError) -> None:
-        log.error("the issuer refused this device's token (%s); re-enrolling", exc)
-        self._reenroll.set()
+        worker = UploadWorker(
+            make_client(self.config, self.store.state.device_token),
+            self.spool,
+            self.store,
+            upload_interval=self.config.upload_interval,
+            heartbeat_interval=self.config.heartbeat_interval,
+            health=self._health,
+            targets=lambda: target_reports(self.store),  # type: ignore[arg-type]
+            stop=self.stop_event,
+            wake=self._upload_wake,
+            reenroll=self._reenroll,
+            clock=self.clock,
+        )
+        worker.run()
 
     # ------------------------------------------------------------------ main loop
 
@@ -341,7 +385,8 @@ class AgentService:
             log.error("device token refused and no enroll_token configured: uploads are stalled")
             return
         try:
-            ensure_enrolled(self.store, client, self.config, [], force=True, max_attempts=1)
+            owners = sorted({ts.owner for ts in self.store.state.targets.values()})
+            ensure_enrolled(self.store, client, self.config, owners, force=True, max_attempts=1)
         except (EnrollmentError, TripkeyError) as exc:
             log.error("re-enrollment failed: %s", exc)
             return
@@ -356,7 +401,9 @@ class AgentService:
             st.sensor_health = health
 
 
-def _default_sensor_factory(name: str, paths: list[str], callback: Callable[[Any], None], **options: Any) -> Any:
+def _default_sensor_factory(
+    name: str, paths: list[str], callback: Callable[[Any], None], **options: Any
+) -> Any:
     from .sensors import create_sensor
 
     return create_sensor(name, paths, callback, **options)
@@ -387,5 +434,11 @@ def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | Non
             signal.signal(sig, handler)
 
 
-__all__ = ["AgentService", "make_client", "read_event_payload", "run_service", "target_reports",
-           "unavailable_health"]
+__all__ = [
+    "AgentService",
+    "make_client",
+    "read_event_payload",
+    "run_service",
+    "target_reports",
+    "unavailable_health",
+]

@@ -42,7 +42,9 @@ class SpoolError(Exception):
 class Spool:
     """Thread-safe persistent outbox. `put` never blocks on the network."""
 
-    def __init__(self, path: str | os.PathLike[str], max_events: int = 100_000, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], max_events: int = 100_000, *, read_only: bool = False
+    ) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
         self.path = Path(path)
@@ -87,7 +89,8 @@ class Spool:
         if excess <= 0:
             return
         dropped = self._db.execute(
-            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE kind = 'read' ORDER BY seq LIMIT ?)",
+            "DELETE FROM events WHERE seq IN "
+            "(SELECT seq FROM events WHERE kind = 'read' ORDER BY seq LIMIT ?)",
             (excess,),
         ).rowcount
         if dropped < excess:

@@ -61,12 +61,17 @@ class TriggerReport:
             f"canary:    {self.access_key_id} in {self.path} [profile {self.profile}]",
         ]
         if self.identity is not None:
-            lines.append(f"sts get-caller-identity: OK as {self.identity.get('Arn')} "
-                         f"(account {self.identity.get('Account')})")
+            lines.append(
+                f"sts get-caller-identity: OK as {self.identity.get('Arn')} "
+                f"(account {self.identity.get('Account')})"
+            )
         else:
             lines.append(f"sts get-caller-identity FAILED: {self.identity_error}")
-        verdict = {True: "denied, as it should be", False: "NOT denied (check the canary's policy)",
-                   None: "not run"}[self.denied]
+        verdict = {
+            True: "denied, as it should be",
+            False: "NOT denied (check the canary's policy)",
+            None: "not run",
+        }[self.denied]
         lines.append(f"{self.denied_call}: {verdict}")
         if self.used:
             lines.append("the issuer should now open a `selftest` alert for this key")
@@ -111,21 +116,33 @@ def run_aws(aws: str, args: list[str], config: AgentConfig, path: str) -> subpro
     cmd = [aws, *args, "--profile", config.profile, "--output", "json"]
     if config.aws_endpoint_url:
         cmd += ["--endpoint-url", config.aws_endpoint_url]
-    return subprocess.run(cmd, env=aws_env(config, path), capture_output=True, text=True, timeout=AWS_TIMEOUT,
-                          check=False)
+    return subprocess.run(
+        cmd, env=aws_env(config, path), capture_output=True, text=True, timeout=AWS_TIMEOUT, check=False
+    )
 
 
-def run_trigger(config: AgentConfig, store: StateStore, client: Any, *, target: str | None = None) -> TriggerReport:
+def run_trigger(
+    config: AgentConfig, store: StateStore, client: Any, *, target: str | None = None
+) -> TriggerReport:
     ts = pick_target(store, target)
     aws = find_aws_cli()
     if aws is None:
-        raise TriggerError("the AWS CLI (`aws`) is not installed or not on PATH; the self-test uses it as an "
-                           "attacker would (install awscli, or run the trigger from a host that has it)", 6)
+        raise TriggerError(
+            "the AWS CLI (`aws`) is not installed or not on PATH; the self-test uses it as an "
+            "attacker would (install awscli, or run the trigger from a host that has it)",
+            6,
+        )
     assert ts.credential_id is not None
     info = client.start_selftest(store.state.device_id, ts.credential_id)
-    report = TriggerReport(path=ts.path, profile=ts.profile, access_key_id=ts.access_key_id,
-                           credential_id=ts.credential_id, selftest_id=info.selftest_id,
-                           selftest_expires_at=info.expires_at.isoformat(), aws_cli=aws)
+    report = TriggerReport(
+        path=ts.path,
+        profile=ts.profile,
+        access_key_id=ts.access_key_id,
+        credential_id=ts.credential_id,
+        selftest_id=info.selftest_id,
+        selftest_expires_at=info.expires_at.isoformat(),
+        aws_cli=aws,
+    )
     sts = run_aws(aws, ["sts", "get-caller-identity"], config, ts.path)
     if sts.returncode == 0:
         try:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from server_api_client import IssuerUnreachable, RejectedError, ServerError, TripkeyError
+from server_api_client import AuthError, IssuerUnreachable, RejectedError, ServerError, TripkeyError
 
 from . import __version__
 from .spool import Spool
+from .state import StateStore, to_iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ class FlushResult:
 class Uploader:
     """Empties the spool into the issuer; call `flush()` from one thread (the service's uploader)."""
 
-    def __init__(self, client: EventClient, spool: Spool, device_id: str, *, batch_size: int = BATCH_SIZE) -> None:
+    def __init__(
+        self, client: EventClient, spool: Spool, device_id: str, *, batch_size: int = BATCH_SIZE
+    ) -> None:
         self.client = client
         self.spool = spool
         self.device_id = device_id
@@ -149,7 +153,9 @@ def heartbeat_payload(
 class Periodic:
     """Tracks when a periodic job is next due, with backoff after failures (monotonic clock)."""
 
-    def __init__(self, interval: float, backoff: Backoff, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval: float, backoff: Backoff, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.interval = interval
         self.backoff = backoff
         self.clock = clock
@@ -174,4 +180,116 @@ class Periodic:
         return max(0.0, self.due_at - self.clock())
 
 
-__all__ = ["BATCH_SIZE", "Backoff", "FlushResult", "Periodic", "Uploader", "heartbeat_payload"]
+class UploadWorker:
+    """The service's uploader thread: flushes the spool when woken or due, heartbeats on schedule.
+
+    Uses its own issuer client (a requests session per thread). A refused device token sets
+    `reenroll` for the main thread and pauses uploads until it is cleared.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        spool: Spool,
+        store: StateStore,
+        *,
+        upload_interval: float,
+        heartbeat_interval: float,
+        health: Callable[[], Mapping[str, Any]],
+        targets: Callable[[], list[dict[str, Any]]],
+        stop: threading.Event,
+        wake: threading.Event,
+        reenroll: threading.Event,
+        clock: Callable[[], Any] = utcnow,
+    ) -> None:
+        self.client = client
+        self.spool = spool
+        self.store = store
+        self.health = health
+        self.targets = targets
+        self.stop = stop
+        self.wake = wake
+        self.reenroll = reenroll
+        self.clock = clock
+        self.uploader = Uploader(client, spool, store.state.device_id or "")
+        self.upload = Periodic(upload_interval, Backoff(5.0, 300.0))
+        self.beat = Periodic(heartbeat_interval, Backoff(5.0, 300.0))
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.client.token = self.store.state.device_token
+            self.uploader.device_id = self.store.state.device_id or ""
+            if self.wake.is_set():
+                self.wake.clear()
+                self.upload.trigger_now()
+            if self.upload.due() and not self.reenroll.is_set():
+                self.upload_once()
+            if self.beat.due() and not self.reenroll.is_set():
+                self.heartbeat_once()
+            wait = min(self.upload.seconds_until_due(), self.beat.seconds_until_due(), 5.0)
+            self.wake.wait(max(wait, 0.05))
+        # Last chance to ship what is queued (a few seconds at most; the spool keeps the rest).
+        self.client.retries = 0
+        self.client.timeout = 3.0
+        if self.spool.pending() and not self.reenroll.is_set():
+            self.upload_once()
+        self.client.close()
+
+    def upload_once(self) -> None:
+        try:
+            result = self.uploader.flush()
+            error = result.error
+        except AuthError as exc:
+            self._auth_failed(exc)
+            self.upload.failed()
+            return
+        except TripkeyError as exc:
+            error = str(exc)
+        if error:
+            delay = self.upload.failed()
+            log.warning(
+                "upload failed (%s); %d event(s) wait in the spool; retry in %.0f s",
+                error,
+                self.spool.pending(),
+                delay,
+            )
+        else:
+            self.upload.succeeded()
+        self.store.state.last_upload_error = error
+
+    def heartbeat_once(self) -> None:
+        state = self.store.state
+        payload = heartbeat_payload(
+            sensor_health=self.health(),
+            targets=self.targets(),
+            last_event_at=state.last_event_at,
+            spool=self.spool,
+        )
+        try:
+            self.client.heartbeat(state.device_id or "", payload)
+        except AuthError as exc:
+            self._auth_failed(exc)
+            self.beat.failed()
+            return
+        except TripkeyError as exc:
+            state.last_heartbeat_error = str(exc)
+            self.beat.failed()
+            return
+        state.last_heartbeat_at = to_iso(self.clock())
+        state.last_heartbeat_error = None
+        self.beat.succeeded()
+
+    def _auth_failed(self, exc: AuthError) -> None:
+        log.error("the issuer refused this device's token (%s); re-enrolling", exc)
+        self.reenroll.set()
+
+
+__all__ = [
+    "BATCH_SIZE",
+    "Backoff",
+    "FlushResult",
+    "Periodic",
+    "UploadWorker",
+    "Uploader",
+    "heartbeat_payload",
+]

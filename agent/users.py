@@ -81,7 +81,9 @@ def is_human(user: LocalUser, uid_min: int, uid_max: int) -> bool:
     return os.path.isdir(user.home)
 
 
-def discover_human_users(passwd_file: str | None = None, login_defs: str = "/etc/login.defs") -> list[LocalUser]:
+def discover_human_users(
+    passwd_file: str | None = None, login_defs: str = "/etc/login.defs"
+) -> list[LocalUser]:
     """Human users, sorted by uid; duplicates of a name (NSS + files) keep the first entry."""
     uid_min, uid_max = read_uid_range(login_defs)
     seen: set[str] = set()

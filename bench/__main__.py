@@ -1,8 +1,8 @@
 """Run benchmark modules (bench/bench_*.py) and print each one's rows as a table.
 
-    python -m bench                 # every bench module
-    python -m bench fanotify        # bench/bench_fanotify.py only
-    python -m bench --json          # one JSON object {module: rows} for scripts
+python -m bench                 # every bench module
+python -m bench fanotify        # bench/bench_fanotify.py only
+python -m bench --json          # one JSON object {module: rows} for scripts
 """
 
 from __future__ import annotations

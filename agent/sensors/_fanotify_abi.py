@@ -12,8 +12,12 @@ import ctypes
 import ctypes.util
 import dataclasses
 import errno
+import logging
 import os
+import resource
 import struct
+
+log = logging.getLogger(__name__)
 
 # fanotify_init flags
 FAN_CLOEXEC = 0x0000_0001
@@ -207,3 +211,23 @@ def fanotify_mark(fan_fd: int, flags: int, mask: int, path: str, dirfd: int = AT
 
 # event_f_flags for the fds the kernel opens for us: read-only, never inherited by children.
 EVENT_F_FLAGS = os.O_RDONLY | getattr(os, "O_LARGEFILE", 0) | os.O_CLOEXEC
+
+
+def event_fd_path(fd: int) -> str | None:
+    """The path of an event fd as the kernel names it; never opens anything (a mark would hold us)."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return target.removesuffix(" (deleted)")  # the reader opened a since-replaced version
+
+
+def raise_nofile_limit() -> None:
+    # Each held event costs up to two fds; if the kernel cannot install them it DENIES the reader.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise RLIMIT_NOFILE from %d: %s", soft, exc)

@@ -22,14 +22,25 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(slots=True)
 class _Pending:
+    registered: float
     deadline: float
     answered: bool = False
+
+
+def renice_current_thread(nice: int | None) -> None:
+    """Give the calling thread (not the process) this nice value; best effort, needs root to raise."""
+    if nice is None:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.debug("cannot set nice %d on %s: %s", nice, threading.current_thread().name, exc)
 
 
 class PermissionGuard:
     """Answers FAN_ALLOW for events not answered by their handler within `budget` seconds."""
 
-    def __init__(self, fan_fd: int, budget: float) -> None:
+    def __init__(self, fan_fd: int, budget: float, nice: int | None = None) -> None:
         self._fan_fd = fan_fd
         self._budget = budget
         self._cond = threading.Condition()
@@ -37,6 +48,8 @@ class PermissionGuard:
         self._closed = False
         self.guard_answered = 0
         self.write_errors = 0
+        self.max_hold = 0.0  # longest a reader waited for its handler's answer (seconds)
+        self._nice = nice
         self._thread = threading.Thread(target=self._run, name="tripkey-fanotify-guard", daemon=True)
         self._thread.start()
 
@@ -44,7 +57,8 @@ class PermissionGuard:
         with self._cond:
             if self._fd_is_pending(fd):
                 log.error("event fd %d registered twice; answering the stale entry", fd)
-            self._pending[fd] = _Pending(deadline=time.monotonic() + self._budget)
+            now = time.monotonic()
+            self._pending[fd] = _Pending(registered=now, deadline=now + self._budget)
             self._cond.notify()
 
     def _fd_is_pending(self, fd: int) -> bool:
@@ -59,6 +73,7 @@ class PermissionGuard:
                 return False
             entry.answered = True
             self._write_allow(fd)
+            self.max_hold = max(self.max_hold, time.monotonic() - entry.registered)
             return True
 
     @property
@@ -89,6 +104,7 @@ class PermissionGuard:
             log.error("fanotify response for fd %d failed: %s", fd, exc)
 
     def _run(self) -> None:
+        renice_current_thread(self._nice)  # the fail-safe must run promptly on a busy host
         while True:
             with self._cond:
                 if self._closed:

@@ -12,7 +12,8 @@ Why this shape:
 * Records are read from the multicast group ``AUDIT_NLGRP_READLOG`` (needs CAP_AUDIT_READ): it
   coexists with auditd (which owns the unicast channel) and works without it, independently of
   auditd's log location, format, rotation or permissions. Socket overflow (ENOBUFS) and the
-  kernel's ``lost`` counter are reported as lost events, never silently dropped.
+  kernel's ``lost`` counter are reported as lost events, never silently dropped. Without auditd
+  the kernel also prints each record to the kernel log (rate-limited): run auditd to avoid that.
 * Only our own rules are ever removed (``auditctl -d`` with the exact rule); never ``-D``.
   If someone deletes them (``augenrules --load`` starts with ``-D``), the CONFIG_CHANGE record and a
   periodic check put them back.
@@ -152,6 +153,8 @@ class AuditSensor(Sensor):
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._started:
+            return
         problem = self.check_available(self.auditctl)
         if problem:
             raise SensorUnavailable(problem)
@@ -167,19 +170,11 @@ class AuditSensor(Sensor):
                 sock.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
                 break
         sock.setblocking(False)
+        # Bound before any rule exists: records queue in the socket, none is missed at start.
         self._sock = sock
-        status = audit_status(self.auditctl)
-        if status.get("enabled") == 0:
-            self._run("-e", "1")
-            self._enabled_by_us = True
-        if status.get("backlog_limit", 0) < self.min_backlog:
-            self._run("-b", str(self.min_backlog))
-        self._kernel_lost_base = status.get("lost", 0)
         self._stop.clear()
         try:
-            with self._lock:
-                for path in sorted(self.paths):
-                    self._add_rule(path)
+            self._prepare_kernel()
         except SensorError:
             self.stop()
             raise
@@ -190,6 +185,21 @@ class AuditSensor(Sensor):
         ]
         for thread in self._threads:
             thread.start()
+
+    def _prepare_kernel(self) -> None:
+        status = audit_status(self.auditctl)
+        if status.get("enabled") == 0:
+            self._run("-e", "1")
+            self._enabled_by_us = True
+        if status.get("backlog_limit", 0) < self.min_backlog:
+            self._run("-b", str(self.min_backlog))
+        self._kernel_lost_base = self._kernel_lost = status.get("lost", 0)
+        with self._lock:
+            # Rules with our key for files no longer planted: left by an agent that crashed.
+            for stale in sorted(set(self._list_rules()) - self.paths):
+                self._delete_rule(stale)
+            for path in sorted(self.paths):
+                self._add_rule(path)
 
     def stop(self) -> None:
         self._stop.set()
@@ -212,14 +222,23 @@ class AuditSensor(Sensor):
         self._started = False
 
     def set_paths(self, paths: Iterable[str]) -> None:
+        """Add/remove rules; a file whose directory is missing is retried by the rule check."""
         new = frozenset(os.path.abspath(p) for p in paths)
+        failures = []
         with self._lock:
+            self.paths = new
             if self._started:
                 for path in sorted(self._installed - new):
                     self._delete_rule(path)
                 for path in sorted(new - self._installed):
-                    self._add_rule(path)
-            self.paths = new
+                    try:
+                        self._add_rule(path)
+                    except SensorError as exc:
+                        failures.append(str(exc))
+        self._recheck.set()  # re-planted files whose directory was recreated get their rule back now
+        if failures:
+            self._error = "; ".join(failures)
+            raise SensorError(self._error)
 
     def health(self) -> SensorHealth:
         lost = self._socket_overflows + max(0, self._kernel_lost - self._kernel_lost_base)
@@ -290,15 +309,20 @@ class AuditSensor(Sensor):
         if status.get("enabled") == 0:
             log.warning("kernel auditing was disabled by someone else; re-enabling it")
             self._run("-e", "1")
+        failures = []
         with self._lock:
             loaded = set(self._list_rules())
-            for path in sorted(self._installed - loaded):
+            for path in sorted(self.paths - loaded):
                 if self._stop.is_set():
                     return
-                log.warning("audit watch for %s was removed by someone else; adding it back", path)
-                self._add_rule(path)
-                self.rules_restored += 1
-        self._error = None
+                # Removed by someone else, or by the kernel when the file's directory was deleted.
+                log.warning("audit watch for %s is gone; adding it back", path)
+                try:
+                    self._add_rule(path)
+                    self.rules_restored += 1
+                except SensorError as exc:
+                    failures.append(str(exc))
+        self._error = "; ".join(failures) or None
 
     # ---- records ------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -61,7 +61,7 @@ def active_selftest(session: Session, credential_id: str, when: dt.datetime) -> 
 def _title(kind: str, credential: Credential, event: AwsEvent) -> str:
     placement = credential.placement
     where = f"{placement.device.hostname} / {placement.local_user} / profile {placement.profile}"
-    call = f"{event.event_source or '?'}:{event.event_name or '?'}"
+    call = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name or "a call"
     if kind == PRINCIPAL_TAMPER:
         who = event.caller_arn or event.access_key_id or "unknown caller"
         return f"Canary principal {credential.principal_name} tampered with: {call} by {who} ({where})"
@@ -98,9 +98,18 @@ def record_match(
     stale_after_seconds: int,
 ) -> RecordResult:
     """Record one matched event: a Detection row plus a new or joined Alert. Caller commits."""
-    # Serialise concurrent detections of one credential (PostgreSQL row lock; SQLite serialises writers).
+    # Serialise concurrent detections of one credential before reading anything we will update: a
+    # no-op UPDATE takes the row lock on PostgreSQL and the write lock on SQLite (whose driver runs
+    # plain SELECTs outside the transaction, so a read-then-write would lose concurrent updates).
+    session.execute(
+        update(Credential)
+        .where(Credential.id == match.credential.id)
+        .values(last_used_seen_at=Credential.last_used_seen_at)
+    )
     credential = session.scalars(
-        select(Credential).where(Credential.id == match.credential.id).with_for_update()
+        select(Credential)
+        .where(Credential.id == match.credential.id)
+        .execution_options(populate_existing=True)
     ).one()
     key = match.detection_key(event)
     if session.scalar(select(Detection.id).where(Detection.source_event_id == key).limit(1)) is not None:
@@ -120,6 +129,7 @@ def record_match(
         .where(Alert.credential_id == credential.id, Alert.kind == kind, Alert.status.in_(OPEN_STATUSES))
         .order_by(Alert.created_at.desc())
         .limit(1)
+        .execution_options(populate_existing=True)
     ).first()
     created = alert is None
     if alert is None:

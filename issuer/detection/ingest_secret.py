@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 import secrets
+import sys
 from typing import Any
 
 from issuer.routers.ingest import INGEST_KEY_HEADER
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = create_secret(args.name)
     except ValueError as exc:
-        print(f"tripkey-issuer: error: {exc}")
+        print(f"tripkey-issuer: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(data, indent=2))

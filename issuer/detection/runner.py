@@ -33,6 +33,8 @@ from issuer.detection.sqs import SqsSource
 
 log = logging.getLogger(__name__)
 LEASE_TTL = 120.0
+# Short, so a dead replica's pending deliveries move to another one quickly; renewed every loop.
+DELIVERY_LEASE_TTL = 30.0
 SQS_WAIT_SECONDS = 10  # long poll; also bounds how long stop() waits for the SQS thread
 
 
@@ -57,6 +59,7 @@ class DetectionRunner:
         self._wake_delivery = threading.Event()
         self._threads: list[threading.Thread] = []
         self.last_stats = ProcessStats()
+        self._stats_lock = threading.Lock()
         self.sqs_wait_seconds = SQS_WAIT_SECONDS
 
         self.sqs = (
@@ -81,7 +84,7 @@ class DetectionRunner:
             if settings.poll_interval > 0
             else None
         )
-        self.delivery_lease = self._lease("deliveries")
+        self.delivery_lease = Lease(sessionmaker, "deliveries", self.holder, ttl=DELIVERY_LEASE_TTL)
 
     # ------------------------------------------------------------------ processing
 
@@ -101,7 +104,7 @@ class DetectionRunner:
             for account in self._account_names():
                 try:
                     arns.add(self.aws_gateway.client("sts", account=account).get_caller_identity()["Arn"])
-                except (ClientError, BotoCoreError, Exception) as exc:
+                except Exception as exc:  # AWS, network or configuration: said loudly below
                     log.warning(
                         "cannot learn the issuer's own identity in account %s (%s): IAM calls "
                         "by the issuer on canaries may be reported as tampering",
@@ -125,7 +128,8 @@ class DetectionRunner:
             own_arns=self.own_arns() if any(e.target_user_name for e in events) else (),
         )
         stats.malformed = malformed
-        self.last_stats.add(stats)
+        with self._stats_lock:
+            self.last_stats.add(stats)
         if stats.alerts_opened:
             self._wake_delivery.set()
         return stats

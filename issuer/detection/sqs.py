@@ -7,6 +7,7 @@ to redeliver after its visibility timeout.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -25,6 +26,21 @@ def region_of_queue(url: str) -> str | None:
     host = url.split("://", 1)[-1].split("/", 1)[0]
     match = _REGION_IN_HOST.match(host)
     return match.group(1) if match else None
+
+
+def unwrap_sns(body: str) -> str:
+    """EventBridge → SNS → SQS wraps the event in an SNS envelope; EventBridge → SQS does not."""
+    if '"Notification"' not in body:
+        return body
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(envelope, dict) and envelope.get("Type") == "Notification":
+        inner = envelope.get("Message")
+        if isinstance(inner, str):
+            return inner
+    return body
 
 
 class SqsSource:
@@ -53,7 +69,9 @@ class SqsSource:
         done: list[dict[str, str]] = []
         for message in messages:
             try:
-                events, malformed = parse_json_events(message.get("Body") or "", source=self.source)
+                events, malformed = parse_json_events(
+                    unwrap_sns(message.get("Body") or ""), source=self.source
+                )
             except MalformedEvent:
                 events, malformed = [], 1
             try:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from issuer.alerts.serialize import alert_summary, alert_to_dict
@@ -93,8 +93,16 @@ class AlertOut(BaseModel):
     updated_at: str | None
 
 
-def _get_alert(session: Session, alert_id: str) -> Alert:
-    alert = session.get(Alert, alert_id) if len(alert_id) <= 40 else None
+def _get_alert(session: Session, alert_id: str, *, for_update: bool = False) -> Alert:
+    if len(alert_id) > 40:
+        raise NotFound(f"no alert {alert_id!r}")
+    if for_update:
+        # Lock first (no-op UPDATE: row lock on PostgreSQL, write lock on SQLite), then read, so two
+        # concurrent notes never overwrite each other.
+        session.execute(update(Alert).where(Alert.id == alert_id).values(status=Alert.status))
+    alert = session.scalars(
+        select(Alert).where(Alert.id == alert_id).execution_options(populate_existing=True)
+    ).first()
     if alert is None:
         raise NotFound(f"no alert {alert_id!r}")
     return alert
@@ -145,7 +153,7 @@ def acknowledge_alert(
     body: Annotated[AlertNoteIn | None, Body()] = None,
 ) -> dict[str, Any]:
     """Someone is on it. Later uses of the credential keep joining this alert."""
-    alert = _get_alert(session, alert_id)
+    alert = _get_alert(session, alert_id, for_update=True)
     if alert.status == "resolved":
         raise Conflict(f"alert {alert_id} is resolved; a new use of the credential opens a new alert")
     alert.status = "acknowledged"
@@ -161,7 +169,7 @@ def resolve_alert(
     body: Annotated[AlertNoteIn | None, Body()] = None,
 ) -> dict[str, Any]:
     """Close the incident; a later use of the credential opens a new alert. Idempotent."""
-    alert = _get_alert(session, alert_id)
+    alert = _get_alert(session, alert_id, for_update=True)
     if alert.status != "resolved":
         alert.status = "resolved"
         _transition(session, alert, "resolve", body.note if body else None, auth.token_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from issuer import registry
+from issuer import agent_events, registry
 from issuer.auth import DeviceOrResponderAuth, ResponderAuth
 from issuer.deps import SessionDep, SettingsDep
 from issuer.errors import InvalidRequest
@@ -39,10 +39,10 @@ def list_reads(
 ) -> dict[str, Any]:
     """Reads of the device's planted files since `since`, newest first."""
     try:
-        since_time = registry.parse_since(since)
+        since_time = agent_events.parse_since(since)
     except ValueError as exc:
         raise InvalidRequest(f"query.since: {exc}") from exc
     if path is not None and "\x00" in path:
         raise InvalidRequest("query.path: must not contain NUL characters")
-    events = registry.query_reads(session, device_id, since=since_time, path=path, limit=limit)
-    return {"reads": [registry.read_record(e) for e in events]}
+    events = agent_events.query_reads(session, device_id, since=since_time, path=path, limit=limit)
+    return {"reads": [agent_events.read_record(e) for e in events]}

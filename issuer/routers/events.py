@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from issuer import registry
+from issuer import agent_events, registry
 from issuer.auth import DeviceAuth
 from issuer.deps import SessionDep, SettingsDep
 from issuer.routers.schemas import (
@@ -26,7 +26,7 @@ def upload_events(device_id: str, body: EventBatch, _auth: DeviceAuth, session: 
         {"event_id": e.event_id, "kind": e.kind, "time": e.time, "path": e.path, "detail": e.payload()}
         for e in body.events
     ]
-    accepted, duplicates = registry.store_events(session, device_id, events)
+    accepted, duplicates = agent_events.store_events(session, device_id, events)
     return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
 
@@ -42,5 +42,7 @@ def selftest(
     device_id: str, body: SelftestRequest, _auth: DeviceAuth, session: SessionDep, settings: SettingsDep
 ) -> SelftestCreated:
     """The next use of this credential within the window opens a `selftest` alert, not an incident."""
-    test = registry.create_selftest(session, device_id, body.credential_id, settings.selftest_window_seconds)
+    test = agent_events.create_selftest(
+        session, device_id, body.credential_id, settings.selftest_window_seconds
+    )
     return SelftestCreated(selftest_id=test.id, expires_at=test.expires_at)

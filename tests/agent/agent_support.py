@@ -11,7 +11,10 @@ from typing import Any
 
 from agent.config import load_config
 
-SEED = b"# my own profiles\r\n[work]\r\naws_access_key_id = AKIAUSERSOWNKEY00001\r\naws_secret_access_key = s3cr3t\r\n\r\n; trailing comment"
+SEED = (
+    b"# my own profiles\r\n[work]\r\naws_access_key_id = AKIAUSERSOWNKEY00001\r\n"
+    b"aws_secret_access_key = s3cr3t\r\n\r\n; trailing comment"
+)
 
 
 @dataclasses.dataclass
@@ -26,7 +29,9 @@ class FakeUser:
         return self.home / ".aws" / "credentials"
 
 
-def make_users(root: Path, names: tuple[str, ...] = ("alice", "bob"), first_uid: int = 23001) -> tuple[Path, list[FakeUser]]:
+def make_users(
+    root: Path, names: tuple[str, ...] = ("alice", "bob"), first_uid: int = 23001
+) -> tuple[Path, list[FakeUser]]:
     """A passwd-format file with `names` whose homes live under `root` (uids need not exist)."""
     users = []
     lines = ["root:x:0:0:root:/root:/bin/bash"]
@@ -52,6 +57,7 @@ def agent_config(tmp_path: Path, issuer: Any, passwd: Path, users: list[FakeUser
         "passwd_file": str(passwd),
         "target": [{"path": str(u.credentials), "owner": u.name} for u in users],
         "issuer_timeout": 10.0,
+        "selfreport_socket": str(tmp_path / "selfreport.sock"),
     }
     overrides.update(extra)
     return load_config(None, env={}, overrides=overrides)

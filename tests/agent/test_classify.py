@@ -128,6 +128,8 @@ def test_organisation_rules_take_precedence():
     assert clf.classify(read("/usr/bin/cat", "cat", "/home/bob/.aws/credentials")) == "shell_utility"
     assert clf.classify(read("/opt/corp/agent", "corp-agent", "--scan", "/")) == "corp_agent"
     assert Classifier.from_config(None).classify(event) == "shell_utility"
+    as_tuple = Classifier.from_config(({"label": "editor", "program": "cat"},))  # AgentConfig keeps a tuple
+    assert as_tuple.classify(event) == "editor"
 
 
 def test_ancestor_condition():

@@ -29,7 +29,7 @@ def setup(tmp_path: Path, live_issuer: Any, moto_url: str) -> dict[str, Any]:
     config.write_text(
         f'issuer_url = "{live_issuer.url}"\nenroll_token = "{live_issuer.create_token("enroll")}"\n'
         f'state_dir = "{tmp_path / "state"}"\nall_users = false\npasswd_file = "{passwd}"\n'
-        f'aws_endpoint_url = "{moto_url}"\n' + targets
+        f'aws_endpoint_url = "{moto_url}"\nselfreport_socket = "{tmp_path / "sr.sock"}"\n' + targets
     )
     return {"config": str(config), "users": users, "state": tmp_path / "state", "issuer": live_issuer}
 
@@ -42,7 +42,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_plant_once_status_and_unplant(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     cfg = setup["config"]
-    alice, bob = setup["users"]
+    alice = setup["users"][0]
     code, out, _ = run(capsys, "plant-once", "--config", cfg)
     assert code == 0, out
     code, out, _ = run(capsys, "status", "--config", cfg, "--json")
@@ -78,8 +78,16 @@ def test_unplant_without_issuer_says_keys_were_not_revoked(
     cfg = setup["config"]
     assert run(capsys, "plant-once", "--config", cfg)[0] == 0
     setup["issuer"].stop()
-    code, out, _ = run(capsys, "unplant", "--config", cfg, "--issuer-url", f"http://127.0.0.1:{free_port()}",
-                       "--set", "issuer_timeout=2")
+    code, out, _ = run(
+        capsys,
+        "unplant",
+        "--config",
+        cfg,
+        "--issuer-url",
+        f"http://127.0.0.1:{free_port()}",
+        "--set",
+        "issuer_timeout=2",
+    )
     assert code == 4
     assert "NOT revoked" in out and "removed" in out
     assert setup["users"][0].credentials.read_bytes() == SEED
@@ -92,7 +100,9 @@ def test_conflict_gives_exit_3(setup: dict[str, Any], capsys: pytest.CaptureFixt
     assert code == 3 and "conflict" in out
 
 
-def test_trigger_uses_the_canary_with_the_aws_cli(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_trigger_uses_the_canary_with_the_aws_cli(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = setup["config"]
     alice = setup["users"][0]
     assert run(capsys, "plant-once", "--config", cfg)[0] == 0
@@ -108,8 +118,9 @@ def test_trigger_uses_the_canary_with_the_aws_cli(setup: dict[str, Any], capsys:
     assert code == 5 and "no Tripkey credential is planted in /nowhere/credentials" in err
 
 
-def test_trigger_without_aws_cli(setup: dict[str, Any], capsys: pytest.CaptureFixture[str],
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trigger_without_aws_cli(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert run(capsys, "plant-once", "--config", setup["config"])[0] == 0
     monkeypatch.setattr("agent.trigger.find_aws_cli", lambda: None)
     code, _, err = run(capsys, "trigger", "--config", setup["config"])
@@ -126,11 +137,24 @@ def test_reads_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
     state = tmp_path / "state"
     with ReadLog(state / "reads.db") as log:
-        log.record(ReadEvent(time=dt.datetime.now(dt.UTC), path="/h/a/.aws/credentials", pid=77,
-                             sensor="fanotify", exe="/usr/bin/cat", cmdline=("cat", "x"), user="alice"),
-                   "shell_utility")
-        log.record(ReadEvent(time=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), path="/h/b", pid=78,
-                             sensor="fanotify"), "unknown")
+        log.record(
+            ReadEvent(
+                time=dt.datetime.now(dt.UTC),
+                path="/h/a/.aws/credentials",
+                pid=77,
+                sensor="fanotify",
+                exe="/usr/bin/cat",
+                cmdline=("cat", "x"),
+                user="alice",
+            ),
+            "shell_utility",
+        )
+        log.record(
+            ReadEvent(
+                time=dt.datetime.now(dt.UTC) - dt.timedelta(days=3), path="/h/b", pid=78, sensor="fanotify"
+            ),
+            "unknown",
+        )
     code, out, _ = run(capsys, "reads", "--state-dir", str(state), "--json")
     rows = json.loads(out)["reads"]
     assert code == 0 and [r["pid"] for r in rows] == [77]
@@ -154,8 +178,9 @@ def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 2 and "issuer_url is not set" in err
 
 
-def test_plant_once_refuses_while_service_holds_the_state(setup: dict[str, Any],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_plant_once_refuses_while_service_holds_the_state(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     from agent.state import DirLock
 
     with DirLock(setup["state"]):
@@ -163,18 +188,46 @@ def test_plant_once_refuses_while_service_holds_the_state(setup: dict[str, Any],
     assert code == 1 and "another tripkey-agent" in err
 
 
-def test_plant_once_with_a_refused_enroll_token(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+def test_plant_once_with_a_refused_enroll_token(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(capsys, "plant-once", "--config", setup["config"], "--set", 'enroll_token="wrong"')
     assert code == 1 and "refused the enrollment token" in err
 
 
 def test_help_documents_exit_codes_and_module_entry() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
     assert proc.returncode == 0
     for word in ("run", "status", "reads", "unplant", "plant-once", "check", "trigger", "tray", "exit codes"):
         assert word in proc.stdout
-    sub = subprocess.run([sys.executable, "-m", "agent", "status", "--help"], capture_output=True, text=True,
-                         env=env, check=False, timeout=60)
+    sub = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
     assert "--config" in sub.stdout and "--json" in sub.stdout
+
+
+def test_reads_opens_the_log_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.readlog import ReadLog
+
+    state = tmp_path / "state"
+    with ReadLog(state / "reads.db") as log:
+        log.record(ReadEvent(time=dt.datetime.now(dt.UTC), path="/p", pid=5, sensor="fanotify"), "unknown")
+    os.chmod(state / "reads.db", 0o400)  # a write would fail
+    before = (state / "reads.db").stat().st_mtime_ns
+    code, out, err = run(capsys, "reads", "--state-dir", str(state), "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["reads"]) == 1
+    assert (state / "reads.db").stat().st_mtime_ns == before

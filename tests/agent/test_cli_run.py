@@ -76,7 +76,9 @@ def test_read_is_logged_classified_and_uploaded(service_factory: Any, live_issue
     mine = [r for r in reads if r["event_id"] == rows[0]["event_id"]]
     assert mine and mine[0]["classification"] == "shell_utility" and mine[0]["pid"] == rows[0]["pid"]
     # Heartbeat with the contract's fields reaches the issuer.
-    device = wait_for(lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d)
+    device = wait_for(
+        lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d
+    )
     assert device["last_heartbeat_at"]
     assert service.store.state.sensor_health["healthy"] is True
     # The secret never reaches the read log, even if a reader puts it on its command line.
@@ -102,13 +104,15 @@ def test_tamper_is_repaired_and_reported_to_the_issuer(service_factory: Any, liv
 def test_sensor_that_cannot_start_is_loud_and_planting_goes_on(
     service_factory: Any, live_issuer: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service, users = service_factory(sensor="eslogger")  # macOS only: cannot start here
+    service, _users = service_factory(sensor="eslogger")  # macOS only: cannot start here
     assert all(ts.status == "planted" for ts in service.store.state.targets.values())
     health = service.store.state.sensor_health
     assert health["healthy"] is False and "eslogger" in health["error"]
     assert any("NOT being recorded" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
     device_id = service.store.state.device_id
-    device = wait_for(lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d)
+    device = wait_for(
+        lambda: (d := issuer_get(live_issuer, f"/v1/devices/{device_id}"))["last_heartbeat_at"] and d
+    )
     assert device["health"]["sensor"]["healthy"] is False
     assert "eslogger" in device["health"]["sensor"]["error"]
 
@@ -120,11 +124,17 @@ def test_sigterm_stops_cleanly(tmp_path: Path, live_issuer: Any) -> None:
     config.write_text(
         f'issuer_url = "{live_issuer.url}"\nenroll_token = "{live_issuer.create_token("enroll")}"\n'
         f'state_dir = "{tmp_path / "state"}"\nall_users = false\npasswd_file = "{passwd}"\n'
-        f'sensor = "fanotify-notify"\nupload_interval = 0.5\n' + targets
+        f'sensor = "fanotify-notify"\nupload_interval = 0.5\n'
+        f'selfreport_socket = "{tmp_path / "sr.sock"}"\n' + targets
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         state = tmp_path / "state" / "state.json"
         assert wait_for(lambda: state.exists() and json.loads(state.read_text()).get("sensor_health"), 60)
@@ -138,3 +148,52 @@ def test_sigterm_stops_cleanly(tmp_path: Path, live_issuer: Any) -> None:
     final = json.loads(state.read_text())
     assert final["service_pid"] is None and final["sensor_health"]["running"] is False
     assert all(t["status"] == "planted" for t in final["targets"].values())
+
+
+def agent_events(issuer: Any, kind: str) -> list[Any]:
+    from issuer.models import AgentEvent
+
+    with issuer.session() as session:
+        return [(e.path, e.detail) for e in session.query(AgentEvent).filter_by(kind=kind).all()]
+
+
+def test_self_report_from_the_tray_reaches_the_issuer(service_factory: Any, live_issuer: Any) -> None:
+    from agent.selfreport import SelfReportError, send_self_report
+
+    service, users = service_factory(sensor="fanotify-notify")
+    socket_path = Path(service.config.selfreport_socket)
+    send_self_report(socket_path, note="I ran cat on it by mistake", path=str(users[1].credentials))
+    with pytest.raises(SelfReportError, match="just received"):
+        send_self_report(socket_path, note="again")  # one per user per 10 s: no spool flooding
+    events = wait_for(lambda: agent_events(live_issuer, "self_report"))
+    assert len(events) == 1
+    path, detail = events[0]
+    assert path == str(users[1].credentials)
+    assert "I ran cat on it by mistake" in json.dumps(detail) and "root" in json.dumps(detail)
+
+
+def test_revoked_device_token_triggers_reenrollment(service_factory: Any, live_issuer: Any) -> None:
+    service, _ = service_factory(sensor="fanotify-notify")
+    state = service.store.state
+    device_id, old_token = state.device_id, state.device_token
+    live_issuer.revoke_token(old_token)
+    assert wait_for(lambda: state.device_token != old_token, 30)
+    assert state.device_id == device_id  # the same device key maps to the same device
+    before = state.last_heartbeat_at
+    assert wait_for(lambda: state.last_heartbeat_at != before and state.last_heartbeat_error is None, 30)
+
+
+def test_new_user_is_picked_up_by_the_periodic_rescan(tmp_path: Path, service_factory: Any) -> None:
+    service, users = service_factory(sensor="fanotify", all_users=True, target=[])
+    assert sorted(service.planter.paths) == sorted(str(u.credentials) for u in users)
+    home = tmp_path / "home" / "carol"
+    home.mkdir()
+    os.chown(home, 23009, 23009)
+    with open(service.config.passwd_file, "a") as fh:
+        fh.write(f"carol:x:23009:23009::{home}:/bin/bash\n")
+    service.periodic_pass()
+    carol = str(home / ".aws" / "credentials")
+    assert service.store.state.targets[carol].status == "planted"
+    assert carol in service.watcher.paths and carol in service.planter.paths
+    subprocess.run(["cat", carol], check=True, capture_output=True)  # the sensor watches it too
+    assert wait_for(lambda: [r for r in service.readlog.query(path=carol)])

@@ -26,7 +26,9 @@ def test_defaults_without_file() -> None:
 
 
 def test_file_values_and_targets(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 issuer_url = "https://tripkey.example.com"
 enroll_token = "tok"
 profile = "ci-deploy"
@@ -41,7 +43,8 @@ owner = "ci"
 [[target]]
 path = "/srv/build/.aws/credentials"
 owner = "build"
-""")
+""",
+    )
     config = load_config(path, env={})
     assert config.issuer_url == "https://tripkey.example.com"
     assert config.profile == "ci-deploy"
@@ -98,8 +101,14 @@ def test_config_env_var_names_the_file(tmp_path: Path) -> None:
         ("all_users = false\n", "nothing to plant"),
         ('[[target]]\npath = "relative"\nowner = "x"\n', "path must be an absolute file path"),
         ('[[target]]\npath = "/a/credentials"\n', "owner must name a local user"),
-        ('[[target]]\npath = "/a/credentials"\nowner = "x"\nmode = "0600"\n', "unknown key 'mode' in target #1"),
-        ('[[target]]\npath = "/a/c"\nowner = "x"\n[[target]]\npath = "/a/c"\nowner = "y"\n', "more than once"),
+        (
+            '[[target]]\npath = "/a/credentials"\nowner = "x"\nmode = "0600"\n',
+            "unknown key 'mode' in target #1",
+        ),
+        (
+            '[[target]]\npath = "/a/c"\nowner = "x"\n[[target]]\npath = "/a/c"\nowner = "y"\n',
+            "more than once",
+        ),
         ("this is not toml\n", "is not valid TOML"),
         ('ca_bundle = "/nonexistent/ca.pem"\n', "ca_bundle /nonexistent/ca.pem does not exist"),
     ],
@@ -156,3 +165,21 @@ def test_parse_assignment() -> None:
 def test_require_issuer() -> None:
     with pytest.raises(ConfigError, match="issuer_url is not set"):
         AgentConfig().require_issuer()
+
+
+def test_shipped_example_lists_every_key_with_its_default() -> None:
+    import dataclasses
+    import re
+
+    from agent.config import AgentConfig
+
+    path = Path(__file__).resolve().parents[2] / "agent" / "default_config.toml"
+    config = load_config(path, env={})
+    defaults = AgentConfig()
+    for field in dataclasses.fields(AgentConfig):
+        if field.name not in ("state_dir",):
+            assert getattr(config, field.name) == getattr(defaults, field.name), field.name
+    text = path.read_text()
+    mentioned = set(re.findall(r"^#?\s*\[*([a-z_]+)\]*\s*=?", text, flags=re.M))
+    missing = {f.name for f in dataclasses.fields(AgentConfig)} - mentioned - {"targets", "passwd_file"}
+    assert not missing, f"undocumented keys: {missing}"

@@ -18,7 +18,9 @@ from agent.credfile import (
     SectionStatus,
     inspect_bytes,
     plant_bytes,
+    plant_file,
     unplant_bytes,
+    unplant_file,
     validate_profile,
 )
 
@@ -150,9 +152,7 @@ def test_unplant_leaves_foreign_and_absent_sections_alone() -> None:
 
 
 SECRET = "s3cr3t-never-in-messages"
-
-
-@pytest.mark.parametrize(
+REFUSALS = pytest.mark.parametrize(
     ("data", "error", "line"),
     [
         (b"[canary]\naws_access_key_id = AKIAUSER\n", ConflictError, 1),
@@ -171,6 +171,9 @@ SECRET = "s3cr3t-never-in-messages"
         (b"[DEFAULT]\naws_session_token = T\n", ConflictError, None),  # would leak into our profile
     ],
 )
+
+
+@REFUSALS
 def test_refusals_raise_the_right_error_and_botocore_agrees(
     data: bytes, error: type[Exception], line: int | None
 ) -> None:
@@ -241,14 +244,22 @@ def test_inspect_reports_each_state() -> None:
     assert (bad.status, bad.line) == (SectionStatus.UNPARSEABLE, 6)
 
 
-def test_strict_refusal_leaves_a_file_untouched(tmp_path: Path) -> None:
+@REFUSALS
+def test_refused_files_are_left_byte_identical_with_path_and_line_in_the_error(
+    tmp_path: Path, data: bytes, error: type[Exception], line: int | None
+) -> None:
     path = tmp_path / "credentials"
-    data = b"[a]\nx=1\n[a]\n"
     path.write_bytes(data)
-    from agent.credfile import plant_file
-
-    with pytest.raises(DuplicateSectionError) as info:
-        plant_file(path, "canary", NEW, OWNED, owner_uid=os.getuid(), owner_gid=os.getgid())
+    path.chmod(0o600)
+    cred = CanaryCredential("AKIANEWNEWNEWNEW0002", SECRET)
+    with pytest.raises(error) as info:
+        plant_file(path, "canary", cred, OWNED, owner_uid=os.getuid(), owner_gid=os.getgid())
     assert path.read_bytes() == data
-    assert str(info.value) == f"{path}:line 3: section [a] appears more than once"
+    where = f"{path}:line {line}: " if line is not None else f"{path}: "
+    assert str(info.value).startswith(where)
+    assert SECRET not in str(info.value)
+    if error is not ConflictError:
+        with pytest.raises(error):
+            unplant_file(path, "canary", OWNED, owner_uid=os.getuid(), owner_gid=os.getgid())
+        assert path.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["credentials"]

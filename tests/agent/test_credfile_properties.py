@@ -11,6 +11,8 @@ garbage line, nested block without '=', bytes that are not UTF-8).
 
 from __future__ import annotations
 
+import configparser
+import io
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ FIRST = CanaryCredential("AKIAFIRSTFIRSTFI0002", "first/secret+0002")
 SECOND = CanaryCredential("ASIASECONDSECOND0003", "second/secret+0003", "IQoJb3JpZ2luX2VjE//tok==")
 OWNED = {OLD.access_key_id, FIRST.access_key_id, SECOND.access_key_id}
 EXAMPLES = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 
 # Text pieces. \u00a0, \u2028, \x0c and \x1c are whitespace to str.strip() but not line breaks.
@@ -71,7 +73,6 @@ class Generated:
     ours: tuple[int, int] | None  # byte span of our own section, if the file has one
     foreign: bool  # a [canary] section whose key id we do not own
     defective: bool  # we put in something botocore refuses
-    default_token: bool  # a [DEFAULT] section sets aws_session_token (it would apply to every profile)
 
 
 @st.composite
@@ -146,7 +147,7 @@ def credentials_files(draw: st.DrawFn, defects: bool = True) -> Generated:
         at = draw(st.integers(0, len(sections)))
         sections.insert(at, draw(own_section_lines(key_id)))
     preamble = [draw(comment_or_blank()) for _ in range(draw(st.integers(0, 2)))]
-    defect = draw(st.sampled_from([None] * 6 + sorted(DEFECTS))) if defects else None
+    defect = draw(st.sampled_from([None] * 12 + sorted(DEFECTS))) if defects else None
     style = draw(st.sampled_from(["\n", "\r\n", "\r", "mixed"]))
     unterminated = draw(st.booleans())
     bom = draw(st.integers(0, 9)) == 0
@@ -170,16 +171,12 @@ def credentials_files(draw: st.DrawFn, defects: bool = True) -> Generated:
         if ours_span:
             ours_span = (ours_span[0], min(ours_span[1], len(text.encode())))
     data = text.encode()
-    if defect is None and draw(st.integers(0, 15)) == 0:  # undecodable bytes
+    if defects and defect is None and draw(st.integers(0, 15)) == 0:  # undecodable bytes
         data, defect = data + b"[latin]\nname = caf\xe9\n", "not UTF-8"
     if bom:
         data = BOM + data
         ours_span = (ours_span[0] + 3, ours_span[1] + 3) if ours_span else None
-    default_token = any(
-        lines[0].startswith("[DEFAULT]") and any(x.lstrip().startswith("aws_session_token") for x in lines)
-        for lines in sections
-    )
-    return Generated(data, unterminated, ours_span, kind == "foreign", defect is not None, default_token)
+    return Generated(data, unterminated, ours_span, kind == "foreign", defect is not None)
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +193,13 @@ def botocore_parse(scratch: Path, data: bytes) -> dict[str, dict[str, object]] |
         return botocore.configloader.raw_config_parse(str(path))
     except botocore.exceptions.ConfigParseError:
         return None
+
+
+def default_sets_token(data: bytes) -> bool:
+    """A [DEFAULT] token applies to every profile in botocore (configparser merges DEFAULT in)."""
+    parser = configparser.RawConfigParser()
+    parser.read_file(io.StringIO(strip_bom(data).decode(), newline=None))
+    return bool({"aws_session_token", "aws_security_token"} & set(parser.defaults()))
 
 
 def expected_profile(cred: CanaryCredential) -> dict[str, str]:
@@ -220,13 +224,13 @@ def test_plant_agrees_with_botocore_and_unplant_restores_bytes(cf_scratch: Path,
             # botocore reads it: only a [canary] that is not ours, or a [DEFAULT] token that would
             # leak into our profile, is a reason to refuse.
             assert isinstance(exc, ConflictError), exc
-            assert gen.foreign or gen.default_token, exc
+            assert gen.foreign or default_sets_token(original), exc
         else:
             with pytest.raises(CredfileError):
                 unplant_bytes(original, PROFILE, OWNED)
         return
     assert before is not None, "accepted a file botocore refuses"
-    assert not gen.defective and not gen.foreign and not gen.default_token
+    assert not gen.defective and not gen.foreign and not default_sets_token(original)
     assert planted.startswith(BOM) == original.startswith(BOM)
 
     # (3) botocore reads the planted profile as exactly our key; every other section as before.
@@ -289,7 +293,7 @@ def test_boto3_session_resolves_the_planted_profile(cf_scratch: Path, gen: Gener
     )
 
 
-@EXAMPLES
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(gen=credentials_files())
 def test_unplant_never_changes_a_file_without_our_section(cf_scratch: Path, gen: Generated) -> None:
     if gen.ours is not None:
@@ -304,7 +308,7 @@ def test_generator_covers_the_interesting_cases() -> None:
     """A guard that the strategy really produces each kind of file (else the properties are weak)."""
     seen: set[str] = set()
 
-    @settings(max_examples=300, deadline=None, database=None)
+    @settings(max_examples=150, deadline=None, database=None)
     @given(gen=credentials_files())
     def collect(gen: Generated) -> None:
         data = strip_bom(gen.data)

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from agent.enroll import ensure_enrolled
-from agent.planter import Planter, refresh_due, resolve_targets, tamper_delay
+from agent.planter import Planter, refresh_due, tamper_delay
 from agent.service import make_client
 from agent.state import StateStore, TargetState, to_iso
+from agent.targets import resolve_targets
 from tests.agent.agent_support import SEED, Clock, FakeUser, agent_config, make_users, parse_credentials
 
 
@@ -37,7 +38,9 @@ class Rig:
         self.clock = Clock()
         self.targets, self.errors = resolve_targets(self.config)
         ensure_enrolled(self.store, self.client, self.config, [u.name for u in self.users])
-        self.planter = Planter(self.config, self.store, self.client, emit=self.events.append, clock=self.clock)
+        self.planter = Planter(
+            self.config, self.store, self.client, emit=self.events.append, clock=self.clock
+        )
 
     def sync(self) -> list[TargetState]:
         return self.planter.sync(self.targets, self.errors)
@@ -121,8 +124,11 @@ def test_removed_section_is_replanted_then_backed_off(rig: Rig) -> None:
     alice.credentials.write_bytes(SEED)  # the user removes our section
     rig.planter.ensure(rig.target(alice), hint="modified")
     assert rig.ts(alice).status == "planted" and rig.ts(alice).access_key_id != first_key
-    assert rig.events[-1]["tamper"] == {"action": "section_removed", "replanted": True,
-                                        "detail": "our profile 'prod-backup' was section removed"}
+    assert rig.events[-1]["tamper"] == {
+        "action": "section_removed",
+        "replanted": True,
+        "detail": "our profile 'prod-backup' was section removed",
+    }
     # Second removal: reported, but re-planted only after 1 minute.
     alice.credentials.write_bytes(SEED)
     rig.clock.advance(seconds=5)
@@ -212,7 +218,7 @@ def test_unknown_owner_recorded_others_planted(tmp_path: Path, live_issuer: Any)
 
 
 def test_unsafe_path_is_an_error_for_that_target_only(rig: Rig, tmp_path: Path) -> None:
-    alice, bob = rig.users
+    alice = rig.users[0]
     alice.credentials.parent.mkdir()
     os.chown(alice.credentials.parent, alice.uid, alice.gid)
     os.symlink("/etc/passwd", alice.credentials)  # a user-made symlink must never be followed
@@ -239,7 +245,7 @@ def test_unplant_restores_bytes_and_revokes(rig: Rig) -> None:
 
 
 def test_retired_target_is_removed_and_revoked(rig: Rig) -> None:
-    alice, bob = rig.users
+    bob = rig.users[1]
     rig.sync()
     bob_cred = rig.ts(bob).credential_id
     rig.targets = [t for t in rig.targets if t.owner.name == "alice"]
@@ -257,3 +263,29 @@ def test_issuer_down_is_recorded_and_backed_off(tmp_path: Path, live_issuer: Any
     states = rig.sync()
     assert {s.status for s in states} == {"error"}
     assert all("issuer unreachable" in (s.last_error or "") and s.next_attempt_at for s in states)
+
+
+def test_region_goes_into_the_config_file_and_comes_out(tmp_path: Path, live_issuer: Any) -> None:
+    rig = Rig(tmp_path, live_issuer, region="eu-west-1")
+    alice, bob = rig.users
+    seed(alice)
+    own_config = b"[default]\nregion = us-west-2\n\n[profile work]\noutput = json\n"
+    config_path = alice.credentials.parent / "config"
+    config_path.write_bytes(own_config)
+    os.chown(config_path, alice.uid, alice.gid)
+    bob.credentials.parent.mkdir()
+    os.chown(bob.credentials.parent, bob.uid, bob.gid)
+    (bob.credentials.parent / "config").write_bytes(
+        b"[profile prod-backup]\nrole_arn = arn:aws:iam::1:role/x\n"
+    )
+    os.chown(bob.credentials.parent / "config", bob.uid, bob.gid)
+    rig.sync()
+    from botocore.configloader import raw_config_parse
+
+    assert raw_config_parse(str(config_path))["profile prod-backup"] == {"region": "eu-west-1"}
+    assert rig.ts(alice).last_error is None
+    # Bob's own [profile prod-backup] is left alone and the problem is reported.
+    assert rig.ts(bob).status == "planted" and "region not set" in (rig.ts(bob).last_error or "")
+    rig.planter.unplant_all()
+    assert config_path.read_bytes() == own_config
+    assert b"role_arn" in (bob.credentials.parent / "config").read_bytes()

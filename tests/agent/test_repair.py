@@ -112,3 +112,19 @@ def test_removed_aws_directory_is_recreated_and_rewatched(watched: tuple[Rig, Re
     rig.planter.ensure(rig.target(bob), force=True)
     watcher.set_paths(rig.planter.paths)
     assert str(bob.credentials.parent) in watcher.watched_dirs
+
+
+def test_deleted_directory_is_watched_again_after_replant(watched: tuple[Rig, RepairWatcher]) -> None:
+    import shutil
+
+    rig, watcher = watched
+    alice = rig.users[0]
+    shutil.rmtree(alice.credentials.parent)  # rm -rf ~/.aws
+    assert wait_for(lambda: alice.credentials.exists())  # first tamper: re-planted at once
+    assert wait_for(lambda: str(alice.credentials.parent) in watcher.watched_dirs)
+    time.sleep(0.5)
+    # The new directory is a new inode: a later removal must still be seen.
+    handled = watcher.handled
+    alice.credentials.write_bytes(SEED)
+    assert wait_for(lambda: watcher.handled > handled)
+    assert wait_for(lambda: actions(rig)[-1:] == ["section_removed"])

@@ -12,13 +12,23 @@ from agent.spool import Spool, spool_counts
 
 
 def read(i: int) -> dict:
-    return {"event_id": f"r-{i}", "kind": "read", "time": "2026-11-22T10:00:00Z", "path": "/p",
-            "read": {"pid": i}}
+    return {
+        "event_id": f"r-{i}",
+        "kind": "read",
+        "time": "2026-11-22T10:00:00Z",
+        "path": "/p",
+        "read": {"pid": i},
+    }
 
 
 def tamper(i: int) -> dict:
-    return {"event_id": f"t-{i}", "kind": "tamper", "time": "2026-11-22T10:00:00Z", "path": "/p",
-            "tamper": {"action": "section_removed", "detail": "", "replanted": True}}
+    return {
+        "event_id": f"t-{i}",
+        "kind": "tamper",
+        "time": "2026-11-22T10:00:00Z",
+        "path": "/p",
+        "tamper": {"action": "section_removed", "detail": "", "replanted": True},
+    }
 
 
 def test_survives_reopen(tmp_path: Path) -> None:
@@ -90,6 +100,7 @@ def test_counts_of_missing_spool_are_none(tmp_path: Path) -> None:
 
 def test_concurrent_puts(tmp_path: Path) -> None:
     with Spool(tmp_path / "s.db") as spool:
+
         def worker(base: int) -> None:
             for i in range(50):
                 spool.put(read(base + i))

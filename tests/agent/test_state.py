@@ -40,8 +40,14 @@ def test_round_trip_and_owned_ids(tmp_path: Path) -> None:
     with store.mutate() as st:
         key = st.ensure_device_key()
         st.targets["/h/a/.aws/credentials"] = TargetState(
-            path="/h/a/.aws/credentials", owner="a", profile="prod-backup", status="planted",
-            credential_id="cred_1", access_key_id="AKIAOLD", expires_at="2026-11-23T10:00:00Z")
+            path="/h/a/.aws/credentials",
+            owner="a",
+            profile="prod-backup",
+            status="planted",
+            credential_id="cred_1",
+            access_key_id="AKIAOLD",
+            expires_at="2026-11-23T10:00:00Z",
+        )
         st.owned_key_ids.update({"AKIAOLD", "AKIANEW"})
     again = StateStore(tmp_path).state
     assert again.device_key == key and len(key) >= 32
@@ -69,16 +75,21 @@ def test_corrupt_state_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_unknown_fields_are_ignored(tmp_path: Path) -> None:
-    (tmp_path / "state.json").write_text(json.dumps({"device_id": "dev_9", "future_field": 1,
-                                                      "targets": {"/p": {"path": "/p", "owner": "o",
-                                                                         "profile": "x", "new": 2}}}))
+    (tmp_path / "state.json").write_text(
+        json.dumps(
+            {
+                "device_id": "dev_9",
+                "future_field": 1,
+                "targets": {"/p": {"path": "/p", "owner": "o", "profile": "x", "new": 2}},
+            }
+        )
+    )
     st = StateStore(tmp_path).state
     assert st.device_id == "dev_9" and st.targets["/p"].owner == "o"
 
 
 def test_dir_lock_is_exclusive(tmp_path: Path) -> None:
-    with DirLock(tmp_path):
-        with pytest.raises(AgentBusy, match=f"pid {os.getpid()}"):
-            DirLock(tmp_path).acquire()
+    with DirLock(tmp_path), pytest.raises(AgentBusy, match=f"pid {os.getpid()}"):
+        DirLock(tmp_path).acquire()
     with DirLock(tmp_path):  # released: can be taken again
         pass

@@ -19,9 +19,16 @@ from tests.conftest import free_port
 
 def make_read(i: int) -> dict[str, Any]:
     event = ReadEvent(
-        time=dt.datetime(2026, 11, 22, 10, 0, i % 60, tzinfo=dt.UTC), path="/home/alice/.aws/credentials",
-        pid=4000 + i, sensor="fanotify", ppid=1, exe="/usr/bin/cat", cmdline=("cat", "credentials"),
-        uid=1000, user="alice", cwd="/home/alice",
+        time=dt.datetime(2026, 11, 22, 10, 0, i % 60, tzinfo=dt.UTC),
+        path="/home/alice/.aws/credentials",
+        pid=4000 + i,
+        sensor="fanotify",
+        ppid=1,
+        exe="/usr/bin/cat",
+        cmdline=("cat", "credentials"),
+        uid=1000,
+        user="alice",
+        cwd="/home/alice",
         ancestors=(ProcessInfo(pid=1, exe="/sbin/init", cmdline=("init",), uid=0),),
     )
     return read_event_payload(event, str(uuid.uuid4()), "shell_utility")
@@ -100,18 +107,35 @@ def test_heartbeat_payload_matches_the_contract(
     tmp_path: Path, live_issuer: Any, device: tuple[str, IssuerClient]
 ) -> None:
     device_id, client = device
-    health = SensorHealth(name="fanotify", mode="permission", healthy=False, error="no CAP_SYS_ADMIN",
-                          lost_events=3)
+    health = SensorHealth(
+        name="fanotify", mode="permission", healthy=False, error="no CAP_SYS_ADMIN", lost_events=3
+    )
     with Spool(tmp_path / "spool.db", max_events=1) as spool:
         spool.put(make_read(1))
         spool.put(make_read(2))  # one dropped
         payload = heartbeat_payload(
             sensor_health=health.to_dict(),
-            targets=[{"path": "/p", "local_user": "alice", "profile": "prod-backup",
-                      "access_key_id": "AKIAX", "planted": True, "error": None}],
-            last_event_at="2026-11-22T10:00:00Z", spool=spool)
-    assert set(payload) == {"agent_version", "sensor", "targets", "last_event_at", "spool_pending",
-                            "spool_dropped"}
+            targets=[
+                {
+                    "path": "/p",
+                    "local_user": "alice",
+                    "profile": "prod-backup",
+                    "access_key_id": "AKIAX",
+                    "planted": True,
+                    "error": None,
+                }
+            ],
+            last_event_at="2026-11-22T10:00:00Z",
+            spool=spool,
+        )
+    assert set(payload) == {
+        "agent_version",
+        "sensor",
+        "targets",
+        "last_event_at",
+        "spool_pending",
+        "spool_dropped",
+    }
     assert set(payload["sensor"]) == {"name", "mode", "healthy", "error", "lost_events"}
     assert payload["spool_pending"] == 1 and payload["spool_dropped"] == 1
     assert client.heartbeat(device_id, payload).ok

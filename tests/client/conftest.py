@@ -9,6 +9,7 @@ the documented routes run against the live issuer (`live_issuer` from tests/conf
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import http.server
 import ipaddress
 import json
@@ -239,40 +240,71 @@ class World:
     idle_device_id: str  # enrolled, never heartbeats: stale
 
     def alert(self, *, event_name: str = "ListBuckets", source_ip: str = "203.0.113.9") -> str:
-        """Open (or join) an alert for the canary through the issuer's detection pipeline; its id."""
-        return seed_alert(self.issuer, self.access_key_id, self.principal_name, event_name, source_ip)
+        """Report a use of the canary through the issuer's EventBridge ingest route; the alert's id."""
+        from server_api_client import IssuerClient
+
+        result = IssuerClient(self.url).ingest_eventbridge(
+            INGEST_DESTINATION,
+            INGEST_SECRET,
+            cloudtrail_event(self.access_key_id, self.principal_name, event_name, source_ip),
+        )
+        assert (result.accepted, result.skipped) == (1, 0), result
+        responder = IssuerClient(self.url, self.responder_token)
+        for summary in responder.list_alerts():  # most recently active first
+            if summary.raw.get("access_key_id") == self.access_key_id and summary.status != "resolved":
+                return summary.id
+        raise AssertionError(f"no alert for {self.access_key_id} after ingest")
 
 
-def seed_alert(issuer: Any, access_key_id: str, principal_name: str, event_name: str, source_ip: str) -> str:
-    """Feed one CloudTrail-shaped AWS event to the issuer's real detection pipeline.
+INGEST_DESTINATION = "cl-main"
+INGEST_SECRET = "cl-ingest-secret-value"
 
-    The ingest HTTP route is another helper's work in progress, so this calls the same pipeline the
-    route and the SQS poller use (issuer.detection.pipeline.process_events) on the issuer's database.
-    """
+
+def cloudtrail_event(access_key_id: str, user_name: str, event_name: str, source_ip: str) -> dict[str, Any]:
+    """An EventBridge "AWS API Call via CloudTrail" event (documented shape:
+    https://docs.aws.amazon.com/eventbridge/latest/ref/events-structure.html, with the CloudTrail
+    record fields of https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-event-reference-record-contents.html)."""
     import uuid
 
-    from issuer.detection.events import AwsEvent
-    from issuer.detection.pipeline import process_events
-
-    event = AwsEvent(
-        source="ingest",
-        event_id=str(uuid.uuid4()),
-        event_time=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1),
-        event_name=event_name,
-        event_source="s3.amazonaws.com",
-        region="us-east-1",
-        source_ip=source_ip,
-        user_agent="aws-cli/1.32.0 Python/3.11 Linux",
-        error_code="AccessDenied",
-        access_key_id=access_key_id,
-        identity_type="IAMUser",
-        user_name=principal_name,
-        account_id="123456789012",
+    when = (
+        (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
     )
-    stats = process_events(issuer.app.state.sessionmaker, [event], sink_names=[], stale_after_seconds=3600)
-    alert_ids = stats.alerts_opened + stats.alerts_joined
-    assert alert_ids, f"the detection pipeline did not match the canary: {stats}"
-    return str(alert_ids[0])
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "AWS API Call via CloudTrail",
+        "source": "aws.s3",
+        "account": "123456789012",
+        "time": when,
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {
+            "eventVersion": "1.08",
+            "userIdentity": {
+                "type": "IAMUser",
+                "principalId": "AIDAEXAMPLEPRINCIPAL",
+                "arn": f"arn:aws:iam::123456789012:user/{user_name}",
+                "accountId": "123456789012",
+                "accessKeyId": access_key_id,
+                "userName": user_name,
+            },
+            "eventTime": when,
+            "eventSource": "s3.amazonaws.com",
+            "eventName": event_name,
+            "awsRegion": "us-east-1",
+            "sourceIPAddress": source_ip,
+            "userAgent": "aws-cli/1.32.0 Python/3.11 Linux",
+            "errorCode": "AccessDenied",
+            "errorMessage": "explicit deny",
+            "requestParameters": None,
+            "responseElements": None,
+            "eventID": str(uuid.uuid4()),
+            "eventType": "AwsApiCall",
+            "recipientAccountId": "123456789012",
+        },
+    }
 
 
 def read_event(path: str, *, pid: int, exe: str, cmdline: list[str], classification: str, user: str) -> dict:
@@ -403,5 +435,10 @@ def cl_world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     from tests.issuer.live import running_issuer
 
     data_dir = tmp_path_factory.mktemp("cl-issuer")
-    with running_issuer(data_dir=str(data_dir), aws_endpoint=moto_server, poll_interval=0) as issuer:
+    ingest = [
+        {"name": INGEST_DESTINATION, "secret_sha256": hashlib.sha256(INGEST_SECRET.encode()).hexdigest()}
+    ]
+    with running_issuer(
+        data_dir=str(data_dir), aws_endpoint=moto_server, poll_interval=0, ingest_destinations=ingest
+    ) as issuer:
         yield build_world(issuer)

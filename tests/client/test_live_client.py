@@ -18,15 +18,6 @@ from server_api_client import (
 from .conftest import World, read_event
 
 
-def has_route(world: World, prefix: str) -> bool:
-    return any(getattr(route, "path", "").startswith(prefix) for route in world.issuer.app.routes)
-
-
-def needs_alert_routes(world: World) -> None:
-    if not has_route(world, "/v1/alerts"):
-        pytest.skip("the issuer's alerts router (helper E) has no routes yet")
-
-
 @pytest.fixture
 def responder(cl_world: World) -> IssuerClient:
     return IssuerClient(cl_world.url, cl_world.responder_token)
@@ -171,7 +162,6 @@ def test_not_found_and_bad_token(cl_world: World, responder: IssuerClient) -> No
 
 
 def test_alert_lifecycle(cl_world: World, responder: IssuerClient) -> None:
-    needs_alert_routes(cl_world)
     alert_id = cl_world.alert()
     listed = {a.id: a for a in responder.list_alerts(status="open")}
     assert alert_id in listed and listed[alert_id].status == "open"
@@ -185,5 +175,18 @@ def test_alert_lifecycle(cl_world: World, responder: IssuerClient) -> None:
     resolved = responder.resolve_alert(alert_id)
     assert resolved.status == "resolved"
     assert alert_id in {a.id for a in responder.list_alerts(status="resolved")}
+    with pytest.raises(RejectedError) as conflict:
+        responder.ack_alert(alert_id)  # a resolved alert stays resolved
+    assert conflict.value.status_code == 409
+    assert [n.get("action") for n in responder.get_alert(alert_id).notes] == ["ack", "resolve"]
     with pytest.raises(NotFound):
         responder.get_alert("al_doesnotexist")
+
+
+def test_ingest_with_wrong_key_is_refused(cl_world: World) -> None:
+    from .conftest import INGEST_DESTINATION, cloudtrail_event
+
+    event = cloudtrail_event(cl_world.access_key_id, cl_world.principal_name, "ListBuckets", "192.0.2.1")
+    with pytest.raises(AuthError) as info:
+        IssuerClient(cl_world.url).ingest_eventbridge(INGEST_DESTINATION, "wrong-key", event)
+    assert info.value.status_code == 401

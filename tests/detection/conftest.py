@@ -330,3 +330,10 @@ def det_settings(tmp_path: Path) -> Callable[..., Any]:
         return Settings(**values)
 
     return make
+
+
+def sessionmaker_for(url: str) -> tuple[Any, sessionmaker[Session]]:
+    """(engine, sessionmaker) on `url` with the schema built from the models."""
+    engine = create_db_engine(url)
+    Base.metadata.create_all(engine)
+    return engine, make_sessionmaker(engine)

@@ -55,6 +55,7 @@ def test_last_used_detects_real_use(
         assert alert.credential_id == cred.id and alert.kind == "canary_use"
         assert alert.summary["event_names"] == ["s3"]
         assert alert.summary["detection_sources"] == ["last_used"]
+        assert f"{minted.access_key_id} used: s3 (lap-17" in alert.title
 
     aws_cli(moto_url, minted.access_key_id, minted.secret_access_key, "sts", "get-caller-identity")
     assert runner.run_once()["last_used"] == 1

@@ -5,8 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import pytest
+
 from issuer.detection.counters import bump_counter, read_counter
 from issuer.detection.locks import Lease
+from tests.detection.conftest import sessionmaker_for
+
+
+@pytest.fixture
+def det_sessionmaker(db_url: str):  # type: ignore[no-untyped-def]
+    """This module runs on SQLite and on a real PostgreSQL server (tests/conftest.py `db_url`)."""
+    engine, maker = sessionmaker_for(db_url)
+    yield maker
+    engine.dispose()
 
 
 def test_one_holder_at_a_time(det_sessionmaker) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ import json
 import threading
 from typing import Any
 
+import pytest
 from botocore.stub import ANY, Stubber
 from sqlalchemy import select
 
@@ -14,15 +15,23 @@ from issuer.db import create_db_engine, make_sessionmaker
 from issuer.detection.events import parse_eventbridge_event
 from issuer.detection.runner import DetectionRunner
 from issuer.models import Alert, Delivery, Detection
-from tests.detection.conftest import cloudtrail_event
+from tests.detection.conftest import cloudtrail_event, sessionmaker_for
 from tests.detection.test_lookup_events import lookup_item
 
 
-def two_replicas(tmp_path, det_settings, moto_url, **settings: Any) -> list[DetectionRunner]:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def det_sessionmaker(db_url: str):  # type: ignore[no-untyped-def]
+    """This module runs on SQLite and on a real PostgreSQL server (tests/conftest.py `db_url`)."""
+    engine, maker = sessionmaker_for(db_url)
+    yield maker
+    engine.dispose()
+
+
+def two_replicas(db_url, det_settings, moto_url, **settings: Any) -> list[DetectionRunner]:  # type: ignore[no-untyped-def]
     """Two runners, each with its own engine and gateway, as two processes would have."""
     runners = []
     for name in ("replica-a", "replica-b"):
-        engine = create_db_engine(f"sqlite:///{tmp_path / 'issuer.db'}")
+        engine = create_db_engine(db_url)
         gateway = AwsGateway(MintingConfig(endpoint_url=moto_url))
         runners.append(
             DetectionRunner(det_settings(**settings), make_sessionmaker(engine), gateway, holder=name)
@@ -47,10 +56,10 @@ def in_parallel(*funcs: Any) -> list[Any]:
 
 
 def test_same_events_on_two_replicas_make_one_alert(
-    tmp_path, det_settings, moto_url, det_sessionmaker, det_credential
+    db_url, det_settings, moto_url, det_sessionmaker, det_credential
 ) -> None:  # type: ignore[no-untyped-def]
     cred = det_credential()
-    a, b = two_replicas(tmp_path, det_settings, moto_url)
+    a, b = two_replicas(db_url, det_settings, moto_url)
     raws = [cloudtrail_event(access_key_id=cred.access_key_id, event_id=f"dup-{i}") for i in range(5)]
     events = [parse_eventbridge_event(raw, source="sqs") for raw in raws]
     # SQS is at-least-once: both replicas may receive the same messages at the same time.
@@ -63,11 +72,11 @@ def test_same_events_on_two_replicas_make_one_alert(
 
 
 def test_lookup_poller_runs_on_one_replica(
-    tmp_path, det_settings, moto_url, det_sessionmaker, det_credential
+    db_url, det_settings, moto_url, det_sessionmaker, det_credential
 ) -> None:  # type: ignore[no-untyped-def]
     cred = det_credential()
     record = cloudtrail_event(access_key_id=cred.access_key_id, event_id="lk-1")["detail"]
-    a, b = two_replicas(tmp_path, det_settings, moto_url, lookup_events_regions=["us-east-1"])
+    a, b = two_replicas(db_url, det_settings, moto_url, lookup_events_regions=["us-east-1"])
     stubs = []
     for runner in (a, b):
         stub = Stubber(runner.aws_gateway.client("cloudtrail", account="default", region="us-east-1"))
@@ -88,11 +97,11 @@ def test_lookup_poller_runs_on_one_replica(
 
 
 def test_one_delivery_per_alert_across_replicas(
-    tmp_path, det_settings, moto_url, det_sessionmaker, det_credential, det_webhook
+    db_url, det_settings, moto_url, det_sessionmaker, det_credential, det_webhook
 ) -> None:  # type: ignore[no-untyped-def]
     receiver = det_webhook(secret="k")
     a, b = two_replicas(
-        tmp_path,
+        db_url,
         det_settings,
         moto_url,
         sinks=[{"type": "webhook", "name": "hook", "url": receiver.url, "secret": "k"}],

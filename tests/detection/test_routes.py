@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import time
 import uuid
 
 import pytest
@@ -194,3 +195,38 @@ def test_alert_routes_auth_and_bad_input(det_issuer) -> None:  # type: ignore[no
         "POST", f"/v1/alerts/{alert['id']}/resolve", responder, json={"note": "n" * 5000}
     )
     assert response.status_code == 422
+
+
+def test_selftest_use_is_labelled_and_not_paged(issuer_factory, det_webhook) -> None:  # type: ignore[no-untyped-def]
+    pager = det_webhook(status=202)
+    hook = det_webhook(secret="hook")
+    issuer = issuer_factory(
+        ingest_destinations=[
+            {"name": "eventbridge", "secret_sha256": hashlib.sha256(INGEST_SECRET.encode()).hexdigest()}
+        ],
+        sinks=[
+            {"type": "pagerduty", "name": "pager", "routing_key": "RK", "endpoint": pager.url},
+            {"type": "webhook", "name": "soc", "url": hook.url, "secret": "hook"},
+        ],
+    )
+    device_id, device_token, cred = plant(issuer)
+    response = issuer.request(
+        "POST",
+        f"/v1/devices/{device_id}/selftest",
+        device_token,
+        json={"credential_id": cred["credential_id"]},
+    )
+    assert response.status_code == 200, response.text
+    assert ingest(issuer, cloudtrail_event(access_key_id=cred["access_key_id"])).status_code == 202
+    assert hook.event.wait(20)
+    payload = json.loads(hook.requests[0]["body"])["alert"]
+    assert (payload["kind"], payload["severity"], payload["selftest"]) == ("selftest", "low", True)
+    responder = issuer.create_token()
+    alert = issuer.request("GET", f"/v1/alerts/{payload['id']}", responder).json()
+    deadline = dt.datetime.now() + dt.timedelta(seconds=20)
+    while {d["status"] for d in alert["deliveries"]} & {"pending"} and dt.datetime.now() < deadline:
+        time.sleep(0.1)
+        alert = issuer.request("GET", f"/v1/alerts/{payload['id']}", responder).json()
+    statuses = {d["sink"]: d["status"] for d in alert["deliveries"]}
+    assert statuses == {"pager": "skipped", "soc": "delivered"}
+    assert pager.requests == [], "a self-test never pages"

@@ -115,14 +115,23 @@ def test_malformed_messages_are_counted_and_deleted(  # type: ignore[no-untyped-
     sqs.send_message(QueueUrl=url, MessageBody="this is not json")
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"detail-type": "AWS API Call via CloudTrail"}))
     sqs.send_message(QueueUrl=url, MessageBody=json.dumps(cloudtrail_event(access_key_id=cred.access_key_id)))
+    # EventBridge -> SNS -> SQS delivers the event inside an SNS envelope
+    envelope = {
+        "Type": "Notification",
+        "MessageId": "m-1",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:t",
+        "Message": json.dumps(cloudtrail_event(access_key_id=cred.access_key_id)),
+    }
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps(envelope))
     runner = DetectionRunner(det_settings(sqs_queue_url=url), det_sessionmaker, det_gateway)
     received = 0
     for _ in range(5):
         received += runner.run_once(sqs_wait_seconds=1)["sqs"] or 0
-        if received >= 3:
+        if received >= 4:
             break
-    assert received == 3
+    assert received == 4
     assert queue_depth(det_gateway, url) == 0, "malformed messages must not poison the queue"
     with det_sessionmaker() as session:
         assert read_counter(session, "sqs.malformed") == 2
-        assert len(session.scalars(select(Alert)).all()) == 1
+        [alert] = session.scalars(select(Alert)).all()
+        assert alert.event_count == 2

@@ -39,8 +39,11 @@ def e2e_users(tmp_path: Path) -> Iterator[list[E2EUser]]:
         for name in ("tk-e2e-a", "tk-e2e-b"):
             _delete_user(name)  # a leftover of an interrupted run
             home = tmp_path / "home" / name
-            subprocess.run(["useradd", "-M", "-U", "-d", str(home), "-s", "/bin/bash", name], check=True,
-                           capture_output=True)
+            subprocess.run(
+                ["useradd", "-M", "-U", "-d", str(home), "-s", "/bin/bash", name],
+                check=True,
+                capture_output=True,
+            )
             entry = pwd.getpwnam(name)
             home.mkdir(parents=True)
             shutil.chown(home, entry.pw_uid, entry.pw_gid)

@@ -154,6 +154,8 @@ def test_the_issuer_never_stores_the_secret(live_issuer: Any) -> None:
         secrets_seen.append(minted["secret_access_key"])
     db_files = [p for p in Path(live_issuer.db_path).parent.iterdir() if p.name.startswith("issuer.db")]
     assert any(p.name.endswith("-wal") for p in db_files), db_files  # WAL mode is on
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in db_files if not p.name.endswith("lock")}
+    assert set(modes.values()) == {"0o600"}, modes
     for path in db_files:
         content = path.read_bytes()
         for secret in secrets_seen:
@@ -285,3 +287,24 @@ def test_detection_runner_is_started_when_detection_is_configured(issuer_factory
     assert quiet.app.state.detection_runner is None
     issuer = issuer_factory(poll_interval=3600)
     assert isinstance(issuer.app.state.detection_runner, DetectionRunner)
+
+
+@pytest.mark.postgres
+def test_the_api_on_postgresql(issuer_factory: Any, postgres_url: str) -> None:
+    issuer = issuer_factory(db_url=postgres_url)
+    assert issuer.db_path is None and issuer.settings.db_url.startswith("postgresql+psycopg://")
+    device_id, token = issuer.enroll(users=["alice", "bob"])
+    responder = issuer.create_token("responder")
+    minted = issuer.request("POST", f"/v1/devices/{device_id}/credentials", token, json=PLACEMENT)
+    assert minted.status_code == 201, minted.text
+    events = {"events": [_read_event(), _read_event()]}
+    uploaded = issuer.request("POST", f"/v1/devices/{device_id}/events", token, json=events)
+    assert uploaded.json()["accepted"] == 2
+    reads = issuer.request("GET", f"/v1/devices/{device_id}/reads", responder).json()["reads"]
+    assert len(reads) == 2 and reads[0]["time"].endswith(("Z", "+00:00"))
+    key_id = minted.json()["access_key_id"]
+    lookup = issuer.request("GET", f"/v1/credentials/lookup/{key_id}", responder).json()
+    assert lookup["device"]["users"] == ["alice", "bob"] and lookup["status"] == "active"
+    # PostgreSQL text cannot hold NUL: such ids must be a clean 404, not a driver error.
+    assert issuer.request("GET", f"/v1/devices/{device_id}%00", responder).status_code == 404
+    assert issuer.request("GET", "/v1/credentials/lookup/AKIA%00", responder).status_code == 404

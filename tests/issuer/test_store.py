@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from issuer import auth, registry
+from issuer import agent_events, auth, registry
 from issuer.aws import AwsGateway, MintingConfig
 from issuer.db import Database, current_revision, downgrade, head_revision, upgrade
 from issuer.errors import NotFound, Unauthenticated
@@ -134,26 +134,28 @@ def test_credentials_events_and_selftests(database: Database, moto_url: str) -> 
             }
             for h in (1, 2, 50)
         ]
-        assert registry.store_events(session, device.id, events) == (3, 0)
-        assert registry.store_events(session, device.id, [*events, events[0]]) == (0, 4)
-        reads = registry.query_reads(session, device.id, since=registry.parse_since("24h"))
+        assert agent_events.store_events(session, device.id, events) == (3, 0)
+        assert agent_events.store_events(session, device.id, [*events, events[0]]) == (0, 4)
+        reads = agent_events.query_reads(session, device.id, since=agent_events.parse_since("24h"))
         assert [r.pid for r in reads] == [11, 12]  # newest first, the 50 h old one excluded
         assert reads[0].time.tzinfo is not None
-        record = registry.read_record(reads[0])
+        record = agent_events.read_record(reads[0])
         assert record["exe"] == "/usr/bin/aws" and record["device_id"] == device.id
 
-        test = registry.create_selftest(session, device.id, first.credential.id, 900)
+        test = agent_events.create_selftest(session, device.id, first.credential.id, 900)
         assert 899 <= (test.expires_at - test.created_at).total_seconds() <= 900
         with pytest.raises(NotFound):
-            registry.create_selftest(session, device.id, "cred_nope", 900)
+            agent_events.create_selftest(session, device.id, "cred_nope", 900)
 
 
 def test_parse_since() -> None:
     now = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
-    assert registry.parse_since("24h", now) == now - dt.timedelta(hours=24)
-    assert registry.parse_since("30m", now) == now - dt.timedelta(minutes=30)
-    assert registry.parse_since("2026-11-22T10:00:00Z", now) == dt.datetime(2026, 11, 22, 10, tzinfo=dt.UTC)
-    assert registry.parse_since("2026-11-22T10:00:00", now).tzinfo is not None
+    assert agent_events.parse_since("24h", now) == now - dt.timedelta(hours=24)
+    assert agent_events.parse_since("30m", now) == now - dt.timedelta(minutes=30)
+    assert agent_events.parse_since("2026-11-22T10:00:00Z", now) == dt.datetime(
+        2026, 11, 22, 10, tzinfo=dt.UTC
+    )
+    assert agent_events.parse_since("2026-11-22T10:00:00", now).tzinfo is not None
     for bad in ("yesterday", "24x", "", "-1h"):
         with pytest.raises(ValueError, match="since"):
-            registry.parse_since(bad, now)
+            agent_events.parse_since(bad, now)

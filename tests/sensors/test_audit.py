@@ -163,10 +163,10 @@ def test_rule_deleted_by_someone_else_is_put_back(audit_sensor_factory, audit_co
     rule = ["always,exit", "-F", f"path={target}", "-F", "perm=r", "-F", "key=cfgread-del"]
     subprocess.run(["auditctl", "-d", *rule], check=True, capture_output=True)
     deadline = time.monotonic() + 20
-    while f"-w {target} -p r -k cfgread-del" not in _rules():
+    while sensor.rules_restored < 1:  # counted right after the rule is back in the kernel
         assert time.monotonic() < deadline, "the deleted rule was not restored"
         time.sleep(0.1)
-    assert sensor.rules_restored >= 1
+    assert f"-w {target} -p r -k cfgread-del" in _rules()
     pid = _run([CAT, str(target)])
     assert not audit_collector.wait_for_pids({pid})
 
@@ -245,3 +245,90 @@ def test_missing_or_failing_auditctl_is_a_clear_error(tmp_path, audit_home):
     expected = r"kernel audit subsystem unavailable: .*Operation not permitted"
     with pytest.raises(SensorUnavailable, match=expected):
         sensor.start()
+
+
+def test_stale_rules_of_a_crashed_agent_are_cleaned_at_start(
+    audit_sensor_factory, audit_collector, audit_home
+):
+    gone = audit_home / "no-longer-planted"
+    gone.write_text("z")
+    stale = ["always,exit", "-F", f"path={gone}", "-F", "perm=r", "-F", "key=cfgread-stale"]
+    subprocess.run(["auditctl", "-a", *stale], check=True, capture_output=True)
+    try:
+        target = audit_home / ".aws" / "credentials"
+        audit_sensor_factory([target], audit_collector, key="cfgread-stale")
+        rules = _rules()
+        assert str(gone) not in rules and f"-w {target} -p r -k cfgread-stale" in rules
+    finally:
+        subprocess.run(["auditctl", "-d", *stale], check=False, capture_output=True)
+
+
+def test_sensor_to_classifier_to_read_log(audit_sensor_factory, audit_collector, audit_home, tmp_path):
+    from agent.classify import classify
+    from agent.readlog import ReadLog
+
+    target = audit_home / ".aws" / "credentials"
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    target.write_text(f"[prod-backup]\naws_secret_access_key = {secret}\n")
+    with ReadLog(tmp_path / "reads.db", secrets=[secret]) as log:
+
+        def consume(event):
+            audit_collector(event)
+            log.record(event, classify(event))
+
+        audit_sensor_factory([target], consume)
+        cat = _run([CAT, str(target)])
+        grep = _run(["grep", "-c", "prod", str(target)])
+        python = _run([sys.executable, "-c", f"open({str(target)!r}).read()"])
+        assert not audit_collector.wait_for_pids({cat, grep, python})
+        rows = {r["pid"]: r for r in log.query(path=str(target))}
+        assert rows[cat]["classification"] == rows[grep]["classification"] == "shell_utility"
+        assert rows[python]["classification"] == "unknown"
+        assert rows[python]["exe"] == PYTHON
+        stored = b"".join(p.read_bytes() for p in tmp_path.glob("reads.db*"))
+        assert str(target).encode() in stored and secret.encode() not in stored
+
+
+def test_disabled_auditing_is_enabled_for_the_sensor(audit_sensor_factory, audit_collector, audit_home):
+    subprocess.run(["auditctl", "-e", "0"], check=True, capture_output=True)
+    try:
+        target = audit_home / ".aws" / "credentials"
+        sensor = audit_sensor_factory([target], audit_collector)
+        assert "enabled 1" in subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
+        pid = _run([CAT, str(target)])
+        assert not audit_collector.wait_for_pids({pid})
+        assert sensor.health().healthy
+    finally:
+        subprocess.run(["auditctl", "-e", "1"], check=False, capture_output=True)  # as auditd had it
+
+
+def test_directory_with_space_deleted_and_replanted(audit_sensor_factory, audit_collector, audit_home):
+    folder = audit_home / "CI runner" / ".aws"  # the kernel hex-encodes names with spaces
+    folder.mkdir(parents=True, mode=0o755)
+    target = folder / "credentials"
+    target.write_text("[prod-backup]\n")
+    sensor = audit_sensor_factory([target], audit_collector, key="cfgread-space", rule_check_interval=0.5)
+    first = _run([CAT, str(target)])
+    assert not audit_collector.wait_for_pids({first})
+    assert audit_collector.for_pid(first)[0].path == str(target)
+    assert f"-w {target} -p r -k cfgread-space" in _rules()
+    shutil.rmtree(folder)  # the kernel drops a watch whose directory goes away
+    deadline = time.monotonic() + 10
+    while str(target) in _rules():
+        assert time.monotonic() < deadline, "kernel kept the watch of a deleted directory"
+        time.sleep(0.1)
+    folder.mkdir(mode=0o755)
+    target.write_text("[prod-backup]\n")
+    sensor.set_paths([str(target)])  # what the agent does after re-planting
+    deadline = time.monotonic() + 10
+    while f"-w {target} -p r -k cfgread-space" not in _rules():
+        assert time.monotonic() < deadline, "watch not restored after re-planting"
+        time.sleep(0.1)
+    second = _run(["head", "-c1", "credentials"], cwd=folder)
+    assert not audit_collector.wait_for_pids({second})
+    assert audit_collector.for_pid(second)[0].path == str(target)
+    assert audit_collector.for_pid(second)[0].cwd == str(folder)
+    deadline = time.monotonic() + 10
+    while not sensor.health().healthy:  # the failed re-adds while the folder was gone are cleared
+        assert time.monotonic() < deadline, sensor.health()
+        time.sleep(0.1)

@@ -86,7 +86,9 @@ def test_thousand_short_lived_readers_all_recorded(
     health = sensor.health()
     assert health.lost_events == 0 and health.context_missing == 0, health
     assert health.healthy and health.callback_errors == 0
-    print(f"\n1000 readers in {elapsed:.1f} s; guard answered {health.guard_answered}")
+    assert health.max_hold_ms > 0
+    print(f"\n1000 readers in {elapsed:.1f} s; guard answered {health.guard_answered}; "
+          f"longest hold {health.max_hold_ms:.1f} ms")  # fmt: skip
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.sensors import _fanotify_abi as abi
+from agent.sensors._fanotify_books import OpenBooks
 from agent.sensors.fanotify import FanotifyNotifySensor, FanotifySensor
 from tests.conftest import requires_root
 
@@ -141,14 +142,14 @@ def test_dedupe_one_open_one_event() -> None:
     assert sensor._dedupe(open_, path) == "open"
     assert sensor._dedupe(close, path) is None  # balanced by the open we reported
     assert sensor._dedupe(close, path) == "close"  # a close whose open we never saw: keep the reader
-    assert sensor._open_books == {}
+    assert len(sensor._open_books) == 0
 
 
 def test_dedupe_merged_open_close_is_one_open() -> None:
     sensor = _sensor(FanotifyNotifySensor)
     merged = abi.RawEvent(mask=abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE, fd=3, pid=10)
     assert sensor._dedupe(merged, "/srv/x/credentials") == "open"
-    assert sensor._open_books == {}
+    assert len(sensor._open_books) == 0
 
 
 def test_dedupe_is_per_process() -> None:
@@ -200,3 +201,14 @@ def test_real_kernel_overflow_record_parses(tmp_path: Path) -> None:
         assert seen >= limit
     finally:
         os.close(fan_fd)
+
+
+def test_open_books_stay_bounded() -> None:
+    books = OpenBooks(limit=2)
+    assert books.note(1, "/p", abi.FAN_OPEN_PERM) == "open"  # a failed open: its close never comes
+    assert books.note(2, "/p", abi.FAN_OPEN_PERM) == "open"
+    assert books.note(3, "/p", abi.FAN_OPEN_PERM) == "open"  # full: the books start over
+    assert len(books) == 1
+    assert books.note(3, "/p", abi.FAN_CLOSE_NOWRITE) is None
+    assert books.note(1, "/p", abi.FAN_CLOSE_NOWRITE) == "close"  # forgotten open: still reported
+    assert books.note(4, "/p", abi.FAN_MODIFY) is None and len(books) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.sensors import _fanotify_abi as abi
+from agent.sensors import procinfo
 from agent.sensors._fanotify_guard import PermissionGuard
 from tests.conftest import requires_root
 from tests.sensors.conftest import FanCollector, fan_plant
@@ -207,3 +209,90 @@ def test_notify_mode_is_weaker_and_records_pids(
     assert (health.mode, health.weaker) == ("notify", True) and "weaker" in (health.detail or "")
     missing = [e for e in fan_collector.events if e.exe is None]
     assert health.context_missing == len(missing)  # short-lived readers may lose context: counted
+
+
+@requires_root
+def test_sensor_threads_run_at_raised_priority(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    """Readers wait on the sensor's threads (and the guard): they get nice -10, the process does not."""
+    fan_sensor_factory([fan_target], fan_collector)
+    time.sleep(0.1)
+    nices = {
+        t.name: os.getpriority(os.PRIO_PROCESS, t.native_id)
+        for t in threading.enumerate()
+        if t.name.startswith("tripkey-fanotify") and t.native_id is not None
+    }
+    assert {"tripkey-fanotify-reader", "tripkey-fanotify-guard", "tripkey-fanotify-dispatch"} <= set(nices)
+    assert set(nices.values()) == {-10}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != -10  # only ours
+
+
+@requires_root
+def test_stop_does_not_wait_for_a_stalled_capture(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    release = threading.Event()
+
+    def stuck(pid: int, pidfd: int | None) -> procinfo.ProcContext:
+        release.wait(30)
+        return procinfo.ProcContext(pid=pid)
+
+    sensor = fan_sensor_factory([fan_target], fan_collector, capture=stuck, capture_workers=1)
+    try:
+        _cat(fan_target)  # allowed by the guard; the capture stays stuck
+        started = time.monotonic()
+        sensor.stop()  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 5
+        assert sensor.health().response_errors == 0  # type: ignore[attr-defined]
+        started = time.monotonic()
+        _cat(fan_target)
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+    time.sleep(0.2)  # the abandoned worker finishes: it must not answer or close anything twice
+    assert sensor.health().response_errors == 0  # type: ignore[attr-defined]
+
+
+@requires_root
+def test_a_failing_record_handler_fails_open_for_that_reader(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    sensor = fan_sensor_factory([fan_target], fan_collector)
+
+    def broken(event: abi.RawEvent, path: str) -> str | None:
+        raise RuntimeError("injected fault")
+
+    sensor._dedupe = broken  # type: ignore[attr-defined]
+    started = time.monotonic()
+    _cat(fan_target)
+    assert time.monotonic() - started < 2
+    health = sensor.health()  # type: ignore[attr-defined]
+    assert health.guard_answered == 0 and health.response_errors == 0  # allowed by the handler
+    assert fan_collector.events == []
+    del sensor._dedupe  # type: ignore[attr-defined]
+    assert _recorded(fan_collector, _cat(fan_target))  # the reader thread survived
+
+
+@requires_root
+def test_unparseable_kernel_data_stops_sensing_loudly_and_lets_readers_through(
+    fan_target: Path,
+    fan_collector: FanCollector,
+    fan_sensor_factory: Callable[..., object],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def future_kernel(buf: bytes) -> list[abi.RawEvent]:
+        error = abi.FanotifyAbiError("fanotify metadata version 4, this agent understands 3")
+        error.events = []  # type: ignore[attr-defined]
+        raise error
+
+    sensor = fan_sensor_factory([fan_target], fan_collector)
+    monkeypatch.setattr(abi, "parse_events", future_kernel)
+    started = time.monotonic()
+    _cat(fan_target)  # the unparsed record's fd is lost to us: closing the group allows the reader
+    _cat(fan_target)
+    assert time.monotonic() - started < 3
+    health = sensor.health()  # type: ignore[attr-defined]
+    assert not health.healthy and "version 4" in (health.error or "")
+    assert any(r.levelname == "CRITICAL" and "NOT recorded" in r.getMessage() for r in caplog.records)

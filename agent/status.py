@@ -1,0 +1,141 @@
+"""`tripkey-agent status`: what the agent did, from its state file (no issuer needed).
+
+Enrollment, each target (profile, access key id — never the secret —, expiry, last check, last
+error), the sensor health as last recorded by `run`, and the spool counts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import __version__
+from .config import AgentConfig
+from .spool import spool_counts
+from .state import SPOOL_FILE, StateStore
+
+
+def _open_store(config: AgentConfig) -> StateStore | None:
+    if not os.path.isdir(config.state_dir):
+        return None
+    return StateStore(config.state_dir, create=False)
+
+
+def status_data(config: AgentConfig) -> dict[str, Any]:
+    store = _open_store(config)
+    st = store.state if store else None
+    pid = st.service_pid if st else None
+    running = bool(pid) and _alive(pid)
+    targets = []
+    for ts in sorted(st.targets.values(), key=lambda t: t.path) if st else ():
+        targets.append(
+            {
+                "path": ts.path,
+                "owner": ts.owner,
+                "profile": ts.profile,
+                "status": ts.status,
+                "access_key_id": ts.access_key_id,
+                "credential_id": ts.credential_id,
+                "backend": ts.backend,
+                "expires_at": ts.expires_at,
+                "created_at": ts.created_at,
+                "last_check": ts.last_check,
+                "last_error": ts.last_error,
+                "next_attempt_at": ts.next_attempt_at,
+                "tamper_count": ts.tamper_count,
+            }
+        )
+    return {
+        "agent_version": __version__,
+        "state_dir": config.state_dir,
+        "issuer_url": (st.issuer_url if st and st.issuer_url else config.issuer_url),
+        "profile": config.profile,
+        "enrolled": bool(st and st.enrolled),
+        "device_id": st.device_id if st else None,
+        "enrolled_at": st.enrolled_at if st else None,
+        "service": {
+            "running": running,
+            "pid": pid if running else None,
+            "started_at": st.service_started_at if st else None,
+        },
+        "sensor": st.sensor_health if st else None,
+        "targets": targets,
+        "spool": spool_counts(os.path.join(config.state_dir, SPOOL_FILE)),
+        "last_event_at": st.last_event_at if st else None,
+        "last_heartbeat_at": st.last_heartbeat_at if st else None,
+        "last_heartbeat_error": st.last_heartbeat_error if st else None,
+    }
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def format_status(data: dict[str, Any]) -> str:
+    lines = [f"Tripkey agent {data['agent_version']}  (state dir {data['state_dir']})"]
+    if data["enrolled"]:
+        lines.append(
+            f"enrolled:   device {data['device_id']} at {data['issuer_url']} since {data['enrolled_at']}"
+        )
+    else:
+        lines.append(f"enrolled:   NO (issuer {data['issuer_url'] or 'not configured'})")
+    svc = data["service"]
+    lines.append(f"service:    {'running, pid ' + str(svc['pid']) if svc['running'] else 'not running'}")
+    sensor = data["sensor"]
+    if sensor is None:
+        lines.append("sensor:     unknown (the service has not run yet)")
+    elif sensor.get("healthy"):
+        extra = " (WEAKER mode)" if sensor.get("weaker") else ""
+        lines.append(
+            f"sensor:     {sensor.get('name')} ({sensor.get('mode')}) healthy{extra}, "
+            f"{sensor.get('lost_events', 0)} lost events"
+        )
+    else:
+        lines.append(f"sensor:     {sensor.get('name')} NOT WORKING: {sensor.get('error')}")
+    spool = data["spool"]
+    lines.append(
+        "spool:      "
+        + (
+            "empty (never used)"
+            if spool is None
+            else f"{spool['pending']} pending, {spool['dropped']} dropped, {spool['rejected']} rejected"
+        )
+    )
+    lines.append(
+        f"last read:  {data['last_event_at'] or 'none'}   last heartbeat: "
+        f"{data['last_heartbeat_at'] or 'never'}"
+        + (f" (error: {data['last_heartbeat_error']})" if data["last_heartbeat_error"] else "")
+    )
+    lines.append(f"profile:    {data['profile']}")
+    if not data["targets"]:
+        lines.append("targets:    none planted")
+        return "\n".join(lines)
+    header = ("PATH", "OWNER", "PROFILE", "STATUS", "ACCESS KEY ID", "EXPIRES", "LAST CHECK", "ERROR")
+    rows = [header] + [
+        (
+            t["path"],
+            t["owner"],
+            t["profile"],
+            t["status"],
+            t["access_key_id"] or "-",
+            t["expires_at"] or "never (long-term)",
+            t["last_check"] or "-",
+            t["last_error"] or "",
+        )
+        for t in data["targets"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header) - 1)]
+    lines.append("")
+    lines.extend(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
+    )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+__all__ = ["format_status", "status_data"]
