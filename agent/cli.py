@@ -8,6 +8,7 @@ for scripts. The canary secret is never printed by any command.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -163,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateError as exc:
         print(f"tripkey-agent: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except PermissionError as exc:
+        print(
+            f"tripkey-agent: permission denied: {exc.filename or exc} (the agent runs as root)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -236,10 +243,8 @@ def _enrolled_client(config: AgentConfig, store: StateStore, users: list[str], *
         try:
             ensure_enrolled(store, client, config, users, max_attempts=3)
         except EnrollmentError as exc:
-            unreachable = "attempts" in str(exc)
-            raise CliError(
-                f"cannot enroll: {exc}", EXIT_UNREACHABLE if unreachable else EXIT_FAILURE
-            ) from None
+            code = EXIT_UNREACHABLE if exc.unreachable else EXIT_FAILURE
+            raise CliError(f"cannot enroll: {exc}", code) from None
     elif store.state.enrolled:
         client.token = store.state.device_token
     else:
@@ -249,7 +254,7 @@ def _enrolled_client(config: AgentConfig, store: StateStore, users: list[str], *
 
 def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
     from .planter import Planter, resolve_targets
-    from .uploader import Uploader
+    from .uploader import FlushResult, Uploader
 
     config.require_issuer()
     with DirLock(config.state_dir):
@@ -259,7 +264,10 @@ def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
         with Spool(store.dir / SPOOL_FILE, config.spool_max_events) as spool:
             planter = Planter(config, store, client, emit=spool.put)
             planter.sync(targets, errors)
-            flushed = Uploader(client, spool, store.state.device_id or "").flush()
+            try:
+                flushed = Uploader(client, spool, store.state.device_id or "").flush()
+            except TripkeyError as exc:  # e.g. the device token was refused: events stay spooled
+                flushed = FlushResult(error=str(exc))
             pending = spool.pending()
     data = status_data(config)
     data["upload"] = {"sent": flushed.sent, "error": flushed.error, "pending": pending}
@@ -297,6 +305,8 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
         except OSError:
             targets = []
         client = None
+        if not config.issuer_url and store.state.issuer_url:  # enrolled earlier: revoke there
+            config = dataclasses.replace(config, issuer_url=store.state.issuer_url)
         if not args.no_revoke and config.issuer_url:
             client = _enrolled_client(config, store, [], enroll=False)
         planter = Planter(config, store, client)

@@ -120,8 +120,10 @@ def validate_profile(profile: str, *, force_default: bool = False) -> None:
     if profile == "DEFAULT":
         raise ValueError("profile name 'DEFAULT' is configparser's defaults section, not a profile")
     if profile == "default" and not force_default:
-        raise ValueError("refusing to plant the 'default' profile (it would hijack the user's own "
-                         "commands); pass force_default=True to do it anyway")
+        raise ValueError(
+            "refusing to plant the 'default' profile (it would hijack the user's own "
+            "commands); pass force_default=True to do it anyway"
+        )
 
 
 # --- pure functions -------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def unplant_bytes(data: bytes, profile: str, owned_key_ids: Collection[str]) -> 
     validate_profile(profile, force_default=True)
     doc = inifile.parse(data)
     section = doc.find(profile)
-    if section is None or _owned_key_id(data, doc, section, owned_key_ids) is None:
+    if section is None or _owned_key_id(data, section, owned_key_ids) is None:
         return data
     new = inifile.remove_section(doc, section)
     _verify(data, new, profile, None)
@@ -170,15 +172,18 @@ def inspect_bytes(
     if section is None:
         return SectionState(SectionStatus.ABSENT)
     line = section.header + 1
-    key_id = _owned_key_id(data, doc, section, owned_key_ids)
+    key_id = _owned_key_id(data, section, owned_key_ids)
     if key_id is None:
         return SectionState(SectionStatus.FOREIGN, line=line, detail="the key id is not one we own")
     values = _view(data)[profile]
     problems = [f"{SECRET} is missing or empty"] if not values.get(SECRET) else []
     if expected is not None:
         wanted = expected.values()
-        problems += [f"{k} differs from the planted credential" for k in (KEY_ID, SECRET, TOKEN)
-                     if values.get(k) != wanted.get(k)]
+        problems += [
+            f"{k} differs from the planted credential"
+            for k in (KEY_ID, SECRET, TOKEN)
+            if values.get(k) != wanted.get(k)
+        ]
     if LEGACY_TOKEN in values:
         problems.append(f"{LEGACY_TOKEN} is set")
     status = SectionStatus.ALTERED if problems else SectionStatus.OURS
@@ -274,7 +279,7 @@ def _view(data: bytes) -> dict[str, dict[str, str]]:
     return inifile.semantic_view(_text(data))
 
 
-def _owned_key_id(data: bytes, doc: Document, section: Section, owned: Collection[str]) -> str | None:
+def _owned_key_id(data: bytes, section: Section, owned: Collection[str]) -> str | None:
     """The section's own aws_access_key_id if we own it (a [DEFAULT] one does not count)."""
     if section.entry(KEY_ID) is None:
         return None
@@ -293,10 +298,11 @@ def _plant(
         new = inifile.append_section(doc, profile, list(cred.values().items()))
         result = PlantResult("added", len(doc.lines) + 1)
     else:
-        old_key_id = _owned_key_id(data, doc, section, owned)
+        old_key_id = _owned_key_id(data, section, owned)
         if old_key_id is None:
-            raise ConflictError(f"a [{profile}] section exists and its key id is not one we own",
-                                line=section.header + 1)
+            raise ConflictError(
+                f"a [{profile}] section exists and its key id is not one we own", line=section.header + 1
+            )
         new = _rewrite(doc, section, cred, eol).render()
         action: Literal["replaced", "unchanged"] = "unchanged" if new == data else "replaced"
         result = PlantResult(action, section.header + 1, old_key_id)
@@ -349,8 +355,10 @@ def _verify(before: bytes, after: bytes, profile: str, wanted: dict[str, str] | 
     resolved = new.get(profile, {})
     for key in CREDENTIAL_KEYS:
         if resolved.get(key) != wanted.get(key):
-            raise ConflictError(f"[{profile}] would not resolve to the planted credential ({key} "
-                                "differs; is it set in a [DEFAULT] section?)")
+            raise ConflictError(
+                f"[{profile}] would not resolve to the planted credential ({key} "
+                "differs; is it set in a [DEFAULT] section?)"
+            )
     base = old.get(profile, old[inifile.DEFAULT_SECTION])
     if {k: v for k, v in resolved.items() if k not in CREDENTIAL_KEYS} != {
         k: v for k, v in base.items() if k not in CREDENTIAL_KEYS

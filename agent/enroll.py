@@ -28,7 +28,12 @@ log = logging.getLogger(__name__)
 
 
 class EnrollmentError(Exception):
-    """Enrollment cannot succeed without a human fixing something (token, URL)."""
+    """Enrollment did not succeed: refused (a human must fix the token or URL) or, with
+    `unreachable` set, the issuer could not be reached within the allowed attempts."""
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class EnrollClient(Protocol):
@@ -141,12 +146,14 @@ def ensure_enrolled(
             raise EnrollmentError(f"the issuer rejected the enrollment: {exc}") from None
         except (IssuerUnreachable, ServerError) as exc:
             if max_attempts is not None and attempt >= max_attempts:
-                raise EnrollmentError(f"could not enroll after {attempt} attempts: {exc}") from None
+                raise EnrollmentError(
+                    f"could not enroll after {attempt} attempts: {exc}", unreachable=True
+                ) from None
             delay = backoff.next_delay()
             log.warning("enrollment failed (%s); retrying in %.0f s", exc, delay)
             if stop is not None:
                 if stop.wait(delay):
-                    raise EnrollmentError("stopped before enrollment completed") from None
+                    raise EnrollmentError("stopped before enrollment completed", unreachable=True) from None
             else:
                 sleep(delay)
     with store.mutate() as st:

@@ -270,10 +270,14 @@ class Planter:
             self.emit(tamper_event(ts.path, "conflict", message, False, now))
         return ts
 
-    def _failed(self, ts: TargetState, message: str, now: dt.datetime) -> TargetState:
+    def _failed(
+        self, ts: TargetState, message: str, now: dt.datetime, *, keep_status: bool = False
+    ) -> TargetState:
+        """Record a failure and back off. `keep_status`: a renewal failed, but the current canary is
+        still in the file (and still planted) until it expires."""
         with self.store.mutate():
             ts.failures += 1
-            ts.status, ts.last_error = "error", message
+            ts.status, ts.last_error = (ts.status if keep_status else "error"), message
             delay = _backoff(ERROR_FIRST_DELAY, ERROR_MAX_DELAY, ts.failures)
             ts.next_attempt_at = to_iso(now + dt.timedelta(seconds=delay))
         log.error("%s: %s (next attempt in %.0f s)", ts.path, message, delay)
@@ -291,9 +295,9 @@ class Planter:
             else:
                 issued = self._mint(target)
         except IssuerUnreachable as exc:
-            return self._failed(ts, f"issuer unreachable: {exc.reason}", now)
+            return self._failed(ts, f"issuer unreachable: {exc.reason}", now, keep_status=bool(renew))
         except TripkeyError as exc:
-            return self._failed(ts, f"issuer refused the credential: {exc}", now)
+            return self._failed(ts, f"issuer refused the credential: {exc}", now, keep_status=bool(renew))
         with self.store.mutate() as st:
             st.owned_key_ids.add(issued.access_key_id)  # owned before it exists on disk
         self._writing.add(target.path)

@@ -21,7 +21,8 @@ Mode: the file is always written 0600 (a stricter existing mode is not kept: cre
 readable by their owner and nobody else, and one rule is easier to audit). A missing last directory
 (``~/.aws``) is created 0700 owned by the owner; anything missing above it is an error.
 Temp files are named ``.<name>.tmp-<12 hex>``; leftovers of a killed writer are removed by the next
-update_file call, even one that writes nothing (only names of exactly that form, regular files owned by the owner or by root).
+update_file call, even one that writes nothing (only names of exactly that form, regular files
+owned by the owner or by root).
 """
 
 from __future__ import annotations
@@ -41,14 +42,19 @@ from agent.credfile_errors import (
     MissingDirectoryError,
     UnsafePathError,
 )
+from agent.osflags import POSIX
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_FILE_BYTES = 4 * 1024 * 1024  # credentials files are a few KiB; refuse to slurp a huge file
 _MAX_SYMLINKS = 40
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# getattr: these flags do not exist on Windows, where the module still imports (credfile's pure
+# functions are portable) but refuses to write; Windows placements need their own ACL-aware writer.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | _CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
 
 Fingerprint = tuple[int, int, int, int, int] | None  # (dev, ino, size, mtime_ns, ctime_ns); None = absent
 
@@ -110,6 +116,8 @@ def update_file(
 
 
 def _check_path(path: os.PathLike[str] | str) -> PurePosixPath:
+    if not POSIX:
+        raise UnsafePathError("safe atomic writes are implemented for POSIX systems only").at(path)
     pure = PurePosixPath(os.fspath(path))
     if not pure.is_absolute() or pure.name in ("", ".", ".."):
         raise UnsafePathError("need an absolute path to a file").at(pure)

@@ -80,6 +80,14 @@ def read_event_payload(event: Any, event_id: str, classification: str | None) ->
     }
 
 
+def sensor_options(config: AgentConfig) -> dict[str, Any]:
+    """Constructor options for the configured sensor. The fail-open budget only means something to
+    fanotify (auto drops what its pick does not take; an explicit other sensor would reject it)."""
+    if config.sensor in ("auto", "fanotify", "fanotify-notify"):
+        return {"budget": config.fail_open_ms / 1000.0}
+    return {}
+
+
 def unavailable_health(sensor: str, error: str) -> dict[str, Any]:
     return {
         "name": sensor,
@@ -107,7 +115,7 @@ def target_reports(store: StateStore) -> list[dict[str, Any]]:
 
 
 class AgentService:
-    """The resident agent. `run(stop)` returns an exit code when `stop` is set or on a fatal error."""
+    """The resident agent: `run()` blocks until `stop()` (SIGTERM via run_service); returns an exit code."""
 
     def __init__(
         self,
@@ -226,13 +234,8 @@ class AgentService:
         assert self.planter is not None
         factory = self._sensor_factory or _default_sensor_factory
         paths = self.planter.paths
-        # The fail-open budget only means something to fanotify permission events; an explicitly
-        # named other sensor would reject the option.
-        options: dict[str, Any] = {}
-        if self.config.sensor in ("auto", "fanotify", "fanotify-notify"):
-            options["budget"] = self.config.fail_open_ms / 1000.0
         try:
-            self.sensor = factory(self.config.sensor, paths, self._on_read, **options)
+            self.sensor = factory(self.config.sensor, paths, self._on_read, **sensor_options(self.config))
             self.sensor.start()
             self.sensor_error = None
         except Exception as exc:  # SensorUnavailable or anything else: loud, never a silent fallback
@@ -289,7 +292,10 @@ class AgentService:
             server.start()
             self.selfreport = server
         except OSError as exc:
-            log.error(
+            # Expected when not root (demo, tests): /run/tripkey belongs to the root service.
+            level = logging.ERROR if getattr(os, "geteuid", lambda: 0)() == 0 else logging.WARNING
+            log.log(
+                level,
                 "self-reports from the tray are disabled: cannot listen on %s: %s",
                 self.config.selfreport_socket,
                 exc,

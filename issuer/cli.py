@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from issuer import __version__
+from issuer.detection import ingest_secret
 from issuer.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("issuer")
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = config_sub.add_parser("show", help="print the effective settings (secrets hidden)")
     _common(show)
+
+    ingest_secret.register(sub)
 
     token = sub.add_parser("token", help="create, list and revoke API tokens", description="API tokens.")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -177,6 +180,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     try:
         with database.session() as session:
             if args.token_command == "create":
+                if args.label is not None and not 0 < len(args.label) <= 200:
+                    raise CliError("--label must be 1 to 200 characters", exit_code=2)
                 row, raw = auth.create_token(session, args.role, label=args.label)
                 data = {**_token_row(row), "token": raw}
                 _emit(args, data, f"{raw}\n(id {row.id}, role {row.role}; shown once, store it now)")
@@ -207,7 +212,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"serve": cmd_serve, "migrate": cmd_migrate, "token": cmd_token, "config": cmd_config_show}
+    handlers = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "token": cmd_token,
+        "config": cmd_config_show,
+        "ingest-secret": ingest_secret.run,
+    }
     try:
         return handlers[args.command](args)
     except CliError as exc:

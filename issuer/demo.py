@@ -38,6 +38,14 @@ SANDBOX_CREDENTIALS = (
     "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
 )
 DEMO_PROFILE = "prod-backup"
+ISSUER_USER = "tripkey-issuer-demo"
+ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
+BOOTSTRAP_ACTIONS = (
+    ["iam", "create-user", "--user-name", ISSUER_USER],
+    ["iam", "put-user-policy", "--user-name", ISSUER_USER, "--policy-name", "issuer",
+     "--policy-document", ADMIN_POLICY],
+    ["iam", "create-access-key", "--user-name", ISSUER_USER],
+)
 
 
 class DemoError(Exception):
@@ -179,22 +187,20 @@ def _run(
     deadline = time.monotonic() + timeout
     remaining = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
 
-    # 1. The emulated AWS account.
-    steps.step("starting an emulated AWS account (moto server) on loopback")
+    # 1. The emulated AWS account, with IAM authorization enforced so the canary's explicit deny
+    #    really denies. moto serves a budget of unauthenticated actions first: three are enough to
+    #    create the issuer's own IAM user with its keys; every request after that is authorized.
+    steps.step("starting an emulated AWS account (moto server, IAM enforced) on loopback")
     moto_port = _free_port()
     aws_url = f"http://127.0.0.1:{moto_port}"
-    admin_env = {
-        **_aws_env(base_env, None),
-        "AWS_ACCESS_KEY_ID": "demoadmin",
-        "AWS_SECRET_ACCESS_KEY": "demoadmin",
-    }
     moto = procs.start(
         "moto",
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-        admin_env,
+        {**_aws_env(base_env, None), "INITIAL_NO_AUTH_ACTION_COUNT": str(len(BOOTSTRAP_ACTIONS))},
     )
     _wait_until(lambda: _http_ok(f"{aws_url}/moto-api/"), remaining(), "the emulated AWS account", [moto])
-    steps.detail(f"AWS endpoint {aws_url}")
+    admin_env = {**_aws_env(base_env, None), **_bootstrap_issuer_user(aws_url, base_env)}
+    steps.detail(f"AWS endpoint {aws_url}; created the issuer's IAM user")
 
     # 2. The issuer.
     steps.step("starting the Tripkey issuer (SQLite in a temporary directory)")
@@ -204,11 +210,16 @@ def _run(
     data_dir.mkdir()
     issuer_env = {**admin_env, "TRIPKEY_DATA_DIR": str(data_dir)}
     db_url = f"sqlite:///{data_dir / 'issuer.db'}"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    sink_file = (output_dir / "alerts.jsonl").resolve()
+    issuer_config = work / "issuer.toml"
+    # Alerts also go to a JSONL sink, the simplest of the delivery sinks.
+    issuer_config.write_text(f'[[sinks]]\ntype = "jsonl"\nname = "demo-jsonl"\npath = "{sink_file}"\n')
     issuer = procs.start(
         "issuer",
         [
-            _bin("tripkey-issuer"), "serve", "--db", db_url, "--listen", f"127.0.0.1:{issuer_port}",
-            "--aws-endpoint", aws_url, "--poll-interval", "1",
+            _bin("tripkey-issuer"), "serve", "--config", str(issuer_config), "--db", db_url,
+            "--listen", f"127.0.0.1:{issuer_port}", "--aws-endpoint", aws_url, "--poll-interval", "1",
         ],
         issuer_env,
     )
@@ -252,10 +263,9 @@ def _run(
     responder = IssuerClient(issuer_url, responder_token, timeout=5, retries=1)
     everyone = [moto, issuer, agent]
     device = _wait_until(lambda: _planted_device(responder), remaining(), "the agent to plant", everyone)
-    key_id = _wait_until(lambda: _planted_key_id(credentials), remaining(), "the planted profile", [agent])
+    key_id = _planted_key_id(responder, device.device_id)
     steps.detail(f"device {device.device_id} ({device.hostname}) enrolled")
     steps.detail(f"planted profile [{DEMO_PROFILE}] in {credentials} with key {key_id} (secret not shown)")
-    steps.detail("the user's own [personal] profile is untouched: " + _personal_intact(credentials))
     if sensor:
         time.sleep(1.0)  # let the sensor mark the directory before the reads below
 
@@ -279,14 +289,16 @@ def _run(
     # 5. Detection.
     steps.step("waiting for the issuer to detect the key's use and raise an alert")
     alert = _wait_until(lambda: _alert_with_reads(responder, key_id), remaining(), "the alert", everyone)
-    output_dir.mkdir(parents=True, exist_ok=True)
     alert_path = output_dir / "alert.json"
     alert_path.write_text(json.dumps(alert, indent=2, sort_keys=True) + "\n")
     steps.detail(f"alert {alert['id']} raised; JSON written to {alert_path}")
+    steps.detail(f"delivered to the JSONL sink {sink_file}")
     if not steps.quiet:
         print()
         print(format_alert(alert))
         print()
+    # Checked only now: the demo's own read of the file would otherwise be one of the readers.
+    steps.detail("the user's own [personal] profile is byte-identical: " + _personal_intact(credentials))
     steps.step("stopping everything")
     return alert
 
@@ -325,15 +337,27 @@ def _planted_device(client: IssuerClient) -> Any:
     return None
 
 
-def _planted_key_id(path: Path) -> str | None:
-    in_section = False
-    for line in path.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("["):
-            in_section = stripped == f"[{DEMO_PROFILE}]"
-        elif in_section and stripped.replace(" ", "").startswith("aws_access_key_id="):
-            return stripped.split("=", 1)[1].strip()
-    return None
+def _planted_key_id(client: IssuerClient, device_id: str) -> str:
+    active = [c for c in client.list_credentials(device_id) if c.status == "active"]
+    if len(active) != 1:
+        raise DemoError(f"expected one active credential on the demo device, found {len(active)}")
+    return active[0].access_key_id
+
+
+def _bootstrap_issuer_user(aws_url: str, base_env: dict[str, str]) -> dict[str, str]:
+    """Create the issuer's IAM user with the AWS CLI; return its keys as environment variables."""
+    env = {**_aws_env(base_env, None), "AWS_ACCESS_KEY_ID": "bootstrap", "AWS_SECRET_ACCESS_KEY": "bootstrap"}
+    output = ""
+    for argv in BOOTSTRAP_ACTIONS:
+        done = subprocess.run(
+            [_bin("aws"), "--endpoint-url", aws_url, *argv, "--output", "json"],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise DemoError(f"could not set up the emulated account ({argv[1]}): {done.stderr.strip()}")
+        output = done.stdout
+    key = json.loads(output)["AccessKey"]
+    return {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
 
 
 def _personal_intact(path: Path) -> str:
@@ -349,7 +373,8 @@ def _alert_with_reads(client: IssuerClient, key_id: str) -> dict[str, Any] | Non
                 continue
             # Wait until the agent's reads have reached the issuer, unless attribution is off.
             reads = (alert.get("enrichment") or {}).get("reads") or []
-            if reads or os.geteuid() != 0:
+            delivered = all(d.get("status") != "pending" for d in alert.get("deliveries") or [])
+            if (reads or os.geteuid() != 0) and alert.get("deliveries") and delivered:
                 return alert
             # The alert is re-enriched as reads arrive; poll again.
     except TripkeyError:

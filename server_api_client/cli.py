@@ -30,7 +30,7 @@ environment:
 
 exit codes:
   0  success
-  1  not found, or nothing matched (empty list)
+  1  not found (an empty list is a success: exit 0)
   2  usage or configuration error (missing --issuer/--token, bad argument, request refused as invalid)
   3  authentication / authorization error (bad, revoked or wrong-role token)
   4  issuer unreachable (connection refused, DNS, timeout, TLS verification failure)
@@ -198,7 +198,7 @@ def cmd_alerts_list(client: IssuerClient, args: argparse.Namespace, out: Out) ->
         out.write(fmt.alerts_table(alerts) + "\n")
     else:
         out.write(f"no {args.status + ' ' if args.status else ''}alerts\n")
-    return EXIT_OK if alerts else EXIT_NOT_FOUND
+    return EXIT_OK
 
 
 def cmd_alerts_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -232,7 +232,7 @@ def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
         out.write(fmt.reads_table(reads) + "\n")
     else:
         out.write(f"no reads on device {args.device} since {args.since}\n")
-    return EXIT_OK if reads else EXIT_NOT_FOUND
+    return EXIT_OK
 
 
 def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -252,7 +252,7 @@ def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -
         out.write(fmt.devices_table(devices) + "\n")
     else:
         out.write("no stale devices\n" if args.stale else "no enrolled devices\n")
-    return EXIT_OK if devices else EXIT_NOT_FOUND
+    return EXIT_OK
 
 
 def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:

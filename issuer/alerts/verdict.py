@@ -24,9 +24,11 @@ AWS_TOOL = "aws_tool"
 SECRET_SCANNER = "secret_scanner"
 SHELL_UTILITY = "shell_utility"
 UNKNOWN = "unknown"
-# Anything else the agent reports (indexer, backup, antivirus, sync...) is a background copier: it
-# does not use the key itself but may carry the file elsewhere.
-_SUSPICIOUS_CLASSES = {SHELL_UTILITY, UNKNOWN, None, ""}
+EDITOR = "editor"
+# Labels of agent/classify.py. Indexers, backups and antivirus are background copiers: they do not use
+# the key but may carry the file elsewhere. Editors and shell utilities show the key to a person.
+# Any other label (an organisation's own rule) is treated like an unknown reader: named, suspicious.
+BACKGROUND_CLASSES = frozenset({"indexer_backup_av", "indexer", "backup", "antivirus"})
 
 SELF_REPORT_BEFORE = dt.timedelta(hours=1)
 SELF_REPORT_AFTER = dt.timedelta(minutes=10)
@@ -112,7 +114,9 @@ def decide(facts: VerdictInput) -> Verdict:
     for read in facts.reads:
         if read in explained:
             continue
-        if read.classification in _SUSPICIOUS_CLASSES:
+        if read.classification in BACKGROUND_CLASSES:
+            background.append(read)
+        elif read.classification not in (SECRET_SCANNER, AWS_TOOL):
             kind = read.classification or "unclassified"
             fired.append(
                 (
@@ -135,8 +139,6 @@ def decide(facts: VerdictInput) -> Verdict:
                         f"file's owner {facts.placement_user}: {describe_process(read)}",
                     )
                 )
-        else:
-            background.append(read)
 
     if aws_by_owner and all(
         r.classification == AWS_TOOL and r.user == facts.placement_user

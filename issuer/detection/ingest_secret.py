@@ -72,3 +72,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"secret (shown once; EventBridge connection, header {data['header']}):\n  {data['secret']}\n")
         print(f"endpoint path: {data['path']}\n\nadd to the issuer config file:\n\n{data['config']}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m issuer.detection.ingest_secret create --name NAME` (same as the CLI subcommand)."""
+    parser = argparse.ArgumentParser(prog="python -m issuer.detection.ingest_secret")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    register(sub)
+    return run(parser.parse_args(["ingest-secret", *(sys.argv[1:] if argv is None else argv)]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

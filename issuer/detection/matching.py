@@ -66,7 +66,7 @@ def match_event(session: Session, event: AwsEvent, *, own_arns: Collection[str] 
     if event.access_key_id:
         used = registry.find_credential(session, access_key_id=event.access_key_id)
     if used is None and event.caller_principal:
-        used = registry.find_credential(session, principal_name=event.caller_principal)
+        used = _same_account(registry.find_credential(session, principal_name=event.caller_principal), event)
     if used is not None:
         matches.append(Match(used, USE))
 
@@ -75,7 +75,16 @@ def match_event(session: Session, event: AwsEvent, *, own_arns: Collection[str] 
         and event.target_user_name
         and not (event.caller_arn and event.caller_arn in own_arns)
     ):
-        target = registry.find_credential(session, principal_name=event.target_user_name)
+        target = _same_account(
+            registry.find_credential(session, principal_name=event.target_user_name), event
+        )
         if target is not None:
             matches.append(Match(target, TAMPER))
     return matches
+
+
+def _same_account(credential: Credential | None, event: AwsEvent) -> Credential | None:
+    """A name is only unique within an account: a same-named user elsewhere is not our canary."""
+    if credential is None or not event.account_id or not credential.account_id:
+        return credential
+    return credential if credential.account_id == event.account_id else None

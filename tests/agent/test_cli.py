@@ -231,3 +231,17 @@ def test_reads_opens_the_log_read_only(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 0, err
     assert len(json.loads(out)["reads"]) == 1
     assert (state / "reads.db").stat().st_mtime_ns == before
+
+
+def test_unplant_revokes_at_the_enrolled_issuer_even_without_issuer_url(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert run(capsys, "plant-once", "--config", setup["config"])[0] == 0
+    text = Path(setup["config"]).read_text()
+    bare = tmp_path / "bare.toml"
+    bare.write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith(("issuer_url", "enroll")))
+    )
+    code, out, err = run(capsys, "unplant", "--config", str(bare), "--json")
+    assert code == 0, err
+    assert [r["revoked"] for r in json.loads(out)["results"]] == [True, True]

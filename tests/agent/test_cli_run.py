@@ -197,3 +197,19 @@ def test_new_user_is_picked_up_by_the_periodic_rescan(tmp_path: Path, service_fa
     assert carol in service.watcher.paths and carol in service.planter.paths
     subprocess.run(["cat", carol], check=True, capture_output=True)  # the sensor watches it too
     assert wait_for(lambda: [r for r in service.readlog.query(path=carol)])
+
+
+@pytest.mark.parametrize("name", ["auto", "fanotify", "fanotify-notify", "audit"])
+def test_sensor_options_fit_every_linux_sensor(name: str) -> None:
+    from agent.config import AgentConfig
+    from agent.sensors import create_sensor
+    from agent.sensors.base import SensorUnavailable
+    from agent.service import sensor_options
+
+    config = AgentConfig(sensor=name, fail_open_ms=250)
+    try:
+        sensor = create_sensor(name, ["/tmp/x/credentials"], lambda event: None, **sensor_options(config))
+    except SensorUnavailable as exc:  # a host without that mechanism: fine, but never a TypeError
+        pytest.skip(str(exc))
+    if sensor.name.startswith("fanotify"):
+        assert sensor.budget == 0.25

@@ -289,3 +289,19 @@ def test_region_goes_into_the_config_file_and_comes_out(tmp_path: Path, live_iss
     rig.planter.unplant_all()
     assert config_path.read_bytes() == own_config
     assert b"role_arn" in (bob.credentials.parent / "config").read_bytes()
+
+
+def test_failed_rotation_keeps_the_planted_canary(tmp_path: Path, live_issuer: Any) -> None:
+    rig = Rig(tmp_path, live_issuer)
+    alice = rig.users[0]
+    rig.sync()
+    key = rig.ts(alice).access_key_id
+    before = alice.credentials.read_bytes()
+    live_issuer.stop()
+    rig.client.retries = 0
+    rig.clock.advance(days=91)
+    rig.sync()
+    ts = rig.ts(alice)
+    assert ts.status == "planted" and ts.access_key_id == key  # still there, still ours
+    assert "issuer unreachable" in (ts.last_error or "") and ts.next_attempt_at
+    assert alice.credentials.read_bytes() == before

@@ -89,4 +89,3 @@ def test_sigkill_never_leaves_a_partial_or_missing_file(tmp_path: Path) -> None:
     # Kills landed in both states; this guards against a child that never wrote.
     assert seen == allowed
     print(f"kills={KILLS} leftover temp files cleaned={leftovers}")
-

@@ -122,6 +122,26 @@ def test_match_by_principal_when_key_unknown(det_sessionmaker, det_credential) -
     assert {a.credential_id for a in alerts(det_sessionmaker)} == {iam.id, fed.id}
 
 
+def test_principal_name_in_another_account_does_not_match(det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
+    cred = det_credential(principal_name="svc-backup-samename")
+    identity = {
+        "type": "IAMUser",
+        "arn": "arn:aws:iam::999999999999:user/svc-backup-samename",
+        "accountId": "999999999999",
+        "accessKeyId": "AKIAELSEWHERE0000001",
+        "userName": "svc-backup-samename",
+    }
+    tamper = cloudtrail_event(
+        identity={**identity, "userName": "admin", "arn": "arn:aws:iam::999999999999:user/admin"},
+        event_name="DeleteUser",
+        event_source="iam.amazonaws.com",
+        request_parameters={"userName": cred.principal_name},
+    )
+    stats = run(det_sessionmaker, cloudtrail_event(identity=identity), tamper)
+    assert stats.unmatched == 2
+    assert alerts(det_sessionmaker) == []
+
+
 def test_unmatched_events_are_counted_not_alerted(det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
     det_credential()
     stats = run(det_sessionmaker, cloudtrail_event(access_key_id="AKIAOTHER00000000001", user_name="bob"))

@@ -41,3 +41,24 @@ def test_bad_name_and_help(capsys) -> None:  # type: ignore[no-untyped-def]
         parse(["ingest-secret", "create", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "The secret is printed once" in help_text and "stores only the hash" in help_text
+
+
+def test_module_entry_point() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "issuer.detection.ingest_secret", "create", "--name", "eb", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["path"] == "/v1/ingest/eventbridge/eb"
+    done = subprocess.run(
+        [sys.executable, "-m", "issuer.detection.ingest_secret", "create"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--name" in done.stderr

@@ -54,7 +54,10 @@ CASES = [
     ("unknown", dict(reads=(read("unknown", exe="/tmp/.x/stealer"),)), "suspicious"),
     ("aws_tool_other_user", dict(reads=(read("aws_tool", user="mallory"),)), "suspicious"),
     ("no_reads_healthy", dict(reads=()), "key_copied_elsewhere"),
-    ("backup_only", dict(reads=(read("backup", exe="/usr/bin/restic"),)), "key_copied_elsewhere"),
+    ("backup_only", dict(reads=(read("indexer_backup_av", exe="/usr/bin/restic"),)), "key_copied_elsewhere"),
+    ("editor", dict(reads=(read("editor", exe="/usr/bin/vim"),)), "suspicious"),
+    ("org_label", dict(reads=(read("build_agent", exe="/opt/ci/agent"),)), "suspicious"),
+    ("unclassified", dict(reads=(read(None, exe="/x"),)), "suspicious"),
     ("agent_stale_no_reads", dict(reads=(), agent_stale=True), "context_incomplete"),
     ("sensor_unhealthy", dict(reads=(read("aws_tool"),), sensor_healthy=False), "context_incomplete"),
     ("lost_events", dict(reads=(read("aws_tool"),), lost_events=3), "context_incomplete"),
@@ -106,7 +109,7 @@ def test_all_fired_rules_are_listed() -> None:
             placement_user="alice",
             agent_stale=True,
             self_reports=(report(0),),
-            reads=(read("secret_scanner", user="scan"), read("backup", user="root")),
+            reads=(read("secret_scanner", user="scan"), read("indexer_backup_av", user="root")),
         )
     )
     hints = {reason.split(":", 1)[0] for reason in verdict.reasons}

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
+from issuer.db import head_revision
 from tests.conftest import VENV_BIN, free_port, wait_http
 
 
@@ -154,3 +156,17 @@ def test_serve_runs_the_issuer(tmp_path: Path, moto_url: str) -> None:
     assert raw not in output and device["device_token"] not in output
     assert minted.json()["secret_access_key"] not in output
     assert f"issued credential {minted.json()['credential_id']}" in output  # logging was on
+
+
+def test_serve_with_bad_settings_exits_2_without_traceback(tmp_path: Path) -> None:
+    result = _cli("serve", "--db", f"sqlite:///{tmp_path / 'i.db'}", "--listen", "everywhere")
+    assert result.returncode == 2 and "HOST:PORT" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.postgres
+def test_migrate_on_postgresql(postgres_url: str) -> None:
+    first = _cli("migrate", "--db", postgres_url.replace("postgresql+psycopg://", "postgresql://"), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == {"revision": head_revision()}
+    again = _cli("migrate", "--db", postgres_url, "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == {"revision": head_revision()}
