@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
-# tray: Xvfb, a system-tray host (trayer) and xdotool.
+# tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm.
 
 .PHONY: demo test test-all lint system-deps bench clean
 
@@ -25,6 +25,9 @@ system-deps:
 	command -v Xvfb >/dev/null 2>&1 || missing="$$missing xvfb"; \
 	command -v trayer >/dev/null 2>&1 || missing="$$missing trayer"; \
 	command -v xdotool >/dev/null 2>&1 || missing="$$missing xdotool"; \
+	command -v wixl >/dev/null 2>&1 || missing="$$missing wixl"; \
+	command -v msiinfo >/dev/null 2>&1 || missing="$$missing msitools"; \
+	command -v rpmbuild >/dev/null 2>&1 || missing="$$missing rpm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from server_api_client import AuthError, IssuerUnreachable, RejectedError, ServerError
+from server_api_client import AuthError, IssuerUnreachable, ProtocolError, RejectedError, ServerError
 
 from . import __version__
 from .config import AgentConfig, ConfigError
@@ -144,7 +144,7 @@ def ensure_enrolled(
             ) from None
         except RejectedError as exc:
             raise EnrollmentError(f"the issuer rejected the enrollment: {exc}") from None
-        except (IssuerUnreachable, ServerError) as exc:
+        except (IssuerUnreachable, ServerError, ProtocolError) as exc:  # e.g. a proxy's error page
             if max_attempts is not None and attempt >= max_attempts:
                 raise EnrollmentError(
                     f"could not enroll after {attempt} attempts: {exc}", unreachable=True

@@ -359,16 +359,21 @@ class AgentService:
         next_check = time.monotonic() + self.config.check_interval
         next_persist = time.monotonic() + 10.0
         while not self.stop_event.wait(TICK_SECONDS):
-            if self._reenroll.is_set():
-                self._try_reenroll(client)
-            self.planter.run_due()
-            now = time.monotonic()
-            if now >= next_check:
-                next_check = now + self.config.check_interval
-                self.periodic_pass()
-            if now >= next_persist:
-                next_persist = now + 10.0
-                self._persist_health()
+            # One failing pass (an unreadable passwd file, a full disk) must not end the service:
+            # it is logged and tried again on the next tick / check.
+            try:
+                if self._reenroll.is_set():
+                    self._try_reenroll(client)
+                self.planter.run_due()
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + self.config.check_interval
+                    self.periodic_pass()
+                if now >= next_persist:
+                    next_persist = now + 10.0
+                    self._persist_health()
+            except Exception:
+                log.exception("agent main loop pass failed; continuing")
 
     def periodic_pass(self) -> None:
         """Rescan users, plant/repair/refresh everything, update what the sensor and watcher watch."""

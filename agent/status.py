@@ -6,13 +6,24 @@ error), the sensor health as last recorded by `run`, and the spool counts.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from typing import Any
 
 from . import __version__
 from .config import AgentConfig
 from .spool import spool_counts
-from .state import SPOOL_FILE, StateStore
+from .state import SPOOL_FILE, StateStore, TargetState, from_iso, to_iso
+
+
+def _renews_at(ts: TargetState, config: AgentConfig) -> str | None:
+    """When the agent will renew (short-term: before expiry) or rotate (long-term) this credential."""
+    expires, created = from_iso(ts.expires_at), from_iso(ts.created_at)
+    if expires is not None:
+        return to_iso(expires - dt.timedelta(seconds=config.refresh_before_seconds))
+    if created is not None:
+        return to_iso(created + dt.timedelta(days=config.rotate_days))
+    return None
 
 
 def _open_store(config: AgentConfig) -> StateStore | None:
@@ -38,6 +49,7 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
                 "credential_id": ts.credential_id,
                 "backend": ts.backend,
                 "expires_at": ts.expires_at,
+                "renews_at": _renews_at(ts, config),
                 "created_at": ts.created_at,
                 "last_check": ts.last_check,
                 "last_error": ts.last_error,
@@ -116,7 +128,17 @@ def format_status(data: dict[str, Any]) -> str:
     if not data["targets"]:
         lines.append("targets:    none planted")
         return "\n".join(lines)
-    header = ("PATH", "OWNER", "PROFILE", "STATUS", "ACCESS KEY ID", "EXPIRES", "LAST CHECK", "ERROR")
+    header = (
+        "PATH",
+        "OWNER",
+        "PROFILE",
+        "STATUS",
+        "ACCESS KEY ID",
+        "EXPIRES",
+        "RENEWS",
+        "LAST CHECK",
+        "ERROR",
+    )
     rows = [header] + [
         (
             t["path"],
@@ -125,6 +147,7 @@ def format_status(data: dict[str, Any]) -> str:
             t["status"],
             t["access_key_id"] or "-",
             t["expires_at"] or "never (long-term)",
+            t["renews_at"] or "-",
             t["last_check"] or "-",
             t["last_error"] or "",
         )

@@ -251,6 +251,7 @@ def _run(
                 "heartbeat_interval = 2",
                 "upload_interval = 1",
                 f'aws_endpoint_url = "{aws_url}"',
+                f'selfreport_socket = "{work / "selfreport.sock"}"',
                 "[[target]]",
                 f'path = "{credentials}"',
                 f'owner = "{owner}"',

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from issuer.auth import create_token, hash_secret, new_id
-from issuer.errors import NotFound
+from issuer.errors import AwsUpstreamError, NotFound
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
 
 if TYPE_CHECKING:
@@ -232,9 +232,12 @@ def _mint_for_placement(session: Session, gateway: Any, placement: Placement) ->
         )
         session.add(cred)
         session.commit()
-    except Exception:
+    except Exception as exc:
         # A canary AWS knows about but the registry does not could never be attributed: undo it.
         session.rollback()
+        duplicate_key = isinstance(exc, IntegrityError) and find_credential(
+            session, access_key_id=minted.access_key_id
+        )
         try:
             gateway.revoke(
                 backend=minted.backend,
@@ -242,8 +245,14 @@ def _mint_for_placement(session: Session, gateway: Any, placement: Placement) ->
                 principal_name=minted.principal_name,
                 access_key_id=minted.access_key_id,
             )
-        except Exception as exc:
-            log.error("could not revoke unrecorded credential %s: %s", minted.access_key_id, exc)
+        except Exception as revoke_exc:
+            log.error("could not revoke unrecorded credential %s: %s", minted.access_key_id, revoke_exc)
+        if duplicate_key:
+            # Real AWS never reuses an access key id; an emulator can (moto's GetFederationToken).
+            raise AwsUpstreamError(
+                f"AWS returned access key id {minted.access_key_id}, which is already registered to "
+                "another credential; it was not issued twice"
+            ) from exc
         raise
     log.info(
         "issued credential %s (%s, account %s, principal %s) for placement %s",

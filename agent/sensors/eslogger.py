@@ -215,7 +215,12 @@ class EsloggerSensor(Sensor):
 
     def _launch_checked(self) -> None:
         """Start eslogger; if it dies within the grace period, say why (usually Full Disk Access)."""
-        self.stream.start()
+        with self._lock:
+            self.parser.new_stream()
+        try:
+            self.stream.start()
+        except OSError as exc:
+            raise SensorUnavailable(f"cannot run {self.eslogger}: {exc}") from exc
         deadline = time.monotonic() + self.startup_grace
         while time.monotonic() < deadline and self.stream.exited() is None:
             time.sleep(0.05)
@@ -252,6 +257,8 @@ class EsloggerSensor(Sensor):
             if self._stop.wait(self.restart_delay):
                 return
             try:
+                with self._lock:
+                    self.parser.new_stream()
                 self.stream.start()
                 self.restarts += 1
                 self._error = None
@@ -276,8 +283,7 @@ class EsloggerSensor(Sensor):
         error = self._error or (None if self._started else "not started")
         if self.parser.last_error and running and error is None:
             error = (
-                f"skipped {self.parser.malformed} malformed eslogger line(s); "
-                f"last: {self.parser.last_error}"
+                f"skipped {self.parser.malformed} malformed eslogger line(s); last: {self.parser.last_error}"
             )
         return SensorHealth(
             name=self.name,

@@ -154,9 +154,7 @@ class ProcessTable:
     def observe(self, seen: ProcRecord) -> ProcRecord:
         """Merge what an event says about its process into the table; returns the merged record."""
         known = self._live.get(seen.pid)
-        if known is None or (
-            seen.pidversion is not None and known.pidversion not in (None, seen.pidversion)
-        ):
+        if known is None or (seen.pidversion is not None and known.pidversion not in (None, seen.pidversion)):
             self.put(seen)  # new to us, or the pid was reused by another process
             return seen
         known.ppid = seen.ppid if seen.ppid is not None else known.ppid
@@ -232,6 +230,11 @@ class EsloggerParser:
                 events.append(event)
         return events
 
+    def new_stream(self) -> None:
+        """A new eslogger process: a new ES client, whose global_seq_num starts again at 1."""
+        self._buffer = b""
+        self._last_seq = None
+
     def finish(self) -> list[ReadEvent]:
         """End of stream: a trailing partial line is parsed if complete JSON, else counted."""
         rest, self._buffer = self._buffer, b""
@@ -276,7 +279,7 @@ class EsloggerParser:
         body = message.get("event")
         if not isinstance(body, dict) or len(body) != 1:
             raise EsloggerParseError("message has no single 'event' object")
-        (kind, detail), = body.items()
+        ((kind, detail),) = body.items()
         if not isinstance(detail, dict):
             raise EsloggerParseError(f"event {kind!r} is not an object")
         proc = process_record(message.get("process"))

@@ -20,6 +20,8 @@ Parsing and the 4663/4688 join are pure (eventlog_parse) and tested on fixtures.
 
 from __future__ import annotations
 
+import base64
+import codecs
 import contextlib
 import logging
 import ntpath
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE_OS = "the eventlog sensor is only available on Windows (Security log events 4663/4688)"
 EVENT_LOG_CLEARED = 1102
+READ_FAILED = "reading the Security log failed"
 # auditpol subcategory GUIDs (names are localised, GUIDs are not).
 SUBCATEGORY_FILE_SYSTEM = "{0CCE921D-69AE-11D9-BED3-505054503030}"
 SUBCATEGORY_PROCESS_CREATION = "{0CCE922B-69AE-11D9-BED3-505054503030}"
@@ -68,11 +71,18 @@ def query_xpath(after_record: int | None, event_ids: Sequence[int] = WATCHED_IDS
     return f"*[System[({ids}){after}]]"
 
 
-def wevtutil_query(after_record: int | None, count: int, newest_first: bool = False,
-                   event_ids: Sequence[int] = WATCHED_IDS) -> list[str]:
+def wevtutil_query(
+    after_record: int | None, count: int, newest_first: bool = False, event_ids: Sequence[int] = WATCHED_IDS
+) -> list[str]:
     return [
-        "wevtutil", "qe", "Security", f"/q:{query_xpath(after_record, event_ids)}", "/f:xml",
-        "/e:Events", f"/c:{count}", f"/rd:{'true' if newest_first else 'false'}",
+        "wevtutil",
+        "qe",
+        "Security",
+        f"/q:{query_xpath(after_record, event_ids)}",
+        "/f:xml",
+        "/e:Events",
+        f"/c:{count}",
+        f"/rd:{'true' if newest_first else 'false'}",
     ]
 
 
@@ -83,6 +93,32 @@ def newest_record(info: dict[str, str]) -> int:
     except (KeyError, ValueError) as exc:
         raise SensorError(f"wevtutil gli Security did not report the record range: {info}") from exc
     return max(0, oldest + count - 1) if count else max(0, oldest - 1)
+
+
+def powershell(script: str) -> list[str]:
+    """Run `script` with -EncodedCommand (UTF-16LE base64): no command-line quoting to get wrong."""
+    encoded = base64.b64encode(script.encode("utf-16-le")).decode("ascii")
+    return [
+        "powershell",
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-EncodedCommand",
+        encoded,
+    ]
+
+
+def decode_output(raw: bytes) -> str:
+    """wevtutil/auditpol output: UTF-16 with a BOM, UTF-8, or else the OEM code page."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    if raw.startswith(codecs.BOM_UTF8):
+        return raw[3:].decode("utf-8")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("oem" if osflags.WINDOWS else "latin-1", errors="replace")
 
 
 def _ps_quote(text: str) -> str:
@@ -184,10 +220,13 @@ class EventLogSensor(Sensor):
         with self._lock:
             self.correlator.set_paths(self.paths)
         if self._started:
-            for folder in sorted(self._wanted_folders() - self._folders):
+            wanted = self._wanted_folders()
+            for folder in sorted(self._folders - wanted):
+                self._remove_sacl(folder)
+            for folder in sorted(wanted - self._folders):
                 try:
                     self._set_sacl(folder)
-                except SensorError as exc:
+                except (SensorError, OSError) as exc:
                     self._error = str(exc)
 
     def health(self) -> SensorHealth:
@@ -203,10 +242,11 @@ class EventLogSensor(Sensor):
     # ---- Windows plumbing ---------------------------------------------------------------------
 
     def _run(self, args: list[str], timeout: float = 60) -> str:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+        result = subprocess.run(args, capture_output=True, timeout=timeout, check=False)
         if result.returncode != 0:
-            raise SensorError(f"{args[0]} {args[1]} failed: {(result.stderr or result.stdout).strip()}")
-        return result.stdout
+            detail = decode_output(result.stderr or result.stdout).strip()
+            raise SensorError(f"{args[0]} {args[1]} failed: {detail}")
+        return decode_output(result.stdout)
 
     def _enable_audit_policy(self) -> None:
         for guid in (SUBCATEGORY_FILE_SYSTEM, SUBCATEGORY_PROCESS_CREATION, SUBCATEGORY_PROCESS_TERMINATION):
@@ -214,7 +254,10 @@ class EventLogSensor(Sensor):
         import winreg  # Windows only
 
         with winreg.CreateKeyEx(  # type: ignore[attr-defined]
-            winreg.HKEY_LOCAL_MACHINE, CMDLINE_POLICY_KEY, 0, winreg.KEY_SET_VALUE  # type: ignore[attr-defined]
+            winreg.HKEY_LOCAL_MACHINE,
+            CMDLINE_POLICY_KEY,
+            0,
+            winreg.KEY_SET_VALUE,  # type: ignore[attr-defined]
         ) as key:
             winreg.SetValueEx(key, CMDLINE_POLICY_VALUE, 0, winreg.REG_DWORD, 1)  # type: ignore[attr-defined]
 
@@ -222,20 +265,27 @@ class EventLogSensor(Sensor):
         return {ntpath.dirname(ntpath.abspath(p)) for p in self.paths}
 
     def _set_sacl(self, folder: str) -> None:
-        self._run(["powershell", "-NoProfile", "-NonInteractive", "-Command", sacl_script(folder)])
+        self._run(powershell(sacl_script(folder)))
         self._folders.add(folder)
+
+    def _remove_sacl(self, folder: str) -> None:
+        try:
+            self._run(powershell(sacl_script(folder, remove=True)))
+        except (SensorError, OSError) as exc:
+            log.warning("could not remove the audit ACE from %s: %s", folder, exc)
+        self._folders.discard(folder)
 
     def _remove_sacls(self) -> None:
         for folder in sorted(self._folders):
-            script = sacl_script(folder, remove=True)
-            try:
-                self._run(["powershell", "-NoProfile", "-NonInteractive", "-Command", script])
-            except (SensorError, OSError) as exc:
-                log.warning("could not remove the audit ACE from %s: %s", folder, exc)
-        self._folders.clear()
+            self._remove_sacl(folder)
 
-    def _query(self, after: int | None, count: int, newest_first: bool = False,
-               event_ids: Sequence[int] = WATCHED_IDS) -> str:
+    def _query(
+        self,
+        after: int | None,
+        count: int,
+        newest_first: bool = False,
+        event_ids: Sequence[int] = WATCHED_IDS,
+    ) -> str:
         return self._run(wevtutil_query(after, count, newest_first, event_ids))
 
     def _newest_record(self) -> int:
@@ -256,18 +306,22 @@ class EventLogSensor(Sensor):
         with contextlib.suppress(KeyError, ValueError):
             oldest = int(info["oldestRecordNumber"])
             if oldest > self._bookmark + 1:
-                self._lost += oldest - self._bookmark - 1
+                self._lost += oldest - self._bookmark - 1  # an upper bound: other events count too
                 self._error = "the Security log wrapped before the agent read it; enlarge it (wevtutil sl)"
                 self._bookmark = oldest - 1
 
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval):
             try:
+                # Every poll, before reading: a wrap is only visible before the bookmark moves past
+                # it (other event ids make record-id gaps normal, so only `gli` can tell).
                 self._check_wrap()
                 while not self._stop.is_set() and self._poll_once() >= self.batch:
                     pass
+                if self._error and self._error.startswith(READ_FAILED):
+                    self._error = None  # recovered; losses (wrap, clear) stay reported
             except (SensorError, OSError, subprocess.TimeoutExpired) as exc:
-                self._error = f"reading the Security log failed: {exc}"
+                self._error = f"{READ_FAILED}: {exc}"
                 log.error("%s", self._error)
 
     def _poll_once(self) -> int:
@@ -298,7 +352,9 @@ EventlogSensor = EventLogSensor  # both spellings: the registry and the brief di
 __all__ = [
     "EventLogSensor",
     "EventlogSensor",
+    "decode_output",
     "newest_record",
+    "powershell",
     "query_xpath",
     "sacl_script",
     "wevtutil_query",

@@ -58,7 +58,10 @@ def test_plant_once_status_and_unplant(setup: dict[str, Any], capsys: pytest.Cap
     code, table, _ = run(capsys, "status", "--config", cfg)
     assert code == 0
     assert "PATH" in table and "ACCESS KEY ID" in table and keys[0] in table and keys[1] in table
-    assert str(alice.credentials) in table and "never (long-term)" in table
+    assert str(alice.credentials) in table and "never (long-term)" in table and "RENEWS" in table
+    created = dt.datetime.fromisoformat(data["targets"][0]["created_at"].replace("Z", "+00:00"))
+    renews = dt.datetime.fromisoformat(data["targets"][0]["renews_at"].replace("Z", "+00:00"))
+    assert renews - created == dt.timedelta(days=90)
     assert "service:    not running" in table and secret not in table
 
     code, out, _ = run(capsys, "check", "--config", cfg, "--json")

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import is_root
+
+E2E_USER_NAMES = ("tk-e2e-a", "tk-e2e-b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +34,33 @@ def _delete_user(name: str) -> None:
 
 
 @pytest.fixture
-def e2e_users(tmp_path: Path) -> Iterator[list[E2EUser]]:
-    """Two real system users `tk-e2e-a` and `tk-e2e-b` (useradd -M), homes under tmp_path."""
+def e2e_users() -> Iterator[list[E2EUser]]:
+    """Two real system users `tk-e2e-a` and `tk-e2e-b` (useradd -M), removed afterwards.
+
+    Their homes (0700, owned by them) live in a fresh directory under /tmp that every user may
+    traverse: pytest's tmp_path is root-only (0700), so a process running AS the user could not
+    reach its own home there. The directory is removed afterwards.
+    """
     if not is_root() or shutil.which("useradd") is None:
         pytest.skip("needs root and useradd to create real local users")
+    base = Path(tempfile.mkdtemp(prefix="tripkey-e2e-homes-"))
+    os.chmod(base, 0o755)
     users = []
     try:
-        for name in ("tk-e2e-a", "tk-e2e-b"):
+        for name in E2E_USER_NAMES:
             _delete_user(name)  # a leftover of an interrupted run
-            home = tmp_path / "home" / name
+            home = base / name
             subprocess.run(
                 ["useradd", "-M", "-U", "-d", str(home), "-s", "/bin/bash", name],
                 check=True,
                 capture_output=True,
             )
             entry = pwd.getpwnam(name)
-            home.mkdir(parents=True)
+            home.mkdir(mode=0o700)
             shutil.chown(home, entry.pw_uid, entry.pw_gid)
             users.append(E2EUser(name, entry.pw_uid, entry.pw_gid, home))
         yield users
     finally:
-        for name in ("tk-e2e-a", "tk-e2e-b"):
+        for name in E2E_USER_NAMES:
             _delete_user(name)
+        shutil.rmtree(base, ignore_errors=True)

@@ -37,8 +37,12 @@ def test_build_scripts_parse(script: str) -> None:
 
 
 def test_build_deb_refuses_a_missing_bundle(tmp_path: Path) -> None:
-    result = subprocess.run([str(LINUX / "build-deb.sh"), str(tmp_path / "nothing"), "1.0", str(tmp_path)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [str(LINUX / "build-deb.sh"), str(tmp_path / "nothing"), "1.0", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2 and "run pyinstaller" in result.stderr
 
 
@@ -46,16 +50,22 @@ def test_build_deb_refuses_a_missing_bundle(tmp_path: Path) -> None:
 def test_build_deb_packages_the_bundle_unit_and_scripts(tmp_path: Path) -> None:
     bundle = fake_bundle(tmp_path)
     out = tmp_path / "out"
-    result = subprocess.run([str(LINUX / "build-deb.sh"), str(bundle), "1.2.3", str(out)],
-                            capture_output=True, text=True, timeout=120, check=False,
-                            env={**os.environ, "DEB_ARCH": "amd64"})
+    result = subprocess.run(
+        [str(LINUX / "build-deb.sh"), str(bundle), "1.2.3", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DEB_ARCH": "amd64"},
+    )
     assert result.returncode == 0, result.stderr
     deb = Path(result.stdout.strip())
     assert deb == out / "tripkey-agent_1.2.3_amd64.deb" and deb.exists()
 
     def field(name: str) -> str:
-        return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     assert (field("Package"), field("Version"), field("Architecture")) == ("tripkey-agent", "1.2.3", "amd64")
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
@@ -72,8 +82,12 @@ def test_build_deb_packages_the_bundle_unit_and_scripts(tmp_path: Path) -> None:
     assert (unpacked / "lib/systemd/system/tripkey-agent.service").read_bytes() == (
         LINUX / "tripkey-agent.service"
     ).read_bytes()
-    assert subprocess.run([str(unpacked / "opt/tripkey-agent/tripkey-agent")], capture_output=True,
-                          text=True, check=True).stdout.strip() == "tripkey-agent 9.9.9"
+    assert (
+        subprocess.run(
+            [str(unpacked / "opt/tripkey-agent/tripkey-agent")], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "tripkey-agent 9.9.9"
+    )
     for script in ("postinst", "prerm", "postrm"):
         path = unpacked / "DEBIAN" / script
         assert os.access(path, os.X_OK), script
@@ -82,12 +96,19 @@ def test_build_deb_packages_the_bundle_unit_and_scripts(tmp_path: Path) -> None:
     assert "rm -rf /var/lib/tripkey" in postrm and 'if [ "$1" = purge ]' in postrm
 
 
-@pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed (Debian: apt-get install rpm)")
+@pytest.mark.skipif(
+    shutil.which("rpmbuild") is None, reason="rpmbuild not installed (Debian: apt-get install rpm)"
+)
 def test_build_rpm(tmp_path: Path) -> None:
     bundle = fake_bundle(tmp_path)
     out = tmp_path / "out"
-    result = subprocess.run([str(LINUX / "build-rpm.sh"), str(bundle), "1.2.3", str(out)],
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [str(LINUX / "build-rpm.sh"), str(bundle), "1.2.3", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     [rpm] = list(out.glob("tripkey-agent-1.2.3-1.*.rpm"))
     listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout
@@ -110,14 +131,31 @@ def test_spec_builds_the_agent_entry_point_without_the_issuer_stack() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("PyInstaller") is None,
-                    reason="PyInstaller not installed (pip install -e '.[package]')")
+@pytest.mark.skipif(
+    importlib.util.find_spec("PyInstaller") is None,
+    reason="PyInstaller not installed (pip install -e '.[package]')",
+)
 def test_pyinstaller_builds_a_working_agent_and_a_deb(tmp_path: Path) -> None:
     dist, work = tmp_path / "dist", tmp_path / "build"
     result = subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
-         "--distpath", str(dist), "--workpath", str(work), str(SPEC)],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path, check=False,
+        [
+            sys.executable,
+            "-m",
+            "PyInstaller",
+            "--noconfirm",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            str(dist),
+            "--workpath",
+            str(work),
+            str(SPEC),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     exe = dist / "tripkey-agent" / "tripkey-agent"
@@ -125,13 +163,21 @@ def test_pyinstaller_builds_a_working_agent_and_a_deb(tmp_path: Path) -> None:
     assert version.stdout.strip().startswith("tripkey-agent ")
     listing = subprocess.run(
         [str(Path(sys.executable).parent / "pyi-archive_viewer"), "-r", "-b", str(exe)],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     ).stdout
     modules = {line.strip() for line in listing.splitlines()}
-    assert {"agent.sensors.fanotify", "agent.sensors.audit", "agent.sensors.eslogger",
-            "agent.sensors.eventlog", "agent.cli"} <= modules
+    assert {
+        "agent.sensors.fanotify",
+        "agent.sensors.audit",
+        "agent.sensors.eslogger",
+        "agent.sensors.eventlog",
+        "agent.cli",
+    } <= modules
     assert not {"fastapi", "sqlalchemy", "boto3", "issuer"} & modules
     if shutil.which("dpkg-deb"):
-        deb = subprocess.run([str(LINUX / "build-deb.sh"), str(dist / "tripkey-agent"), "0.0.1", str(tmp_path)],
-                             capture_output=True, text=True, timeout=300, check=True).stdout.strip()
+        command = [str(LINUX / "build-deb.sh"), str(dist / "tripkey-agent"), "0.0.1", str(tmp_path)]
+        deb = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout.strip()
         assert Path(deb).stat().st_size > 1_000_000

@@ -63,8 +63,14 @@ def test_issuer_unit_is_an_unprivileged_service() -> None:
 def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
     # A private root with the host's own unit library and stand-in executables, so verify checks
     # the units (syntax, unknown keys, executables) without installing anything on this host.
-    system_units = next((p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
-                         if (p / "sysinit.target").exists()), None)
+    system_units = next(
+        (
+            p
+            for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+            if (p / "sysinit.target").exists()
+        ),
+        None,
+    )
     if system_units is None:
         pytest.skip("no systemd unit library on this host")
     root = tmp_path / "root"
@@ -78,9 +84,17 @@ def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
     for unit in (AGENT_UNIT, ISSUER_UNIT):
         shutil.copy(unit, units / unit.name)
     result = subprocess.run(
-        ["systemd-analyze", "verify", f"--root={root}",
-         "/etc/systemd/system/tripkey-agent.service", "/etc/systemd/system/tripkey-issuer.service"],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            "systemd-analyze",
+            "verify",
+            f"--root={root}",
+            "/etc/systemd/system/tripkey-agent.service",
+            "/etc/systemd/system/tripkey-issuer.service",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     # verify exits 0 even for unknown keys; it prints them. Our units must print nothing.
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
@@ -91,6 +105,7 @@ def test_systemd_analyze_verify_would_catch_a_typo(tmp_path: Path) -> None:
     # The check above can fail: a misspelt hardening key is reported.
     broken = tmp_path / "tripkey-agent.service"
     broken.write_text(AGENT_UNIT.read_text().replace("NoNewPrivileges=", "NoNewPrivilege="))
-    result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert "NoNewPrivilege" in result.stdout + result.stderr

@@ -58,8 +58,9 @@ def proc(
     }
 
 
-def message(event_type: int, process: dict[str, Any], event: dict[str, Any], *, time: str = T0,
-            seq: int | None = None) -> dict[str, Any]:
+def message(
+    event_type: int, process: dict[str, Any], event: dict[str, Any], *, time: str = T0, seq: int | None = None
+) -> dict[str, Any]:
     return {
         "action": {"result": {"result": {"auth": 0}, "result_type": 0}},
         "action_type": 1,
@@ -76,20 +77,28 @@ def message(event_type: int, process: dict[str, Any], event: dict[str, Any], *, 
     }
 
 
-def exec_msg(before: dict[str, Any], target: dict[str, Any], args: list[str], cwd: str = "/",
-             **kw: Any) -> dict[str, Any]:
-    return message(9, before, {"exec": {
-        "args": args,
-        "cwd": {"path": cwd, "path_truncated": False},
-        "dyld_exec_path": target["executable"]["path"],
-        "env": ["PATH=/usr/bin:/bin", "HOME=/Users/alice"],
-        "fds": [{"fd": 0, "fdtype": 1}],
-        "image_cpusubtype": -2147483646,
-        "image_cputype": 16777228,
-        "last_fd": 2,
-        "script": None,
-        "target": target,
-    }}, **kw)
+def exec_msg(
+    before: dict[str, Any], target: dict[str, Any], args: list[str], cwd: str = "/", **kw: Any
+) -> dict[str, Any]:
+    return message(
+        9,
+        before,
+        {
+            "exec": {
+                "args": args,
+                "cwd": {"path": cwd, "path_truncated": False},
+                "dyld_exec_path": target["executable"]["path"],
+                "env": ["PATH=/usr/bin:/bin", "HOME=/Users/alice"],
+                "fds": [{"fd": 0, "fdtype": 1}],
+                "image_cpusubtype": -2147483646,
+                "image_cputype": 16777228,
+                "last_fd": 2,
+                "script": None,
+                "target": target,
+            }
+        },
+        **kw,
+    )
 
 
 def fork_msg(parent: dict[str, Any], child: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -101,10 +110,17 @@ def exit_msg(process: dict[str, Any], **kw: Any) -> dict[str, Any]:
 
 
 def open_msg(process: dict[str, Any], path: str, fflag: int = 1, **kw: Any) -> dict[str, Any]:
-    return message(10, process, {"open": {
-        "fflag": fflag,
-        "file": {"path": path, "path_truncated": False, "stat": {"st_size": 116, "st_uid": 501}},
-    }}, **kw)
+    return message(
+        10,
+        process,
+        {
+            "open": {
+                "fflag": fflag,
+                "file": {"path": path, "path_truncated": False, "stat": {"st_size": 116, "st_uid": 501}},
+            }
+        },
+        **kw,
+    )
 
 
 def line(msg: dict[str, Any]) -> bytes:

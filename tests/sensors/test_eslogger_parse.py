@@ -71,11 +71,14 @@ def test_forked_child_without_exec_inherits_parent_argv() -> None:
     python = proc(700, "/usr/bin/python3", ppid=480)
     worker = proc(701, "/usr/bin/python3", ppid=700)
     parser = EsloggerParser([CRED])
-    events = parse_all(parser, [
-        line(exec_msg(proc(700, "/bin/zsh", ppid=480), python, ["python3", "steal.py"])),
-        line(fork_msg(python, worker)),
-        line(open_msg(worker, CRED)),
-    ])
+    events = parse_all(
+        parser,
+        [
+            line(exec_msg(proc(700, "/bin/zsh", ppid=480), python, ["python3", "steal.py"])),
+            line(fork_msg(python, worker)),
+            line(open_msg(worker, CRED)),
+        ],
+    )
     assert [e.cmdline for e in events] == [("python3", "steal.py")]
     assert events[0].ancestors[0].cmdline == ("python3", "steal.py")
 
@@ -84,12 +87,15 @@ def test_exited_parent_is_still_an_ancestor_and_reused_pid_is_replaced() -> None
     parent = proc(800, "/usr/bin/ruby", ppid=1)
     child = proc(801, "/bin/cat", ppid=800)
     parser = EsloggerParser([CRED])
-    events = parse_all(parser, [
-        line(exec_msg(proc(800, "/bin/sh", ppid=1), parent, ["ruby", "x.rb"])),
-        line(exec_msg(proc(801, "/usr/bin/ruby", ppid=800), child, ["cat", CRED])),
-        line(exit_msg(parent)),
-        line(open_msg(child, CRED)),
-    ])
+    events = parse_all(
+        parser,
+        [
+            line(exec_msg(proc(800, "/bin/sh", ppid=1), parent, ["ruby", "x.rb"])),
+            line(exec_msg(proc(801, "/usr/bin/ruby", ppid=800), child, ["cat", CRED])),
+            line(exit_msg(parent)),
+            line(open_msg(child, CRED)),
+        ],
+    )
     assert events[0].ancestors[0].cmdline == ("ruby", "x.rb")
     # pid 800 reused by a new process: fork replaces the old record, argv not carried over.
     newcomer = proc(800, "/usr/sbin/mdworker", ppid=1, pidversion=99)
@@ -133,10 +139,16 @@ def test_write_only_opens_and_own_pid_are_not_reads() -> None:
         b'{"event_type": 10, "event": {"open": {"file": {"path": "/Users/alice/.aws/credentials"',
         b"[1, 2, 3]",
         json.dumps({"event": {"open": {}}, "process": {}}).encode(),  # no pid
-        json.dumps({"event": {"open": {"file": {"path": CRED}}},
-                    "process": proc(5, "/bin/cat")}).encode(),  # no time
-        json.dumps({"time": "2024-05-02T10:11:12Z", "process": proc(5, "/bin/cat"),
-                    "event": {"open": {"file": {"path": CRED}}, "exec": {}}}).encode(),
+        json.dumps(
+            {"event": {"open": {"file": {"path": CRED}}}, "process": proc(5, "/bin/cat")}
+        ).encode(),  # no time
+        json.dumps(
+            {
+                "time": "2024-05-02T10:11:12Z",
+                "process": proc(5, "/bin/cat"),
+                "event": {"open": {"file": {"path": CRED}}, "exec": {}},
+            }
+        ).encode(),
         b"\xff\xfe credentials",
     ],
 )
@@ -234,8 +246,13 @@ def test_process_started_before_eslogger_is_filled_in_from_the_live_process() ->
     try:
         live = psutil.Process(child.pid)
         start = dt.datetime.fromtimestamp(live.create_time(), tz=dt.UTC)
-        reader = proc(child.pid, sys.executable, ppid=os.getpid(), uid=os.getuid(),
-                      start=start.isoformat().replace("+00:00", "Z"))
+        reader = proc(
+            child.pid,
+            sys.executable,
+            ppid=os.getpid(),
+            uid=os.getuid(),
+            start=start.isoformat().replace("+00:00", "Z"),
+        )
         parser = EsloggerParser([CRED], fallback=psutil_fallback)
         [event] = parser.feed(line(open_msg(reader, CRED)))
         assert event.cmdline[-1] == "marker-arg"
@@ -248,8 +265,18 @@ def test_process_started_before_eslogger_is_filled_in_from_the_live_process() ->
 
 
 def test_fallback_for_a_reused_pid_is_ignored() -> None:
-    stale = ProcRecord(pid=910, exe="/usr/bin/other", args=("other",),
-                       start_time=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    stale = ProcRecord(
+        pid=910, exe="/usr/bin/other", args=("other",), start_time=dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    )
     parser = EsloggerParser([CRED], fallback=lambda pid: stale if pid == 910 else None)
     [event] = parser.feed(line(open_msg(proc(910, "/bin/cat"), CRED)))
     assert event.cmdline == ()  # start time differs: another process now has that pid
+
+
+def test_a_new_eslogger_process_restarts_the_sequence() -> None:
+    parser = EsloggerParser([CRED])
+    reader = proc(911, "/bin/cat")
+    parser.feed(line(open_msg(reader, CRED, seq=500)))
+    parser.new_stream()  # eslogger restarted: a new ES client counts from 1 again
+    parser.feed(line(open_msg(reader, CRED, seq=1)) + line(open_msg(reader, CRED, seq=4)))
+    assert parser.dropped == 2

@@ -83,3 +83,78 @@ def test_stream_stop_terminates_a_running_command() -> None:
     started = time.monotonic()
     stream.stop()
     assert proc_.poll() is not None and time.monotonic() - started < 10
+
+
+def _stand_in(tmp_path: Path, body: str) -> Path:
+    """An executable that plays eslogger (it checks it was called with eslogger's arguments)."""
+    script = tmp_path / "eslogger"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import sys, time\n"
+        "if sys.argv[1:] != ['open', 'exec', 'fork', 'exit', '--format', 'json']:\n"
+        "    sys.exit('unexpected arguments: %r' % sys.argv[1:])\n" + body
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def pretend_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the OS gate is replaced: everything after it (process, pipes, parser) is real.
+    monkeypatch.setattr(EsloggerSensor, "check_available", classmethod(lambda cls, eslogger="": None))
+
+
+@pytest.mark.usefixtures("pretend_macos")
+def test_eslogger_refused_by_tcc_is_reported_with_the_full_disk_access_fix(tmp_path: Path) -> None:
+    script = _stand_in(
+        tmp_path,
+        "sys.stderr.write('Failed to create ES client: ES_NEW_CLIENT_RESULT_ERR_NOT_PERMITTED\\n')\n"
+        "sys.exit(71)\n",
+    )
+    sensor = EsloggerSensor([CRED], lambda e: None, eslogger=str(script), startup_grace=5)
+    with pytest.raises(SensorUnavailable) as raised:
+        sensor.start()
+    message = str(raised.value)
+    assert "NOT_PERMITTED" in message and "Full Disk Access" in message
+    assert "tripkey-agent-pppc.mobileconfig" in message
+    assert not sensor.health().healthy
+
+
+@pytest.mark.usefixtures("pretend_macos")
+def test_sensor_reads_events_and_restarts_eslogger_when_it_dies(tmp_path: Path) -> None:
+    cat = proc(601, "/bin/cat", ppid=480)
+    payload = tmp_path / "out.jsonl"
+    payload.write_bytes(
+        line(exec_msg(proc(601, "/bin/zsh", ppid=480), cat, ["cat", CRED])) + line(open_msg(cat, CRED))
+    )
+    script = _stand_in(
+        tmp_path,
+        f"sys.stdout.buffer.write(open({str(payload)!r}, 'rb').read()); sys.stdout.flush()\n"
+        "time.sleep(0.6)\nsys.exit(3)\n",
+    )
+    received: list[ReadEvent] = []
+    done = threading.Event()
+
+    def collect(event: ReadEvent) -> None:
+        received.append(event)
+        if len(received) >= 2:
+            done.set()
+
+    sensor = EsloggerSensor([CRED], collect, eslogger=str(script), startup_grace=0.2, restart_delay=0.2)
+    sensor.start()
+    try:
+        assert sensor.health().healthy
+        assert done.wait(30), f"got {len(received)} events"
+        assert sensor.restarts >= 1  # eslogger exited (status 3) and was started again
+        assert [e.cmdline for e in received[:2]] == [("cat", CRED)] * 2
+        assert all(e.sensor == "eslogger" and e.pid == 601 for e in received)
+    finally:
+        sensor.stop()
+    assert sensor.stream.proc is None and not sensor.health().healthy
+
+
+@pytest.mark.usefixtures("pretend_macos")
+def test_an_eslogger_that_cannot_run_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    sensor = EsloggerSensor([CRED], lambda e: None, eslogger=str(tmp_path / "missing-eslogger"))
+    with pytest.raises(SensorUnavailable, match="cannot run"):
+        sensor.start()

@@ -43,9 +43,7 @@ Guid="{{54849625-5478-4994-A5BA-3E3B0328C30D}}" /><EventID>{eid}</EventID><Versi
 
 
 def event_xml(eid: int, rid: int, data: dict[str, str], time: str = "2024-05-02T10:11:12.557207200Z") -> str:
-    items = "".join(
-        f'<Data Name="{k}">{v}</Data>' if v else f'<Data Name="{k}" />' for k, v in data.items()
-    )
+    items = "".join(f'<Data Name="{k}">{v}</Data>' if v else f'<Data Name="{k}" />' for k, v in data.items())
     task = {4663: 12800, 4688: 13312, 4689: 13313}.get(eid, 0)
     ver = {4688: 2, 4663: 1}.get(eid, 0)
     system = _SYSTEM.format(eid=eid, ver=ver, task=task, time=time, rid=rid)
@@ -56,48 +54,73 @@ def event_xml(eid: int, rid: int, data: dict[str, str], time: str = "2024-05-02T
 
 
 def access(rid: int, pid: int, exe: str, path: str = CRED, mask: str = "0x1", **kw: str) -> str:
-    return event_xml(4663, rid, {
-        "SubjectUserSid": "S-1-5-21-3457937927-2839227994-823803824-1104",
-        "SubjectUserName": "alice",
-        "SubjectDomainName": "CONTOSO",
-        "SubjectLogonId": "0x1b5f62",
-        "ObjectServer": "Security",
-        "ObjectType": kw.pop("object_type", "File"),
-        "ObjectName": path,
-        "HandleId": "0x1bc",
-        "AccessList": "%%4416",
-        "AccessMask": mask,
-        "ProcessId": hex(pid),
-        "ProcessName": exe,
-        "ResourceAttributes": "",
-        **kw,
-    })
+    return event_xml(
+        4663,
+        rid,
+        {
+            "SubjectUserSid": "S-1-5-21-3457937927-2839227994-823803824-1104",
+            "SubjectUserName": "alice",
+            "SubjectDomainName": "CONTOSO",
+            "SubjectLogonId": "0x1b5f62",
+            "ObjectServer": "Security",
+            "ObjectType": kw.pop("object_type", "File"),
+            "ObjectName": path,
+            "HandleId": "0x1bc",
+            "AccessList": "%%4416",
+            "AccessMask": mask,
+            "ProcessId": hex(pid),
+            "ProcessName": exe,
+            "ResourceAttributes": "",
+            **kw,
+        },
+    )
 
 
-def start(rid: int, pid: int, exe: str, creator: int, cmdline: str, parent_exe: str,
-          time: str = "2024-05-02T10:11:10.000000000Z") -> str:
-    return event_xml(4688, rid, {
-        "SubjectUserSid": "S-1-5-21-3457937927-2839227994-823803824-1104",
-        "SubjectUserName": "alice",
-        "SubjectDomainName": "CONTOSO",
-        "SubjectLogonId": "0x1b5f62",
-        "NewProcessId": hex(pid),
-        "NewProcessName": exe,
-        "TokenElevationType": "%%1938",
-        "ProcessId": hex(creator),
-        "CommandLine": cmdline,
-        "TargetUserSid": "S-1-0-0",
-        "TargetUserName": "-",
-        "TargetDomainName": "-",
-        "TargetLogonId": "0x0",
-        "ParentProcessName": parent_exe,
-        "MandatoryLabel": "S-1-16-8192",
-    }, time=time)
+def start(
+    rid: int,
+    pid: int,
+    exe: str,
+    creator: int,
+    cmdline: str,
+    parent_exe: str,
+    time: str = "2024-05-02T10:11:10.000000000Z",
+) -> str:
+    return event_xml(
+        4688,
+        rid,
+        {
+            "SubjectUserSid": "S-1-5-21-3457937927-2839227994-823803824-1104",
+            "SubjectUserName": "alice",
+            "SubjectDomainName": "CONTOSO",
+            "SubjectLogonId": "0x1b5f62",
+            "NewProcessId": hex(pid),
+            "NewProcessName": exe,
+            "TokenElevationType": "%%1938",
+            "ProcessId": hex(creator),
+            "CommandLine": cmdline,
+            "TargetUserSid": "S-1-0-0",
+            "TargetUserName": "-",
+            "TargetDomainName": "-",
+            "TargetLogonId": "0x0",
+            "ParentProcessName": parent_exe,
+            "MandatoryLabel": "S-1-16-8192",
+        },
+        time=time,
+    )
 
 
 def exit_(rid: int, pid: int, exe: str) -> str:
-    return event_xml(4689, rid, {"SubjectUserName": "alice", "SubjectDomainName": "CONTOSO",
-                                 "Status": "0x0", "ProcessId": hex(pid), "ProcessName": exe})
+    return event_xml(
+        4689,
+        rid,
+        {
+            "SubjectUserName": "alice",
+            "SubjectDomainName": "CONTOSO",
+            "Status": "0x0",
+            "ProcessId": hex(pid),
+            "ProcessName": exe,
+        },
+    )
 
 
 EXPLORER = r"C:\Windows\explorer.exe"
@@ -114,11 +137,17 @@ def run(xml: str, paths: list[str] | None = None) -> tuple[list, EventLogCorrela
 
 
 def test_read_joined_with_process_creation_for_cmdline_and_ancestors() -> None:
-    xml = "<Events>" + "".join([
-        start(100, 0x1000, CMD, 0x700, f'"{CMD}" ', EXPLORER),
-        start(101, 0x1234, PS, 0x1000, f'powershell.exe -nop -c "Get-Content {CRED}"', CMD),
-        access(102, 0x1234, PS),
-    ]) + "</Events>"
+    xml = (
+        "<Events>"
+        + "".join(
+            [
+                start(100, 0x1000, CMD, 0x700, f'"{CMD}" ', EXPLORER),
+                start(101, 0x1234, PS, 0x1000, f'powershell.exe -nop -c "Get-Content {CRED}"', CMD),
+                access(102, 0x1234, PS),
+            ]
+        )
+        + "</Events>"
+    )
     [read], _ = run(xml)
     assert read.path == CRED and read.sensor == "eventlog" and read.access == "read"
     assert (read.pid, read.ppid, read.exe) == (0x1234, 0x1000, PS)
@@ -142,13 +171,15 @@ def test_wevtutil_output_without_root_and_with_xml_declaration() -> None:
 
 
 def test_only_read_data_on_planted_files_counts() -> None:
-    xml = "".join([
-        access(1, 0x30, CMD, mask="0x80"),  # ReadAttributes (dir listing, Explorer hover)
-        access(2, 0x30, CMD, mask="0x2"),  # WriteData: tampering, watched elsewhere
-        access(3, 0x30, CMD, path=r"C:\Users\alice\.aws\config"),
-        access(4, 0x30, CMD, object_type="Key"),
-        access(5, 0x30, CMD, mask="0x120089"),  # READ_CONTROL|SYNCHRONIZE|ReadEA|ReadAttr|ReadData
-    ])
+    xml = "".join(
+        [
+            access(1, 0x30, CMD, mask="0x80"),  # ReadAttributes (dir listing, Explorer hover)
+            access(2, 0x30, CMD, mask="0x2"),  # WriteData: tampering, watched elsewhere
+            access(3, 0x30, CMD, path=r"C:\Users\alice\.aws\config"),
+            access(4, 0x30, CMD, object_type="Key"),
+            access(5, 0x30, CMD, mask="0x120089"),  # READ_CONTROL|SYNCHRONIZE|ReadEA|ReadAttr|ReadData
+        ]
+    )
     reads, _ = run(xml)
     assert [r.pid for r in reads] == [0x30] and len(reads) == 1
 
@@ -231,6 +262,8 @@ def test_small_helpers() -> None:
         2015, 9, 18, 22, 15, 19, 557207, tzinfo=dt.UTC
     )
     assert parse_system_time("garbage") is None and parse_system_time(None) is None
-    info = parse_log_info("creationTime: 2024-01-01T00:00:00.000Z\nnumberOfLogRecords: 120\n"
-                          "oldestRecordNumber: 5001\nfileSize: 69632\n")
+    info = parse_log_info(
+        "creationTime: 2024-01-01T00:00:00.000Z\nnumberOfLogRecords: 120\n"
+        "oldestRecordNumber: 5001\nfileSize: 69632\n"
+    )
     assert info["numberOfLogRecords"] == "120" and info["oldestRecordNumber"] == "5001"

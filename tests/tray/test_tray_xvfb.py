@@ -41,30 +41,42 @@ def _count_colour(image, colour: tuple[int, int, int]) -> int:
 
 @pytest.fixture
 def display(tmp_path: Path) -> Iterator[str]:
-    number = 90 + os.getpid() % 100
-    name = f":{number}"
+    # -displayfd lets Xvfb pick a free display number and tell us which one.
+    read_fd, write_fd = os.pipe()
     xvfb = subprocess.Popen(
-        ["Xvfb", name, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    env = {**os.environ, "DISPLAY": name}
-    deadline = time.monotonic() + 10
-    while subprocess.run(["xdotool", "getmouselocation"], env=env, capture_output=True).returncode:
-        assert time.monotonic() < deadline, "Xvfb did not start"
-        time.sleep(0.1)
-    tray_host = subprocess.Popen(
-        ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
-         "--height", "40", "--transparent", "false"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.5)
-    yield name
-    for proc in (tray_host, xvfb):
-        proc.terminate()
-        proc.wait(timeout=10)
+    os.close(write_fd)
+    procs = [xvfb]
+    try:
+        with os.fdopen(read_fd) as pipe:
+            name = ":" + pipe.readline().strip()
+        assert name != ":", "Xvfb did not start"
+        env = {**os.environ, "DISPLAY": name}
+        tray_host = subprocess.Popen(
+            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
+             "--height", "40", "--transparent", "false"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(tray_host)
+        # The icon can only dock once the tray host owns the system-tray selection: wait for its panel.
+        deadline = time.monotonic() + 30
+        while not subprocess.run(
+            ["xdotool", "search", "--onlyvisible", "--name", "panel"], env=env, capture_output=True
+        ).stdout.strip():
+            assert tray_host.poll() is None, "the tray host (trayer) exited"
+            assert time.monotonic() < deadline, "the tray host (trayer) did not show its panel"
+            time.sleep(0.1)
+        yield name
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def _start_tray(display: str, socket_path: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -79,7 +91,7 @@ def _start_tray(display: str, socket_path: Path, *extra: str) -> subprocess.Pope
 def test_icon_appears_in_the_system_tray(display: str, tmp_path: Path) -> None:
     tray = _start_tray(display, tmp_path / "sr.sock")
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while True:
             shot = _grab(display)
             if _count_colour(shot.crop((600, 0, 800, 40)), ICON_COLOUR) > 50:
