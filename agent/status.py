@@ -102,6 +102,9 @@ def format_status(data: dict[str, Any]) -> str:
     sensor = data["sensor"]
     if sensor is None:
         lines.append("sensor:     unknown (the service has not run yet)")
+    elif not svc["running"] and sensor.get("running") is False:
+        # The service stopped its sensor on the way out: that is not a sensor failure.
+        lines.append(f"sensor:     {sensor.get('name')} ({sensor.get('mode')}), stopped with the service")
     elif sensor.get("healthy"):
         extra = " (WEAKER mode)" if sensor.get("weaker") else ""
         lines.append(
