@@ -9,6 +9,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo test test-all lint system-deps bench clean
 
 $(STAMP): pyproject.toml
+	@# Debian splits venv/ensurepip into python3-venv: install it when missing (root + apt).
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else echo "error: $(PYTHON) cannot create virtual environments: install python3-venv"; exit 1; fi; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

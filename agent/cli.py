@@ -24,8 +24,8 @@ from . import __version__
 from .config import AgentConfig, ConfigError, load_config, parse_assignment
 from .enroll import EnrollmentError, ensure_enrolled
 from .spool import Spool
-from .state import READLOG_FILE, SPOOL_FILE, AgentBusy, DirLock, StateError, StateStore, utcnow
-from .status import format_status, status_data
+from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore, utcnow
+from .status import format_status, open_store, status_data
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -153,25 +153,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler = COMMANDS[args.command]
         return handler(args, config)
     except ConfigError as exc:
-        print(f"tripkey-agent: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, f"configuration error: {exc}", EXIT_USAGE)
     except CliError as exc:
-        print(f"tripkey-agent: {exc}", file=sys.stderr)
-        return exc.code
-    except AgentBusy as exc:
-        print(f"tripkey-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    except StateError as exc:
-        print(f"tripkey-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(args, str(exc), exc.code)
+    except StateError as exc:  # AgentBusy included
+        return _fail(args, str(exc), EXIT_FAILURE)
     except PermissionError as exc:
-        print(
-            f"tripkey-agent: permission denied: {exc.filename or exc} (the agent runs as root)",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        return _fail(args, f"permission denied: {exc.filename or exc} (the agent runs as root)", EXIT_FAILURE)
+    except OSError as exc:  # a full disk, a read-only state directory: a sentence, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}", EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """The error sentence on stderr; with --json also {"error", "exit_code"} on stdout for scripts."""
+    print(f"tripkey-agent: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
+    return code
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -179,12 +180,6 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         print(text)
-
-
-def _open_store(config: AgentConfig) -> StateStore | None:
-    if not os.path.isdir(config.state_dir):
-        return None
-    return StateStore(config.state_dir, create=False)
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -283,7 +278,7 @@ def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
     from .planter import resolve_targets
     from .targets import inspect_targets
 
-    store = _open_store(config)
+    store = open_store(config)
     targets, errors = resolve_targets(config)
     paths = sorted({t.path for t in targets} | (set(store.state.targets) if store else set()))
     owned = store.state.owned_key_ids if store else set()
@@ -338,7 +333,7 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
 def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
     from .trigger import TriggerError, run_trigger
 
-    store = _open_store(config)
+    store = open_store(config)
     if store is None or not store.state.enrolled:
         raise CliError("not enrolled: run `tripkey-agent run` or `plant-once` first", EXIT_NOT_ENROLLED)
     config.require_issuer()

@@ -1,7 +1,9 @@
-"""Agent configuration: TOML file, `TRIPKEY_*` environment variables, command-line flags.
+"""Agent configuration: TOML file, MDM, `TRIPKEY_*` environment variables, command-line flags.
 
-Precedence: flags > environment > file > defaults. Every key of the file is known here; an unknown
-key is an error that names it (a typo such as `all_user = true` must not silently plant nothing).
+Precedence: flags > environment > MDM > file > defaults. MDM is macOS forced managed preferences
+or the Windows policy key (agent/mdm_config.py; nothing on Linux, where MDM writes the file).
+Every key of the file is known here; an unknown key is an error that names it (a typo such as
+`all_user = true` must not silently plant nothing).
 Environment variables are the upper-cased key with a `TRIPKEY_` prefix (`TRIPKEY_ISSUER_URL`);
 unknown `TRIPKEY_*` variables are ignored because the issuer and the tray share the prefix.
 List/table keys (`target`, `classification_rules`) take JSON in the environment.
@@ -14,9 +16,12 @@ import json
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .mdm_config import MdmSource
 
 DEFAULT_CONFIG_FILE = "/etc/tripkey/agent.toml"
 SENSORS = ("auto", "fanotify", "fanotify-notify", "audit", "eslogger", "eventlog")
@@ -114,11 +119,20 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    mdm: Sequence[MdmSource] | None = None,
 ) -> AgentConfig:
-    """Build the configuration from a TOML file, the environment and flag overrides, then validate.
+    """Build the configuration from a TOML file, MDM, the environment and flags, then validate.
 
     `path=None` reads TRIPKEY_CONFIG or /etc/tripkey/agent.toml when that file exists.
     `overrides` are already-typed values from command-line flags (None values are ignored).
+    `mdm=None` reads this OS's MDM source (mdm_config.default_sources()); tests pass their own.
+
+    Why MDM sits above the file: on macOS and Windows the MDM is the fleet's source of truth and
+    only its forced values are trusted, while a local file may be a stale leftover of a manual
+    install; a key MDM sets is therefore not overridable by the file. Environment and flags stay
+    above MDM because only root sets them (the launchd plist, the service definition, an admin's
+    command line) and they are how one run is pointed elsewhere (`--state-dir`, a test issuer);
+    neither persists.
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
@@ -128,6 +142,12 @@ def load_config(
         )
     if path is not None:
         raw.update(_read_file(Path(path)))
+    if mdm is None:
+        from .mdm_config import default_sources  # imported here: mdm_config imports this module
+
+        mdm = default_sources()
+    for source in mdm:
+        raw.update(source.load())
     raw.update(_from_env(env))
     for key, value in (overrides or {}).items():
         if value is None:

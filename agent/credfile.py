@@ -40,6 +40,7 @@ from agent.inifile import Document, Entry, Line, Section
 from agent.safefs import read_file, update_file
 
 __all__ = [
+    "REDIRECT_KEYS",
     "CanaryCredential",
     "ConcurrentChangeError",
     "ConflictError",
@@ -65,6 +66,10 @@ SECRET = "aws_secret_access_key"
 TOKEN = "aws_session_token"
 LEGACY_TOKEN = "aws_security_token"  # botocore reads it before aws_session_token
 CREDENTIAL_KEYS = (KEY_ID, SECRET, TOKEN, LEGACY_TOKEN)
+# Keys that make botocore's credential chain pick a provider that comes BEFORE the shared
+# credentials file (assume-role, web identity; sso_* too): a profile with one of them never uses
+# its static keys, so the canary would be dead.
+REDIRECT_KEYS = frozenset({"role_arn", "web_identity_token_file", "credential_source", "source_profile"})
 _PROFILE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@+-]{0,127}")
 _VALUE_RE = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII, no spaces: survives INI parsing
 
@@ -359,6 +364,12 @@ def _verify(before: bytes, after: bytes, profile: str, wanted: dict[str, str] | 
                 f"[{profile}] would not resolve to the planted credential ({key} "
                 "differs; is it set in a [DEFAULT] section?)"
             )
+    redirect = sorted(key for key in resolved if key in REDIRECT_KEYS or key.startswith("sso_"))
+    if redirect:  # botocore would assume a role / use SSO instead of the planted keys
+        raise ConflictError(
+            f"[{profile}] would inherit {redirect[0]} (from a [DEFAULT] section?), so AWS tools "
+            "would not use the planted credential"
+        )
     base = old.get(profile, old[inifile.DEFAULT_SECTION])
     if {k: v for k, v in resolved.items() if k not in CREDENTIAL_KEYS} != {
         k: v for k, v in base.items() if k not in CREDENTIAL_KEYS

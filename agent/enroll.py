@@ -4,6 +4,9 @@ The device key (secrets.token_urlsafe(32)) is generated once and kept in the sta
 first attempt, so retries and re-enrollments after a lost token map to the same device. An
 unreachable issuer is retried with capped exponential backoff; a refused token stops with a clear
 message (retrying cannot fix a wrong token).
+
+Once enrolled, the enrollment token is removed from the Windows policy key, where every local user
+could read it (MdmSource.forget_enroll_token; nothing to do on other OSes).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from server_api_client import AuthError, IssuerUnreachable, ProtocolError, Rejec
 
 from . import __version__
 from .config import AgentConfig, ConfigError
+from .mdm_config import MdmSource, default_sources
 from .osflags import LINUX, MACOS, WINDOWS
 from .state import StateStore, to_iso, utcnow
 from .uploader import Backoff
@@ -103,16 +107,21 @@ def ensure_enrolled(
     sleep: Callable[[float], None] = time.sleep,
     max_attempts: int | None = None,
     backoff: Backoff | None = None,
+    mdm: Sequence[MdmSource] | None = None,
 ) -> tuple[str, str]:
     """Return (device_id, device_token), enrolling first when needed (or when `force`).
 
     Sets `client.token` to the device token. Raises EnrollmentError when the token is refused or
-    when stopped/exhausted while the issuer is unreachable.
+    when stopped/exhausted while the issuer is unreachable. When enrolled (now or before), removes
+    the enrollment token from the MDM sources that allow it (`mdm=None`: this OS's sources); the
+    token loaded in `config` stays usable for a re-enrollment by this process.
     """
     state = store.state
     issuer_url = config.require_issuer()
     if state.enrolled and state.issuer_url == issuer_url and not force:
         client.token = state.device_token
+        # Also here: an admin may have pushed the token again (msiexec with ENROLL_TOKEN).
+        _forget_enroll_token(default_sources() if mdm is None else mdm)
         return state.device_id, state.device_token  # type: ignore[return-value]
     if not config.enroll_token:
         raise ConfigError(
@@ -168,7 +177,23 @@ def ensure_enrolled(
         result.device_id,
         "new" if result.created else "existing",
     )
+    _forget_enroll_token(default_sources() if mdm is None else mdm)
     return result.device_id, result.device_token
+
+
+def _forget_enroll_token(sources: Sequence[MdmSource]) -> None:
+    """Enrollment has succeeded; a failure here is reported loudly but does not undo it."""
+    for source in sources:
+        try:
+            if source.forget_enroll_token():
+                log.info("removed the enrollment token from %s (no longer needed)", source.description)
+        except OSError as exc:
+            log.error(
+                "could not remove the enrollment token from %s: %s; local users can read it there, "
+                "delete the value by hand",
+                source.description,
+                exc,
+            )
 
 
 __all__ = ["EnrollmentError", "ensure_enrolled", "host_facts"]

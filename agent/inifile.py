@@ -166,9 +166,10 @@ def _check_nested_values(text: str, parser: configparser.RawConfigParser) -> Non
             if value.startswith("\n"):
                 for part in value.splitlines():
                     if part.strip() and "=" not in part:
+                        # Never quote the line: it may be the user's own secret.
                         raise ParseError(
-                            f"option {option!r} in section [{section}] is an indented block whose "
-                            f"line {part.strip()!r} has no '=' (botocore rejects it)",
+                            f"option {option!r} in section [{section}] is an indented block with "
+                            "a line that has no '=' (botocore rejects it)",
                             line=_option_line(text, section, option),
                         )
 

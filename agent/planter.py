@@ -10,7 +10,8 @@ watcher, the periodic pass and the CLI share one set of rules:
 * per-target errors are recorded (status, last_error, heartbeat) and backed off; other targets go on;
 * a conflict (a non-Tripkey section with our profile name) is reported once and left untouched;
 * a planted section that disappears or changes is a tamper: reported, and re-planted at once the
-  first time, then after 1 min, 2 min, ... capped at 24 h if the user keeps removing it.
+  first time, then after 1 min, 2 min, ... capped at 24 h if the user keeps removing it
+  (the schedules are in agent.schedule).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import datetime as dt
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,13 +27,26 @@ from server_api_client import IssuerUnreachable, NotFound, TripkeyError
 
 from . import credfile
 from .config import AgentConfig
+from .schedule import (
+    CONFLICT_FIRST_DELAY,
+    CONFLICT_MAX_DELAY,
+    ERROR_FIRST_DELAY,
+    ERROR_MAX_DELAY,
+    TAMPER_RESET_AFTER,
+    backoff,
+    refresh_due,
+    tamper_delay,
+    tamper_event,
+)
 from .state import StateStore, TargetState, from_iso, to_iso, utcnow
 from .targets import (
     Target,
+    config_shadow,
     file_digest,
     inspect_section,
     plant_one,
     plant_region,
+    planted_secrets,
     resolve_targets,
     unplant_one,
     unplant_region,
@@ -42,49 +55,7 @@ from .users import LocalUser, UnknownUser, lookup_user
 
 log = logging.getLogger(__name__)
 
-TAMPER_FIRST_DELAY = 60.0
-TAMPER_MAX_DELAY = 24 * 3600.0
-TAMPER_RESET_AFTER = 24 * 3600.0  # a quiet day forgets earlier removals
-ERROR_FIRST_DELAY = 60.0
-ERROR_MAX_DELAY = 3600.0
-CONFLICT_FIRST_DELAY = 3600.0
-CONFLICT_MAX_DELAY = 24 * 3600.0
-
 EventSink = Callable[[dict[str, Any]], None]
-
-
-def tamper_delay(count: int) -> float:
-    """Seconds to wait before re-planting after the `count`-th removal in a row (1 → at once)."""
-    if count <= 1:
-        return 0.0
-    return min(TAMPER_FIRST_DELAY * (2 ** (count - 2)), TAMPER_MAX_DELAY)
-
-
-def _backoff(first: float, cap: float, failures: int) -> float:
-    return min(first * (2 ** max(failures - 1, 0)), cap)
-
-
-def refresh_due(ts: TargetState, config: AgentConfig, now: dt.datetime) -> str | None:
-    """Why the credential of `ts` must be renewed now ("expiring"/"rotation"), or None."""
-    expires = from_iso(ts.expires_at)
-    if expires is not None:
-        if now >= expires - dt.timedelta(seconds=config.refresh_before_seconds):
-            return "expiring"
-        return None
-    created = from_iso(ts.created_at)
-    if created is not None and now >= created + dt.timedelta(days=config.rotate_days):
-        return "rotation"
-    return None
-
-
-def tamper_event(path: str, action: str, detail: str, replanted: bool, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.uuid4()),
-        "kind": "tamper",
-        "time": to_iso(now),
-        "path": path,
-        "tamper": {"action": action, "detail": detail, "replanted": replanted},
-    }
 
 
 class Planter:
@@ -111,6 +82,7 @@ class Planter:
         self._writing: set[str] = set()
         self._digests: dict[str, str | None] = {}  # bytes we last wrote or accepted, per path
         self._targets: dict[str, Target] = {}
+        self._known_secrets: set[str] = set()  # paths whose planted secret on_secret was told
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -130,7 +102,9 @@ class Planter:
 
     def is_own_content(self, path: str) -> bool:
         """True when the file holds exactly the bytes the agent last wrote (our own change event)."""
-        return path in self._digests and self._digests[path] == file_digest(path)
+        if path not in self._digests or self._digests[path] is None:
+            return False  # nothing recorded, or the file was unreadable then: judge it
+        return self._digests[path] == file_digest(path, self._targets_owner(path))
 
     def target(self, path: str) -> Target | None:
         return self._targets.get(path)
@@ -190,13 +164,21 @@ class Planter:
             )
         except credfile.CredfileError as exc:
             return self._failed(ts, f"cannot inspect: {exc}", now)
+        if found in ("absent", "altered", "ours"):
+            shadow = config_shadow(target.path, profile, target.owner)
+            if shadow is not None:  # planting would mint a canary nobody's tools would ever use
+                with self.store.mutate():
+                    ts.last_check = to_iso(now)
+                return self._conflict(ts, "shadowed", shadow, now)
         if found == "ours" and ts.access_key_id and key_id != ts.access_key_id:
             found = "altered"  # an older key of ours was put back (e.g. a restored backup)
         was_planted = ts.status == "planted"
         with self.store.mutate():
             ts.last_check = to_iso(now)
         if found == "ours":
-            self._digests[target.path] = file_digest(target.path)
+            self._digests[target.path] = file_digest(target.path, target.owner)
+            if target.path not in self._known_secrets:
+                self._learn_secrets(target, profile)
             reason = refresh_due(ts, self.config, now)
             if reason is None and ts.credential_id:
                 with self.store.mutate():
@@ -229,11 +211,24 @@ class Planter:
             return ts
         return self._plant(target, ts, now, renew=None)
 
+    def _learn_secrets(self, target: Target, profile: str) -> None:
+        """Tell `on_secret` the secret (and token) already planted, e.g. after a restart: the read
+        log and the spool scrub them. Kept in memory only; never logged or stored."""
+        if self.on_secret is None:
+            return
+        try:
+            secrets = planted_secrets(target.path, profile, target.owner)
+        except (credfile.CredfileError, OSError):
+            return
+        for secret in secrets:
+            self.on_secret(secret)
+        self._known_secrets.add(target.path)
+
     @staticmethod
     def _tamper_action(path: str, found: str, hint: str | None) -> str:
         if found == "altered":
             return "section_altered"
-        if not os.path.exists(path):
+        if not os.path.lexists(path):  # lexists: never follow a user's symlink, even to stat
             return "file_moved" if hint == "moved" else "file_deleted"
         return "section_removed"
 
@@ -258,12 +253,14 @@ class Planter:
             "foreign": f"the file already has a profile named {profile!r} that is not Tripkey's",
             "duplicate": f"the file has more than one [{profile}] section",
             "unparseable": f"the AWS tools cannot parse the file ({detail})",
+            "refused": f"the profile cannot be planted safely ({detail})",
+            "shadowed": f"the canary would never be used: {detail}",
         }[found]
         message = f"conflict: {what}; left untouched"
         with self.store.mutate():
             ts.failures = ts.failures + 1 if not first_time else 1
             ts.status, ts.last_error = "conflict", message
-            delay = _backoff(CONFLICT_FIRST_DELAY, CONFLICT_MAX_DELAY, ts.failures)
+            delay = backoff(CONFLICT_FIRST_DELAY, CONFLICT_MAX_DELAY, ts.failures)
             ts.next_attempt_at = to_iso(now + dt.timedelta(seconds=delay))
         if first_time:
             log.error("%s: %s", ts.path, message)
@@ -278,7 +275,7 @@ class Planter:
         with self.store.mutate():
             ts.failures += 1
             ts.status, ts.last_error = (ts.status if keep_status else "error"), message
-            delay = _backoff(ERROR_FIRST_DELAY, ERROR_MAX_DELAY, ts.failures)
+            delay = backoff(ERROR_FIRST_DELAY, ERROR_MAX_DELAY, ts.failures)
             ts.next_attempt_at = to_iso(now + dt.timedelta(seconds=delay))
         log.error("%s: %s (next attempt in %.0f s)", ts.path, message, delay)
         return ts
@@ -310,12 +307,15 @@ class Planter:
                 target.owner,
                 force_default=self.config.force_default_profile,
             )
-            self._digests[target.path] = file_digest(target.path)
+            self._digests[target.path] = file_digest(target.path, target.owner)
             if self.on_secret is not None:
                 self.on_secret(issued.secret_access_key)
-        except credfile.ConflictError as exc:  # the file changed between inspection and writing
+                if issued.session_token:
+                    self.on_secret(issued.session_token)
+                self._known_secrets.add(target.path)
+        except credfile.ConflictError as exc:  # e.g. a [DEFAULT] role, or changed since inspection
             self._revoke_quietly(issued.credential_id)
-            return self._conflict(ts, "foreign", str(exc), now)
+            return self._conflict(ts, "refused", exc.reason, now)
         except (credfile.CredfileError, OSError, ValueError) as exc:
             self._revoke_quietly(issued.credential_id)
             return self._failed(ts, f"cannot write the credentials file: {exc}", now)
@@ -373,7 +373,7 @@ class Planter:
         try:
             owner = self._owner_of(ts)
             removed = unplant_one(ts.path, ts.profile, self.store.state.owned_key_ids, owner)
-            self._digests[ts.path] = file_digest(ts.path)
+            self._digests[ts.path] = file_digest(ts.path, owner)
             if self.config.region:
                 unplant_region(ts.path, ts.profile, self.config.region, owner)
             return removed

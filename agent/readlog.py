@@ -3,9 +3,11 @@
 SQLite in WAL mode (``<state_dir>/reads.db``, mode 0600): the sensor consumer thread writes, the
 ``tripkey-agent reads`` command reads from another process at the same time. One row per ReadEvent
 (its fields, ancestors as JSON, the classification and a UUID event id). Never file contents: a
-ReadEvent has none, and strings registered with :meth:`ReadLog.set_secrets` (the canary secret
-keys) are replaced by ``[REDACTED]`` before anything is written, should a reader's command line
-carry one. Upload state is not here (the spool is separate).
+ReadEvent has none. Secrets on a reader's command line (``aws configure set aws_secret_access_key
+X``, ``--password=X``, anything shaped like an AWS secret key) are already ``[REDACTED]`` in the
+ReadEvent itself (agent/sensors/redact.py); on top, strings registered with
+:meth:`ReadLog.set_secrets` (the canary secret keys) are replaced anywhere in a row before it is
+written. Upload state is not here (the spool is separate).
 
 Retention: rows older than ``retention_days`` go first, then the oldest rows until the data fits in
 ``max_mb``; pruning runs on open and every ``prune_every`` records. Queries return newest first

@@ -32,6 +32,7 @@ from .config import AgentConfig
 from .enroll import EnrollmentError, ensure_enrolled
 from .planter import Planter, resolve_targets
 from .repair import RepairWatcher
+from .reporting import read_event_payload, scrub_secrets, target_reports, unavailable_health
 from .spool import Spool
 from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore, to_iso, utcnow
 from .uploader import UploadWorker
@@ -49,69 +50,12 @@ def make_client(config: AgentConfig, token: str | None = None) -> IssuerClient:
     )
 
 
-def read_event_payload(event: Any, event_id: str, classification: str | None) -> dict[str, Any]:
-    """A sensor ReadEvent as the docs/api.md "read" event (never file contents)."""
-    data = event.to_dict()
-    read = {
-        key: data.get(key)
-        for key in (
-            "pid",
-            "ppid",
-            "exe",
-            "cmdline",
-            "uid",
-            "user",
-            "start_time",
-            "cwd",
-            "access",
-            "sensor",
-            "ancestors",
-        )
-    }
-    if event.start_time is not None:
-        read["start_time"] = to_iso(event.start_time)
-    read["classification"] = classification
-    return {
-        "event_id": event_id,
-        "kind": "read",
-        "time": to_iso(event.time),
-        "path": event.path,
-        "read": read,
-    }
-
-
 def sensor_options(config: AgentConfig) -> dict[str, Any]:
     """Constructor options for the configured sensor. The fail-open budget only means something to
     fanotify (auto drops what its pick does not take; an explicit other sensor would reject it)."""
     if config.sensor in ("auto", "fanotify", "fanotify-notify"):
         return {"budget": config.fail_open_ms / 1000.0}
     return {}
-
-
-def unavailable_health(sensor: str, error: str) -> dict[str, Any]:
-    return {
-        "name": sensor,
-        "mode": "unavailable",
-        "healthy": False,
-        "error": error,
-        "lost_events": 0,
-        "weaker": False,
-    }
-
-
-def target_reports(store: StateStore) -> list[dict[str, Any]]:
-    """Per-target lines for the heartbeat (and `status`)."""
-    return [
-        {
-            "path": ts.path,
-            "local_user": ts.owner,
-            "profile": ts.profile,
-            "access_key_id": ts.access_key_id,
-            "planted": ts.planted,
-            "error": ts.last_error,
-        }
-        for ts in sorted(store.state.targets.values(), key=lambda t: t.path)
-    ]
 
 
 class AgentService:
@@ -130,7 +74,9 @@ class AgentService:
         self.stop_event = threading.Event()
         self._events: queue.Queue[Any] = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
         self._queue_lost = 0
-        self._secrets: set[str] = set()  # in memory only: what the read log must never store
+        # In memory only: what the read log and the spool must never store. Replaced, never mutated,
+        # so the consumer thread can read it while the planter adds a secret.
+        self._secrets: frozenset[str] = frozenset()
         self._upload_wake = threading.Event()
         self._reenroll = threading.Event()
         self.sensor: Any = None
@@ -272,7 +218,7 @@ class AgentService:
             try:
                 label = self.classifier.classify(event) if self.classifier else None
                 event_id = self.readlog.record(event, label)
-                self._spool_put(read_event_payload(event, event_id, label))
+                self._spool_put(read_event_payload(event, event_id, label, secrets=self._secrets))
                 if self.store is not None:
                     self.store.state.last_event_at = to_iso(event.time)
             except Exception:
@@ -323,7 +269,7 @@ class AgentService:
         log.info("self-report from %s (uid %d) about %s", report.user, report.uid, path)
 
     def _scrub_secret(self, secret: str) -> None:
-        self._secrets.add(secret)
+        self._secrets = self._secrets | {secret}
         if self.readlog is not None:
             self.readlog.set_secrets(self._secrets)
 
@@ -450,6 +396,7 @@ __all__ = [
     "make_client",
     "read_event_payload",
     "run_service",
+    "scrub_secrets",
     "target_reports",
     "unavailable_health",
 ]

@@ -132,9 +132,24 @@ class AgentState:
 
 
 def ensure_private_dir(path: Path) -> None:
-    """Create the state directory 0700; tighten it if it exists with looser permissions."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
+    """Create the state directory 0700; tighten it if it exists with looser permissions.
+
+    A directory owned by anyone but us is refused untouched: its owner could chmod it back at any
+    time and read the device key and token (e.g. a /var/lib/tripkey pre-created by a user)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise StateError(f"state directory {path} exists and is not a directory") from None
+    except PermissionError:
+        raise StateError(f"cannot create the state directory {path}: permission denied") from None
+    st = path.stat()
+    euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
+    if st.st_uid != euid:
+        raise StateError(
+            f"state directory {path} is owned by uid {st.st_uid}, not by this agent (uid {euid}); "
+            "it would expose the device key and token: remove it or chown it"
+        )
+    if st.st_mode & 0o077:
         os.chmod(path, 0o700)
 
 

@@ -6,34 +6,31 @@ error), the sensor health as last recorded by `run`, and the spool counts.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from typing import Any
 
 from . import __version__
 from .config import AgentConfig
+from .schedule import renews_at
 from .spool import spool_counts
-from .state import SPOOL_FILE, StateStore, TargetState, from_iso, to_iso
+from .state import SPOOL_FILE, StateStore, TargetState, to_iso
 
 
 def _renews_at(ts: TargetState, config: AgentConfig) -> str | None:
     """When the agent will renew (short-term: before expiry) or rotate (long-term) this credential."""
-    expires, created = from_iso(ts.expires_at), from_iso(ts.created_at)
-    if expires is not None:
-        return to_iso(expires - dt.timedelta(seconds=config.refresh_before_seconds))
-    if created is not None:
-        return to_iso(created + dt.timedelta(days=config.rotate_days))
-    return None
+    due = renews_at(ts, config)
+    return to_iso(due[0]) if due else None
 
 
-def _open_store(config: AgentConfig) -> StateStore | None:
+def open_store(config: AgentConfig) -> StateStore | None:
+    """The state, read-only (nothing is created or tightened); None before the first run."""
     if not os.path.isdir(config.state_dir):
         return None
     return StateStore(config.state_dir, create=False)
 
 
 def status_data(config: AgentConfig) -> dict[str, Any]:
-    store = _open_store(config)
+    store = open_store(config)
     st = store.state if store else None
     pid = st.service_pid if st else None
     running = bool(pid) and _alive(pid)
@@ -164,4 +161,4 @@ def format_status(data: dict[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-__all__ = ["format_status", "status_data"]
+__all__ = ["format_status", "open_store", "status_data"]

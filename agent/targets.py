@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import awsconfig, credfile
+from . import awsconfig, credfile, inifile, safefs
 from .config import AgentConfig
 from .users import LocalUser, UnknownUser, discover_human_users, lookup_user
 
@@ -105,12 +105,35 @@ def unplant_one(path: str, profile: str, owned: Iterable[str], owner: LocalUser 
     return credfile.unplant_file(Path(path), profile, set(owned), owner_uid=uid, owner_gid=gid)
 
 
-def file_digest(path: str) -> str | None:
+def read_target(path: str, owner: LocalUser | None) -> bytes | None:
+    """The file's bytes (None: absent), read through agent.safefs like every access to a user's file.
+
+    A symlinked file or ~/.aws, a FIFO or device, a hard link or a foreign owner is never opened
+    (CredfileError): root following a user's symlink could read /etc/shadow, and opening a FIFO
+    blocks forever."""
+    uid, _gid = _owner_ids(path, owner)
+    return safefs.read_file(path, owner_uid=uid)
+
+
+def planted_secrets(path: str, profile: str, owner: LocalUser | None) -> list[str]:
+    """The secret key and session token in the file's `profile` section (read safely), if any."""
+    data = read_target(path, owner)
+    if data is None:
+        return []
     try:
-        with open(path, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest()
-    except OSError:
+        section = inifile.semantic_view(inifile.decode(data)[1]).get(profile, {})
+    except (credfile.CredfileError, ValueError):
+        return []
+    return [v for k in (credfile.SECRET, credfile.TOKEN, credfile.LEGACY_TOKEN) if (v := section.get(k))]
+
+
+def file_digest(path: str, owner: LocalUser | None) -> str | None:
+    """SHA-256 of the file's bytes; None when absent or not a file the agent may read."""
+    try:
+        data = read_target(path, owner)
+    except (credfile.CredfileError, OSError):
         return None
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def inspect_targets(
@@ -131,6 +154,28 @@ def inspect_targets(
 def config_path_for(credentials_path: str) -> str:
     """The AWS config file next to a credentials file (~/.aws/config for ~/.aws/credentials)."""
     return os.path.join(os.path.dirname(credentials_path), "config")
+
+
+def config_shadow(path: str, profile: str, owner: LocalUser | None) -> str | None:
+    """Why AWS tools would NOT use the planted keys because of the sibling ~/.aws/config, or None.
+
+    botocore merges the config file's ``[profile NAME]`` (and its [DEFAULT]) into the profile, and
+    a role_arn, web identity or sso_* setting there wins over the credentials file's static keys:
+    the canary would never be used. A config file that cannot be read or parsed is not judged here
+    (botocore would then fail for every profile, which the user notices)."""
+    uid, _gid = _owner_ids(config_path_for(path), owner)
+    try:
+        data = safefs.read_file(config_path_for(path), owner_uid=uid)
+        if data is None:
+            return None
+        view = inifile.semantic_view(inifile.decode(data)[1])
+    except (credfile.CredfileError, OSError, ValueError):
+        return None
+    section = view.get(awsconfig.config_section_name(profile), view[inifile.DEFAULT_SECTION])
+    redirect = sorted(k for k in section if k in credfile.REDIRECT_KEYS or k.startswith("sso_"))
+    if not redirect:
+        return None
+    return f"{config_path_for(path)} gives profile {profile!r} {redirect[0]}, which AWS tools use instead"
 
 
 def plant_region(
@@ -164,12 +209,15 @@ def unplant_region(path: str, profile: str, region: str, owner: LocalUser | None
 __all__ = [
     "Target",
     "config_path_for",
+    "config_shadow",
     "file_digest",
     "inspect_section",
     "inspect_state",
     "inspect_targets",
     "plant_one",
     "plant_region",
+    "planted_secrets",
+    "read_target",
     "resolve_targets",
     "unplant_one",
     "unplant_region",

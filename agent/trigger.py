@@ -7,8 +7,12 @@
    (`iam list-users`). The agent bundle carries no botocore, so without `aws` on PATH the command
    says so instead of signing requests itself.
 
-The AWS CLI reads the secret from the file itself; the agent never handles it. Environment
-credentials are stripped so they cannot shadow the profile.
+The agent never looks at the secret: the AWS CLI reads it. But the trigger runs as root and the
+file is in a user's home, so the AWS CLI is NOT pointed at that path (it would follow a symlink the
+user put there, e.g. to root's own credentials, and use them). The file is read the agent's safe
+way (agent.safefs: no symlink, regular file owned by its user), checked to hold exactly the
+planted canary key under our profile, and copied into a root-only temporary directory that the
+AWS CLI reads instead. Environment credentials are stripped so they cannot shadow the profile.
 """
 
 from __future__ import annotations
@@ -19,10 +23,16 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from . import credfile
 from .config import AgentConfig
 from .state import StateStore, TargetState
+from .targets import read_target
+from .users import UnknownUser, lookup_user
 
 AWS_TIMEOUT = 60
 
@@ -112,6 +122,34 @@ def aws_env(config: AgentConfig, path: str) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def private_copy(config: AgentConfig, store: StateStore, ts: TargetState) -> Iterator[str]:
+    """A root-only copy of the planted file, read safely and checked to hold our canary key."""
+    try:
+        owner = lookup_user(ts.owner, config.passwd_file)
+    except UnknownUser:
+        owner = None
+    try:
+        data = read_target(ts.path, owner)
+    except (credfile.CredfileError, OSError) as exc:
+        raise TriggerError(f"refusing to use {ts.path}: {exc}", 1) from None
+    if data is None:
+        raise TriggerError(f"{ts.path} does not exist (the agent re-plants it on its next pass)", 5)
+    found = credfile.inspect_bytes(data, ts.profile, store.state.owned_key_ids)
+    if found.status != credfile.SectionStatus.OURS or found.access_key_id != ts.access_key_id:
+        raise TriggerError(
+            f"refusing to use {ts.path}: its [{ts.profile}] profile is not the planted canary "
+            f"({found.status.value}); run `tripkey-agent check`",
+            1,
+        )
+    with tempfile.TemporaryDirectory(prefix="tripkey-trigger-") as private:  # 0700, root's
+        copy = os.path.join(private, "credentials")
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield copy
+
+
 def run_aws(aws: str, args: list[str], config: AgentConfig, path: str) -> subprocess.CompletedProcess[str]:
     cmd = [aws, *args, "--profile", config.profile, "--output", "json"]
     if config.aws_endpoint_url:
@@ -133,29 +171,30 @@ def run_trigger(
             6,
         )
     assert ts.credential_id is not None
-    info = client.start_selftest(store.state.device_id, ts.credential_id)
-    report = TriggerReport(
-        path=ts.path,
-        profile=ts.profile,
-        access_key_id=ts.access_key_id,
-        credential_id=ts.credential_id,
-        selftest_id=info.selftest_id,
-        selftest_expires_at=info.expires_at.isoformat(),
-        aws_cli=aws,
-    )
-    sts = run_aws(aws, ["sts", "get-caller-identity"], config, ts.path)
-    if sts.returncode == 0:
-        try:
-            report.identity = json.loads(sts.stdout)
-        except json.JSONDecodeError:
-            report.identity = {"raw": sts.stdout.strip()}
-    else:
-        report.identity_error = (sts.stderr or sts.stdout).strip()[-500:]
-    denied = run_aws(aws, ["iam", "list-users", "--max-items", "1"], config, ts.path)
+    with private_copy(config, store, ts) as copy:
+        info = client.start_selftest(store.state.device_id, ts.credential_id)
+        report = TriggerReport(
+            path=ts.path,
+            profile=ts.profile,
+            access_key_id=ts.access_key_id,
+            credential_id=ts.credential_id,
+            selftest_id=info.selftest_id,
+            selftest_expires_at=info.expires_at.isoformat(),
+            aws_cli=aws,
+        )
+        sts = run_aws(aws, ["sts", "get-caller-identity"], config, copy)
+        if sts.returncode == 0:
+            try:
+                report.identity = json.loads(sts.stdout)
+            except json.JSONDecodeError:
+                report.identity = {"raw": sts.stdout.strip()}
+        else:
+            report.identity_error = (sts.stderr or sts.stdout).strip()[-500:]
+        denied = run_aws(aws, ["iam", "list-users", "--max-items", "1"], config, copy)
     output = (denied.stderr or denied.stdout).strip()
     report.denied = denied.returncode != 0 and ("AccessDenied" in output or "not authorized" in output)
     report.denied_output = output[-500:]
     return report
 
 
-__all__ = ["TriggerError", "TriggerReport", "find_aws_cli", "pick_target", "run_trigger"]
+__all__ = ["TriggerError", "TriggerReport", "find_aws_cli", "pick_target", "private_copy", "run_trigger"]

@@ -54,9 +54,9 @@ def _credential(round_: int) -> CanaryCredential:
     return CanaryCredential(access_key_id=f"AKIACANARY{round_:010d}", secret_access_key="c" * 40)
 
 
-def _timed(samples: list[float], call: Callable[[], Any]) -> Any:
+def _timed(samples: list[float], func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     started = time.perf_counter()
-    result = call()
+    result = func(*args, **kwargs)
     samples.append((time.perf_counter() - started) * 1000)
     return result
 
@@ -68,7 +68,8 @@ def _measure(home: Path, profiles: int, rounds: int) -> dict[str, list[float]]:
     path.parent.mkdir(mode=0o700)
     path.write_bytes(original)
     path.chmod(0o600)
-    uid, gid = os.geteuid(), os.getegid()
+    uid = os.geteuid()
+    owner = {"owner_uid": uid, "owner_gid": os.getegid()}
     times: dict[str, list[float]] = {
         "plant (add)": [],
         "plant (replace)": [],
@@ -80,19 +81,15 @@ def _measure(home: Path, profiles: int, rounds: int) -> dict[str, list[float]]:
     for round_ in range(rounds):
         first, second = _credential(2 * round_), _credential(2 * round_ + 1)
         owned.update({first.access_key_id, second.access_key_id})
-        _timed(times["plant_bytes (pure)"], lambda: plant_bytes(original, CANARY_PROFILE, first, owned))
-        added = _timed(times["plant (add)"], lambda: plant_file(
-            path, CANARY_PROFILE, first, owned, owner_uid=uid, owner_gid=gid))  # fmt: skip
-        replaced = _timed(times["plant (replace)"], lambda: plant_file(
-            path, CANARY_PROFILE, second, owned, owner_uid=uid, owner_gid=gid))  # fmt: skip
-        state = _timed(times["inspect"], lambda: inspect_file(path, CANARY_PROFILE, owned, owner_uid=uid))
-        removed = _timed(times["unplant"], lambda: unplant_file(
-            path, CANARY_PROFILE, owned, owner_uid=uid, owner_gid=gid))  # fmt: skip
+        _timed(times["plant_bytes (pure)"], plant_bytes, original, CANARY_PROFILE, first, owned)
+        added = _timed(times["plant (add)"], plant_file, path, CANARY_PROFILE, first, owned, **owner)
+        replaced = _timed(times["plant (replace)"], plant_file, path, CANARY_PROFILE, second, owned, **owner)
+        state = _timed(times["inspect"], inspect_file, path, CANARY_PROFILE, owned, owner_uid=uid)
+        removed = _timed(times["unplant"], unplant_file, path, CANARY_PROFILE, owned, **owner)
         # A bench that times broken edits would be worse than none: check every round did its job.
-        if (added.action, replaced.action, state.status, removed) != (
-            "added", "replaced", SectionStatus.OURS, True
-        ):  # fmt: skip
-            raise RuntimeError(f"unexpected result in round {round_}: {added}, {replaced}, {state}, {removed}")
+        outcome = (added.action, replaced.action, state.status, removed)
+        if outcome != ("added", "replaced", SectionStatus.OURS, True):
+            raise RuntimeError(f"round {round_}: unexpected {added}, {replaced}, {state}, {removed}")
     if path.read_bytes() != original:
         raise RuntimeError("plant + unplant did not restore the file byte for byte")
     return times

@@ -1,6 +1,6 @@
 """Agent events (reads, tampering, self-reports), read queries and self-tests of a device.
 
-Write functions commit. Events are idempotent by event_id.
+Write functions commit. Events are idempotent by (device, event_id).
 """
 
 from __future__ import annotations
@@ -27,7 +27,13 @@ def store_events(session: Session, device_id: str, events: list[Mapping[str, Any
         for event in events:
             wanted.setdefault(event["event_id"], event)
         known = (
-            set(session.scalars(select(AgentEvent.event_id).where(AgentEvent.event_id.in_(list(wanted)))))
+            set(
+                session.scalars(
+                    select(AgentEvent.event_id).where(
+                        AgentEvent.device_id == device_id, AgentEvent.event_id.in_(list(wanted))
+                    )
+                )
+            )
             if wanted
             else set()
         )
@@ -87,7 +93,10 @@ def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
     now = now or utcnow()
     match = _RELATIVE.match(value)
     if match:
-        return now - dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        try:
+            return now - dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        except OverflowError as exc:  # 999999w reaches back before year 1
+            raise ValueError(f"since {value!r} reaches back further than datetime can go") from exc
     try:
         when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)

@@ -13,7 +13,7 @@ to AWS through `AwsGateway`:
 
 Principal names are a plausible prefix plus a random id: never the hostname, never the user name,
 never a word that gives the canary away. The secret access key lives only in the returned
-`MintedCredential` (hidden from its repr) and is scrubbed from botocore's debug log.
+`MintedCredential` (hidden from its repr) and is scrubbed from botocore's debug log (issuer/aws_scrub.py).
 
 The configuration dataclasses, `MintedCredential` and the exception tree live in issuer/aws_config.py
 (plain data, importable without boto3) and are re-exported here.
@@ -25,7 +25,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -59,6 +58,7 @@ from issuer.aws_config import (
     reject_forbidden_words,
     validate_config,
 )
+from issuer.aws_scrub import install_secret_scrubber
 
 __all__ = [
     "BACKENDS",
@@ -83,32 +83,6 @@ log = logging.getLogger(__name__)
 
 _CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=30)
 _ROLE_SESSION_NAME = "credential-issuer"
-
-
-class _SecretScrubber(logging.Filter):
-    """botocore logs raw response bodies at DEBUG, and CreateAccessKey's body holds the secret."""
-
-    _PATTERN = re.compile(
-        r"(<(SecretAccessKey|SessionToken)>)[^<]*(</\2>)|"
-        r"(\"(SecretAccessKey|SessionToken)\"\s*:\s*\")[^\"]*(\")"
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "SecretAccessKey" in message or "SessionToken" in message:
-            record.msg = self._PATTERN.sub(lambda m: f"{m[1] or m[4]}<redacted>{m[3] or m[6]}", message)
-            record.args = ()
-        return True
-
-
-_SCRUBBER = _SecretScrubber()
-
-
-def _install_secret_scrubber() -> None:
-    for name in ("botocore.parsers", "botocore.endpoint", "botocore.hooks"):
-        logger = logging.getLogger(name)
-        if _SCRUBBER not in logger.filters:
-            logger.addFilter(_SCRUBBER)
 
 
 @contextlib.contextmanager
@@ -150,7 +124,7 @@ class AwsGateway:
         self._sessions: dict[str, boto3.Session] = {}
         self._clients: dict[tuple[str, str, str], Any] = {}
         self._account_ids: dict[str, str] = {}
-        _install_secret_scrubber()
+        install_secret_scrubber()
 
     @property
     def account_names(self) -> tuple[str, ...]:

@@ -122,13 +122,16 @@ class Credential(Base):
 
 
 class AgentEvent(Base):
-    """A read, tamper or self-report event uploaded by an agent (idempotent by event_id)."""
+    """A read, tamper or self-report event uploaded by an agent (idempotent by device + event_id).
+
+    The event id is the agent's own key: keyed per device, one device can never shadow another's.
+    """
 
     __tablename__ = "agent_events"
     __table_args__ = (Index("ix_agent_events_device_time", "device_id", "time"),)
 
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"))
     kind: Mapped[str] = mapped_column(String(16))  # read | tamper | self_report
     time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     path: Mapped[str] = mapped_column(String(4096))

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9_.:+=,@-]{1,128}$")
 
 
-def _plain(value: str) -> bool:
+def is_plain_id(value: str) -> bool:
+    """Could this be an id or key id at all? (No NUL, which PostgreSQL would refuse with an error.)"""
     return bool(_PLAIN_ID.match(value))
 
 
@@ -84,7 +85,7 @@ def enroll_device(
 
 
 def get_device(session: Session, device_id: str) -> Device:
-    device = session.get(Device, device_id) if _plain(device_id) else None
+    device = session.get(Device, device_id) if is_plain_id(device_id) else None
     if device is None:
         raise NotFound(f"no device {device_id!r}")
     return device
@@ -193,10 +194,17 @@ def _placement(session: Session, device: Device, local_user: str, path: str, pro
 
 
 def active_counts(session: Session) -> dict[str, int]:
-    """Active (not retired, not revoked) credentials per account of the pool."""
+    """Live canary principals per account of the pool: what the per-account cap is about.
+
+    A retired iam-user credential keeps its IAM user until revoked (it is still matched if used), so
+    it still counts toward the account's user quota; a retired federation token holds nothing in IAM.
+    """
     rows = session.execute(
         select(Credential.account, func.count())
-        .where(Credential.retired_at.is_(None), Credential.revoked_at.is_(None))
+        .where(
+            Credential.revoked_at.is_(None),
+            Credential.retired_at.is_(None) | (Credential.backend == "iam-user"),
+        )
         .group_by(Credential.account)
     )
     return {account: count for account, count in rows}
@@ -275,7 +283,7 @@ def issue_credential(
 
 
 def get_device_credential(session: Session, device_id: str, credential_id: str) -> Credential:
-    cred = session.get(Credential, credential_id) if _plain(credential_id) else None
+    cred = session.get(Credential, credential_id) if is_plain_id(credential_id) else None
     if cred is None or cred.placement.device_id != device_id:
         raise NotFound(f"no credential {credential_id!r} on device {device_id!r}")
     return cred
@@ -320,7 +328,7 @@ def find_credential(
 ) -> Credential | None:
     """The credential with this access key id or principal name, whatever its status."""
     if access_key_id:
-        if not _plain(access_key_id):
+        if not is_plain_id(access_key_id):
             return None
         return session.scalars(
             select(Credential)
@@ -328,7 +336,7 @@ def find_credential(
             .options(joinedload(Credential.placement).joinedload(Placement.device))
         ).first()
     if principal_name:
-        if not _plain(principal_name):
+        if not is_plain_id(principal_name):
             return None
         return session.scalars(
             select(Credential)

@@ -18,6 +18,7 @@ import time
 from agent.sensors import _fanotify_abi as abi
 
 log = logging.getLogger(__name__)
+LOG_EVERY = 1.0  # seconds between fail-open warnings: a stalled host is not also flooded with logs
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,8 +56,9 @@ class PermissionGuard:
 
     def register(self, fd: int) -> None:
         with self._cond:
-            if self._fd_is_pending(fd):
+            if self._fd_is_pending(fd):  # a handler closed it unanswered (a bug): never strand it
                 log.error("event fd %d registered twice; answering the stale entry", fd)
+                self._write_allow(fd)
             now = time.monotonic()
             self._pending[fd] = _Pending(registered=now, deadline=now + self._budget)
             self._cond.notify()
@@ -105,16 +107,23 @@ class PermissionGuard:
 
     def _run(self) -> None:
         renice_current_thread(self._nice)  # the fail-safe must run promptly on a busy host
+        unlogged, last_log = 0, -LOG_EVERY
         while True:
             with self._cond:
                 if self._closed:
                     return
-                late, timeout = self._expire(time.monotonic())
+                now = time.monotonic()
+                late, timeout = self._expire(now)
                 if not late:
+                    if unlogged:  # wake up to report them even if nothing else expires
+                        flush_in = max(0.0, last_log + LOG_EVERY - now)
+                        timeout = flush_in if timeout is None else min(timeout, flush_in)
                     self._cond.wait(timeout)
-            if late:  # logged outside the lock: a log handler must never delay an answer
+            unlogged += late
+            if unlogged and time.monotonic() - last_log >= LOG_EVERY:  # outside the lock
                 log.warning("fail-open: allowed %d reader(s) after %.0f ms (handler stalled)",
-                            late, self._budget * 1000)  # fmt: skip
+                            unlogged, self._budget * 1000)  # fmt: skip
+                unlogged, last_log = 0, time.monotonic()
 
     def _expire(self, now: float) -> tuple[int, float | None]:
         """Answer every overdue entry; return how many, and the wait until the next deadline."""

@@ -28,6 +28,7 @@ delivery time and are marked missing (pid only) once a process has exited.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import logging
@@ -50,10 +51,10 @@ from agent.sensors.audit_support import (
     audit_status,
     live_process,
     netlink_records,
-    user_name,
     utc,
 )
 from agent.sensors.base import (
+    AFTER_THE_FACT,
     Capabilities,
     ReadCallback,
     ReadEvent,
@@ -61,6 +62,7 @@ from agent.sensors.base import (
     SensorError,
     SensorHealth,
     SensorUnavailable,
+    user_name,
 )
 
 log = logging.getLogger(__name__)
@@ -82,9 +84,7 @@ def _effective_caps() -> int:
 class AuditSensor(Sensor):
     name = "audit"
     mode = "netlink-multicast"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False
-    )
+    capabilities: ClassVar[Capabilities] = AFTER_THE_FACT
 
     def __init__(
         self,
@@ -179,6 +179,9 @@ class AuditSensor(Sensor):
             self.stop()
             raise
         self._started = True
+        # An unhandled exception or sys.exit must not leave our rules in the kernel (SIGKILL can:
+        # the next start removes those). stop() unregisters this.
+        atexit.register(self.stop)
         self._threads = [
             threading.Thread(target=self._read_loop, name="audit-reader", daemon=True),
             threading.Thread(target=self._maintain_loop, name="audit-rules", daemon=True),
@@ -202,6 +205,7 @@ class AuditSensor(Sensor):
                 self._add_rule(path)
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         self._stop.set()
         self._recheck.set()
         for thread in self._threads:

@@ -6,7 +6,6 @@ Kept apart from the sensor class so each is small; everything here is synchronou
 from __future__ import annotations
 
 import datetime as dt
-import pwd
 import struct
 import subprocess
 from collections.abc import Callable
@@ -55,15 +54,6 @@ def audit_status(auditctl: str) -> dict[str, int]:
 
 def utc(timestamp: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
-
-
-def user_name(uid: int | None) -> str | None:
-    if uid is None:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
 
 
 def live_process(pid: int, event_ts: float) -> psutil.Process | None:

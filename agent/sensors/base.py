@@ -10,8 +10,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime as dt
+import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
+
+from agent.sensors.redact import redact_argv
 
 
 class SensorError(Exception):
@@ -38,6 +42,11 @@ class ProcessInfo:
         return {"pid": self.pid, "exe": self.exe, "cmdline": list(self.cmdline), "uid": self.uid}
 
 
+def _redacted(info: ProcessInfo) -> ProcessInfo:
+    cmdline = redact_argv(info.cmdline)
+    return info if cmdline == info.cmdline else dataclasses.replace(info, cmdline=cmdline)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadEvent:
     """A process opened or read a planted file. Never carries file contents."""
@@ -55,6 +64,13 @@ class ReadEvent:
     start_time: dt.datetime | None = None
     cwd: str | None = None
     ancestors: tuple[ProcessInfo, ...] = ()  # parent first, up to pid 1
+
+    def __post_init__(self) -> None:
+        # A command line may carry a secret (`aws configure set aws_secret_access_key X`). Every
+        # sensor's events are born here and the read log, spool and alerts all keep cmdline, so
+        # scrubbing here means no consumer can forget. Runs after a held reader was allowed.
+        object.__setattr__(self, "cmdline", redact_argv(self.cmdline))
+        object.__setattr__(self, "ancestors", tuple(_redacted(a) for a in self.ancestors))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +97,10 @@ class Capabilities:
     has_ancestors: bool
     blocks_reader: bool  # permission events: context captured while the reader is held
     weaker: bool = False  # shown as weaker in status (e.g. notification-only fanotify)
+
+
+#: Sensors that learn of a read after the fact (the reader is never held), with full context.
+AFTER_THE_FACT = Capabilities(has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -130,3 +150,38 @@ class Sensor(abc.ABC):
     @abc.abstractmethod
     def health(self) -> SensorHealth:
         """Current health, including how many events were lost (never silently dropped)."""
+
+
+# ---- small helpers every backend needs --------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1024)
+def user_name(uid: int | None) -> str | None:
+    """The account name of `uid`, None if unknown. pwd is imported late: Windows has none."""
+    if uid is None:
+        return None
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+_FRACTION_RE = re.compile(r"\.(\d+)")
+
+
+def parse_utc(value: object) -> dt.datetime | None:
+    """ISO 8601 with any number of fraction digits (eslogger: ns, Windows: 100 ns) and `Z`, as UTC.
+
+    None for anything unparseable; a time without a zone is taken as UTC.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = _FRACTION_RE.sub(lambda m: "." + (m.group(1) + "000000")[:6], value.strip(), count=1)
+    text = text[:-1] + "+00:00" if text.endswith("Z") else text
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)

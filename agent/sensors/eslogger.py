@@ -16,11 +16,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
-import functools
 import logging
 import os
 import platform
-import pwd
 import shutil
 import subprocess
 import threading
@@ -31,7 +29,15 @@ from typing import ClassVar
 import psutil
 
 from agent import osflags
-from agent.sensors.base import Capabilities, ReadCallback, Sensor, SensorHealth, SensorUnavailable
+from agent.sensors.base import (
+    AFTER_THE_FACT,
+    Capabilities,
+    ReadCallback,
+    Sensor,
+    SensorHealth,
+    SensorUnavailable,
+    user_name,
+)
 from agent.sensors.eslogger_parse import EsloggerParser, ProcRecord
 
 log = logging.getLogger(__name__)
@@ -48,14 +54,6 @@ FDA_HINT = (
 
 def eslogger_command(eslogger: str = ESLOGGER) -> list[str]:
     return [eslogger, *EVENTS, "--format", "json"]
-
-
-@functools.lru_cache(maxsize=1024)
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
 
 
 def psutil_fallback(pid: int) -> ProcRecord | None:
@@ -150,9 +148,7 @@ class EsloggerStream:
 class EsloggerSensor(Sensor):
     name = "eslogger"
     mode = "endpoint-security"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False
-    )
+    capabilities: ClassVar[Capabilities] = AFTER_THE_FACT
 
     def __init__(
         self,

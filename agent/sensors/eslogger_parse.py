@@ -40,7 +40,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.sensors.base import ProcessInfo, ReadEvent
+from agent.sensors.base import ProcessInfo, ReadEvent, parse_utc
 
 SENSOR_NAME = "eslogger"
 EVENT_EXEC, EVENT_OPEN, EVENT_FORK, EVENT_EXIT = 9, 10, 11, 15
@@ -49,7 +49,6 @@ MAX_LINE_BYTES = 8 << 20  # an exec with a huge environment is big; a longer lin
 MAX_ANCESTORS = 64
 _PRIVATE_ROOTS = ("/var", "/tmp", "/etc")
 _EVENT_TYPE_RE = re.compile(rb'"event_type"\s*:\s*(\d+)')
-_FRACTION_RE = re.compile(r"\.(\d+)")
 
 
 class EsloggerParseError(ValueError):
@@ -86,17 +85,8 @@ def canonical_path(path: str, case_sensitive: bool = False) -> str:
     return path if case_sensitive else path.casefold()
 
 
-def parse_time(value: Any) -> dt.datetime | None:
-    """ISO 8601 as eslogger writes it (nanosecond fraction, `Z`) to an aware UTC datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = _FRACTION_RE.sub(lambda m: "." + (m.group(1) + "000000")[:6], value, count=1)
-    text = text[:-1] + "+00:00" if text.endswith("Z") else text
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+#: ISO 8601 as eslogger writes it (nanosecond fraction, `Z`) to an aware UTC datetime.
+parse_time = parse_utc
 
 
 def _int(value: Any) -> int | None:

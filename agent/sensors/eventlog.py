@@ -34,6 +34,7 @@ from typing import ClassVar
 
 from agent import osflags
 from agent.sensors.base import (
+    AFTER_THE_FACT,
     Capabilities,
     ReadCallback,
     Sensor,
@@ -143,9 +144,7 @@ def sacl_script(folder: str, remove: bool = False) -> str:
 class EventLogSensor(Sensor):
     name = "eventlog"
     mode = "security-log"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False
-    )
+    capabilities: ClassVar[Capabilities] = AFTER_THE_FACT
 
     def __init__(
         self,

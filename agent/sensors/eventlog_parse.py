@@ -35,14 +35,13 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
-from agent.sensors.base import ProcessInfo, ReadEvent
+from agent.sensors.base import ProcessInfo, ReadEvent, parse_utc
 
 SENSOR_NAME = "eventlog"
 EVENT_ACCESS, EVENT_PROCESS_START, EVENT_PROCESS_EXIT = 4663, 4688, 4689
 READ_DATA = 0x1  # FILE_READ_DATA (ListDirectory on a folder)
 MAX_ANCESTORS = 64
 _NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
-_FRACTION_RE = re.compile(r"\.(\d+)")
 _ROOT_OPEN_RE = re.compile(r"^\s*(<\?xml[^>]*\?>)?\s*<(?!Event[\s>])[A-Za-z]")
 
 
@@ -81,17 +80,8 @@ def hex_int(value: str | None) -> int | None:
         return None
 
 
-def parse_system_time(value: str | None) -> dt.datetime | None:
-    """TimeCreated/@SystemTime ('2015-09-18T22:15:19.557207200Z', 100 ns precision) to UTC."""
-    if not value:
-        return None
-    text = _FRACTION_RE.sub(lambda m: "." + (m.group(1) + "000000")[:6], value.strip(), count=1)
-    text = text[:-1] + "+00:00" if text.endswith("Z") else text
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
+#: TimeCreated/@SystemTime ('2015-09-18T22:15:19.557207200Z', 100 ns precision) to UTC.
+parse_system_time = parse_utc
 
 
 def canonical_path(path: str) -> str:

@@ -41,6 +41,7 @@ from agent.sensors import _fanotify_abi as abi
 from agent.sensors import procinfo
 from agent.sensors._fanotify_books import FanotifyHealth, OpenBooks
 from agent.sensors._fanotify_guard import PermissionGuard, renice_current_thread
+from agent.sensors._fanotify_marks import DirectoryMarks
 from agent.sensors.base import Capabilities, ReadCallback, ReadEvent, Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,9 @@ class FanotifySensor(Sensor):
         self.nice = nice
         self._capture = capture or procinfo.capture
         self._watched = frozenset(normalize(p) for p in self.paths)
-        self._marked_dirs: set[str] = set()
-        self._unwatched: dict[str, str] = {}
-        self._marks_lock = threading.Lock()
+        self._marks = DirectoryMarks(self.name, self._mark_mask)
         self._fan_fd = -1
+        self._fd_lock = threading.Lock()  # the group fd is closed once, by stop() or _fail_open()
         self._wake_r = self._wake_w = -1
         self._pidfd = False
         self._guard: PermissionGuard | None = None
@@ -166,7 +166,7 @@ class FanotifySensor(Sensor):
             raise
         log.info(
             "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s) in %d dir(s)",
-            self.name, self.mode, self._pidfd, self.budget * 1000, len(self._watched), len(self._marked_dirs),
+            self.name, self.mode, self._pidfd, self.budget * 1000, len(self._watched), len(self._marks),
         )  # fmt: skip
 
     def _init_group(self) -> int:
@@ -213,7 +213,9 @@ class FanotifySensor(Sensor):
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._guard is not None:
             self._guard.close()  # allows whatever is still pending, exactly once
-        for fd in (self._fan_fd, self._wake_r, self._wake_w):  # closing the group allows the rest
+        self._close_group()  # closing the group allows the rest
+        self._marks.close()
+        for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
         log.info("%s sensor stopped", self.name)
@@ -229,24 +231,9 @@ class FanotifySensor(Sensor):
 
     def _apply_marks(self, watched: frozenset[str]) -> None:
         """Mark every target's directory (again: a replaced directory is a new inode), drop the rest."""
-        wanted = {os.path.dirname(p) for p in watched}
-        with self._marks_lock:
-            self._unwatched = {}
-            for directory in sorted(wanted):
-                try:
-                    abi.fanotify_mark(
-                        self._fan_fd, abi.FAN_MARK_ADD | abi.FAN_MARK_ONLYDIR, self._mark_mask, directory
-                    )
-                except OSError as exc:
-                    self._unwatched[directory] = exc.strerror or str(exc)
-                    log.warning("%s cannot watch %s: %s", self.name, directory, exc.strerror)
-            self._watched = watched  # from here on the reader filters to the new set
-            for directory in self._marked_dirs - wanted:
-                try:
-                    abi.fanotify_mark(self._fan_fd, abi.FAN_MARK_REMOVE, self._mark_mask, directory)
-                except OSError as exc:  # gone already: its mark went with the inode
-                    log.debug("unmark %s: %s", directory, exc)
-            self._marked_dirs = wanted - set(self._unwatched)
+        self._watched = self._watched | watched  # a new target is reported from its mark on
+        self._marks.apply(self._fan_fd, {os.path.dirname(p) for p in watched})
+        self._watched = watched
 
     # -- reader thread --------------------------------------------------------------------------
 
@@ -292,9 +279,14 @@ class FanotifySensor(Sensor):
                      self.name, reason)  # fmt: skip
         if self._guard is not None:
             self._guard.close()  # no response is written after this, so the fd can go
-        if self._fan_fd >= 0:
-            os.close(self._fan_fd)
-            self._fan_fd = -1
+        self._close_group()
+
+    def _close_group(self) -> None:
+        # Once only: a second close could hit a reused fd number that is no longer ours.
+        with self._fd_lock:
+            fd, self._fan_fd = self._fan_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _handle(self, event: abi.RawEvent) -> None:
         """Route one record; unless a capture worker took it, answer and close it here, once."""
@@ -410,7 +402,7 @@ class FanotifySensor(Sensor):
     # -- health ---------------------------------------------------------------------------------
 
     def health(self) -> FanotifyHealth:
-        unwatched = tuple(f"{d}: {why}" for d, why in sorted(self._unwatched.items()))
+        unwatched = self._marks.problems() if self._started and not self._stopped else ()
         running = self._started and not self._stopped and self._fatal is None
         error = self._fatal or ("cannot watch " + "; ".join(unwatched) if unwatched else None)
         if not self._started:

@@ -16,13 +16,12 @@ import dataclasses
 import datetime as dt
 import functools
 import os
-import pwd
 import signal
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from agent.sensors.base import ProcessInfo
+from agent.sensors.base import ProcessInfo, user_name
 
 T = TypeVar("T")
 MAX_ANCESTORS = 64  # a cycle or an absurd chain must not keep a reader held
@@ -50,14 +49,6 @@ class ProcContext:
 def boot_time() -> float:
     """Epoch seconds at boot, with sub-second precision (the /proc/stat btime is whole seconds)."""
     return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
-@functools.lru_cache(maxsize=1024)
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
 
 
 def _read(name: str, dir_fd: int, limit: int = 65536) -> bytes | None:
@@ -193,7 +184,7 @@ def capture(pid: int, pidfd: int | None = None, with_ancestors: bool = True) -> 
         exe=info.exe,
         cmdline=info.cmdline,
         uid=info.uid,
-        user=user_name(info.uid) if info.uid is not None else None,
+        user=user_name(info.uid),
         start_time=_start_time(ticks),
         cwd=cwd,
         ancestors=ancestors_of(ppid) if with_ancestors else (),

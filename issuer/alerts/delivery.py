@@ -47,20 +47,31 @@ class DeliveryWorker:
                     due[sink].append(delivery_id)
         return due
 
-    def run_once(self) -> int:
-        """Try every due delivery once; return how many attempts were made."""
+    def run_once(self, still_leader: Callable[[], bool] = lambda: True) -> int:
+        """Try every due delivery once; return how many attempts were made.
+
+        `still_leader` is asked before each send (the runner renews its delivery lease there): slow
+        sends can outlast the lease, and a replica that lost it must leave the rest to the new holder.
+        """
         due = self.pending()
         if not due:
             return 0
         with concurrent.futures.ThreadPoolExecutor(
             max_workers=len(due), thread_name_prefix="tk-sink"
         ) as pool:
-            futures = [pool.submit(self._deliver_all, sink, ids) for sink, ids in due.items()]
+            futures = [pool.submit(self._deliver_all, sink, ids, still_leader) for sink, ids in due.items()]
             return sum(future.result() for future in futures)
 
-    def _deliver_all(self, sink_name: str, ids: list[int]) -> int:
+    def _deliver_all(self, sink_name: str, ids: list[int], still_leader: Callable[[], bool]) -> int:
         attempts = 0
-        for delivery_id in ids:
+        for done, delivery_id in enumerate(ids):
+            if not still_leader():
+                log.info(
+                    "delivery lease lost; sink %s leaves %d delivery(ies) to its holder",
+                    sink_name,
+                    len(ids) - done,
+                )
+                break
             try:
                 attempts += self._deliver_one(sink_name, delivery_id)
             except Exception:  # one bad row must not stop the others

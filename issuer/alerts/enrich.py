@@ -129,6 +129,8 @@ def build_context(
         # After rotation the file holds another key: later reads cannot have leaked this one.
         leak_end = min(leak_end, as_utc(credential.retired_at) + CLOCK_SKEW)
 
+    # Newest first under the cap, then back to time order: a key planted long ago collects routine
+    # reads, and the ones that matter are those just before the first use.
     rows = session.scalars(
         select(AgentEvent)
         .where(
@@ -138,9 +140,9 @@ def build_context(
             AgentEvent.time >= planted - CLOCK_SKEW,
             AgentEvent.time <= first_use + AFTER_USE_WINDOW,
         )
-        .order_by(AgentEvent.time)
+        .order_by(AgentEvent.time.desc(), AgentEvent.event_id.desc())
         .limit(MAX_READS)
-    ).all()
+    ).all()[::-1]
     reads = [_read_record(row, first_use) for row in rows]
     leak_reads = [
         ReadFact(

@@ -12,11 +12,8 @@ from issuer.alerts.service import SELFTEST, SUMMARY_KEYS
 from issuer.models import Alert, Delivery
 
 
-def alert_summary(alert: Alert) -> dict[str, Any]:
-    """The short form listed by GET /v1/alerts."""
-    enrichment = alert.enrichment or {}
-    device = enrichment.get("device") or {}
-    credential = enrichment.get("credential") or {}
+def _alert_head(alert: Alert) -> dict[str, Any]:
+    """The fields the list and the full alert share."""
     return {
         "id": alert.id,
         "kind": alert.kind,
@@ -27,6 +24,16 @@ def alert_summary(alert: Alert) -> dict[str, Any]:
         "first_seen": _iso(alert.first_seen),
         "last_seen": _iso(alert.last_seen),
         "event_count": alert.event_count,
+    }
+
+
+def alert_summary(alert: Alert) -> dict[str, Any]:
+    """The short form listed by GET /v1/alerts."""
+    enrichment = alert.enrichment or {}
+    device = enrichment.get("device") or {}
+    credential = enrichment.get("credential") or {}
+    return {
+        **_alert_head(alert),
         "hostname": device.get("hostname"),
         "device_id": device.get("device_id"),
         "access_key_id": credential.get("access_key_id"),
@@ -37,15 +44,7 @@ def alert_summary(alert: Alert) -> dict[str, Any]:
 def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = True) -> dict[str, Any]:
     summary = alert.summary or {}
     data: dict[str, Any] = {
-        "id": alert.id,
-        "kind": alert.kind,
-        "severity": alert.severity,
-        "status": alert.status,
-        "title": alert.title,
-        "selftest": alert.kind == SELFTEST,
-        "first_seen": _iso(alert.first_seen),
-        "last_seen": _iso(alert.last_seen),
-        "event_count": alert.event_count,
+        **_alert_head(alert),
         "summary": {key: list(summary.get(key) or []) for key in SUMMARY_KEYS}
         | {"detection_sources": list(summary.get("detection_sources") or [])},
         "enrichment": alert.enrichment or {},

@@ -124,11 +124,15 @@ def record_match(
         if selftest is not None and selftest.used_at is None:
             selftest.used_at = when
 
+    # FOR UPDATE: a responder resolving this alert right now holds its row; PostgreSQL then re-checks
+    # the status after their commit, so this use opens a new alert instead of joining a resolved one.
+    # (SQLite ignores it; its single writer lock, taken above, already serialises the two.)
     alert = session.scalars(
         select(Alert)
         .where(Alert.credential_id == credential.id, Alert.kind == kind, Alert.status.in_(OPEN_STATUSES))
         .order_by(Alert.created_at.desc())
         .limit(1)
+        .with_for_update()
         .execution_options(populate_existing=True)
     ).first()
     created = alert is None

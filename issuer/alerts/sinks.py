@@ -155,6 +155,12 @@ def _text_body(alert: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _slack_escape(text: str) -> str:
+    """Slack's three control characters: hostnames, paths and command lines come from the device, and
+    `<!channel>` would page everyone, `<https://...|text>` would plant a link in the alert."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class SlackSink(Sink):
     type = "slack"
 
@@ -163,13 +169,17 @@ class SlackSink(Sink):
         self.url = str(config.get("webhook_url") or _require(config, "url", self.name))
 
     def send(self, alert: dict[str, Any]) -> str:
+        headline = _slack_escape(_headline(alert))
         payload = {
-            "text": _headline(alert),
+            "text": headline,
             "blocks": [
-                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_headline(alert)}*"}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"*{headline}*"}},
                 {
                     "type": "section",
-                    "text": {"type": "mrkdwn", "text": "```" + _text_body(alert)[:2800] + "```"},
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": "```" + _slack_escape(_text_body(alert)[:2800]) + "```",
+                    },
                 },
             ],
         }

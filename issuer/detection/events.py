@@ -79,13 +79,34 @@ class AwsEvent:
         return self.user_name or self.federated_name
 
 
+_MAX_RAW_DEPTH = 32  # CloudTrail's own records nest a few levels; deeper is cut, not stored
+
+
+def _no_nul(value: Any, depth: int = 0) -> Any:
+    """A storable copy: NUL characters replaced, nesting cut at _MAX_RAW_DEPTH.
+
+    A caller of the canary chooses much of what CloudTrail records (user agent, request parameters).
+    PostgreSQL text cannot hold NUL, and deep nesting overflows the JSON encoder: refusing such an
+    event would let that caller use the canary unseen, so the event is kept, cleaned.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict | list) and depth >= _MAX_RAW_DEPTH:
+        return "(nested too deeply; cut)"
+    if isinstance(value, dict):
+        return {_no_nul(str(k)): _no_nul(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v, depth + 1) for v in value]
+    return value
+
+
 def _opt_str(record: dict[str, Any], key: str) -> str | None:
     value = record.get(key)
     if value is None:
         return None
     if not isinstance(value, str):
         raise MalformedEvent(f"{key} must be a string, got {type(value).__name__}")
-    return value
+    return _no_nul(value)  # type: ignore[no-any-return]
 
 
 def parse_cloudtrail_record(record: Any, *, source: str, fallback_id: str | None = None) -> AwsEvent:
@@ -124,7 +145,7 @@ def parse_cloudtrail_record(record: Any, *, source: str, fallback_id: str | None
     params = record.get("requestParameters")
     target_user = None
     if isinstance(params, dict) and isinstance(params.get("userName"), str):
-        target_user = params["userName"]
+        target_user = _no_nul(params["userName"])
 
     return AwsEvent(
         source=source,
@@ -174,7 +195,7 @@ def parse_lookup_event(item: Any) -> AwsEvent:
         raise MalformedEvent("LookupEvents item has no CloudTrailEvent string")
     try:
         record = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise MalformedEvent("CloudTrailEvent is not valid JSON") from exc
     fallback = item.get("EventId") if isinstance(item.get("EventId"), str) else None
     if isinstance(record, dict) and "eventTime" not in record and item.get("EventTime") is not None:
@@ -189,7 +210,7 @@ def parse_json_events(body: bytes | str, *, source: str) -> tuple[list[AwsEvent]
     """
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can parse
         raise MalformedEvent("body is not JSON") from exc
     items = data if isinstance(data, list) else [data]
     events: list[AwsEvent] = []
@@ -223,4 +244,4 @@ _RAW_KEYS = (
 
 def _strip_raw(record: dict[str, Any]) -> dict[str, Any]:
     """Keep the fields a responder needs; responseElements can be huge and may carry credentials."""
-    return {key: record[key] for key in _RAW_KEYS if key in record}
+    return {key: _no_nul(record[key]) for key in _RAW_KEYS if key in record}

@@ -2,11 +2,7 @@
 
 The issuer keeps only the SHA-256 of the secret, in its configuration (`[[ingest_destinations]]`);
 the secret itself is printed once, to be pasted into the EventBridge connection's API-key auth
-(header `X-Tripkey-Ingest-Key`). Wiring into issuer/cli.py (two lines):
-
-    from issuer.detection import ingest_secret
-    ingest_secret.register(sub)                      # in build_parser()
-    handlers["ingest-secret"] = ingest_secret.run    # in main()
+(header `X-Tripkey-Ingest-Key`). issuer/cli.py registers it as the `ingest-secret` subcommand.
 """
 
 from __future__ import annotations

@@ -2,11 +2,14 @@
 
 LookupEvents returns management events of the last 90 days, newest first, 50 a page. CloudTrail
 delivers events up to ~15 minutes late, so each poll re-reads an overlap window before the cursor;
-detections are idempotent by event id, so the overlap costs nothing but a few reads.
+detections are idempotent by event id, so the overlap costs nothing but a few reads. A poll that
+hits the page cap leaves the oldest part of its window unread; the cursor keeps it as `gap`, read by
+the next polls after their fresh window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -18,32 +21,51 @@ from issuer.detection.locks import Lease
 log = logging.getLogger(__name__)
 OVERLAP = dt.timedelta(minutes=20)
 INITIAL_LOOKBACK = dt.timedelta(hours=1)
-MAX_PAGES = 200  # 10,000 events per poll and region; the rest waits for the next poll
+MAX_PAGES = 200  # 10,000 events per poll and region; the rest is kept as a `gap` in the cursor
 
 EventHandler = Callable[[list[AwsEvent], int], None]
 
 
-def fetch_events(client: Any, start: dt.datetime, end: dt.datetime) -> tuple[list[AwsEvent], int]:
-    """All events between start and end (every page); returns (events, malformed_count)."""
-    events: list[AwsEvent] = []
-    malformed = 0
+@dataclasses.dataclass
+class Fetched:
+    events: list[AwsEvent]
+    malformed: int
+    pages: int
+    # LookupEvents pages newest first: if the page cap stopped the read, everything in the window
+    # older than this is still unread.
+    unread_before: dt.datetime | None
+
+
+def fetch_events(client: Any, start: dt.datetime, end: dt.datetime, max_pages: int | None = None) -> Fetched:
+    """Events between start and end, page after page up to `max_pages` (default MAX_PAGES)."""
+    limit = MAX_PAGES if max_pages is None else max_pages
+    fetched = Fetched(events=[], malformed=0, pages=0, unread_before=None)
     token: str | None = None
-    for _page in range(MAX_PAGES):
+    oldest: dt.datetime | None = None
+    while fetched.pages < limit:
         params: dict[str, Any] = {"StartTime": start, "EndTime": end, "MaxResults": 50}
         if token:
             params["NextToken"] = token
         response = client.lookup_events(**params)
+        fetched.pages += 1
         for item in response.get("Events") or []:
+            if isinstance(item, dict) and isinstance(item.get("EventTime"), dt.datetime):
+                when = item["EventTime"].astimezone(dt.UTC)
+                oldest = when if oldest is None else min(oldest, when)
             try:
-                events.append(parse_lookup_event(item))
+                fetched.events.append(parse_lookup_event(item))
             except MalformedEvent:
-                malformed += 1
+                fetched.malformed += 1
         token = response.get("NextToken")
         if not token:
-            break
-    else:
-        log.warning("LookupEvents: stopped after %d pages; the rest is read next poll", MAX_PAGES)
-    return events, malformed
+            return fetched
+    fetched.unread_before = oldest or start
+    log.warning(
+        "LookupEvents: stopped after %d pages; events before %s are read next poll",
+        fetched.pages,
+        fetched.unread_before.isoformat(),
+    )
+    return fetched
 
 
 class LookupEventsPoller:
@@ -82,7 +104,21 @@ class LookupEventsPoller:
         now = self.clock()
         cursor = self.lease.read_cursor()
         since = parse_time(cursor["until"]) if cursor.get("until") else now - INITIAL_LOOKBACK
-        events, malformed = fetch_events(self.client, since - OVERLAP, now)
+        gap = [parse_time(t) for t in cursor["gap"]] if cursor.get("gap") else None
+        # The fresh window first (detection latency), then what earlier polls left unread.
+        fresh = fetch_events(self.client, since - OVERLAP, now)
+        events, malformed = list(fresh.events), fresh.malformed
+        if fresh.unread_before is not None:
+            unread = [since - OVERLAP, fresh.unread_before]
+            gap = [min(gap[0], unread[0]), max(gap[1], unread[1])] if gap else unread
+        elif gap is not None and fresh.pages < MAX_PAGES:
+            older = fetch_events(self.client, gap[0], gap[1], MAX_PAGES - fresh.pages)
+            events += older.events
+            malformed += older.malformed
+            gap = None if older.unread_before is None else [gap[0], older.unread_before]
         self.handler(events, malformed)
-        self.lease.write_cursor({"until": now.isoformat(), "last_count": len(events)})
+        new_cursor: dict[str, Any] = {"until": now.isoformat(), "last_count": len(events)}
+        if gap is not None:
+            new_cursor["gap"] = [gap[0].isoformat(), gap[1].isoformat()]
+        self.lease.write_cursor(new_cursor)
         return len(events)

@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -144,7 +145,7 @@ class DetectionRunner:
         """Try due deliveries if we hold the delivery lease; return the attempts made."""
         if not self.delivery.sinks or not self.delivery_lease.acquire():
             return 0
-        return self.delivery.run_once()
+        return self.delivery.run_once(still_leader=self.delivery_lease.acquire)
 
     def wake(self) -> None:
         """Ask the delivery worker to run now (an alert was opened elsewhere, e.g. by ingest)."""
@@ -203,10 +204,17 @@ class DetectionRunner:
         )
 
     def stop(self, timeout: float = 25.0) -> None:
+        """Ask every thread to stop and wait at most `timeout` seconds in all (not per thread)."""
         self._stop.set()
         self._wake_delivery.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            # Daemon threads: they end with the process. Their polls are idempotent, so another
+            # replica taking the released leases meanwhile does no harm.
+            log.warning("detection threads still busy after %.0fs, not waited for: %s", timeout, stuck)
         self._threads = []
         for lease in [self.delivery_lease, *(p.lease for p in self.lookup_pollers)] + (
             [self.last_used.lease] if self.last_used else []

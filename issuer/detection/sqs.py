@@ -34,8 +34,8 @@ def unwrap_sns(body: str) -> str:
         return body
     try:
         envelope = json.loads(body)
-    except ValueError:
-        return body
+    except (ValueError, RecursionError):
+        return body  # not an envelope; the event parser counts it as malformed
     if isinstance(envelope, dict) and envelope.get("Type") == "Notification":
         inner = envelope.get("Message")
         if isinstance(inner, str):

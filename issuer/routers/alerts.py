@@ -19,6 +19,7 @@ from issuer.auth import ResponderAuth
 from issuer.deps import SessionDep, SettingsDep
 from issuer.errors import Conflict, NotFound
 from issuer.models import Alert
+from issuer.registry import is_plain_id
 from issuer.routers.schemas import RequestBody
 
 router = APIRouter(tags=["alerts"])
@@ -30,7 +31,7 @@ class AlertNoteIn(RequestBody):
     note: Annotated[str | None, Field(default=None, max_length=4096)] = None
 
 
-class AlertSummaryOut(BaseModel):
+class _AlertHead(BaseModel):
     id: str
     kind: str
     severity: str
@@ -40,6 +41,9 @@ class AlertSummaryOut(BaseModel):
     first_seen: str | None
     last_seen: str | None
     event_count: int
+
+
+class AlertSummaryOut(_AlertHead):
     hostname: str | None = None
     device_id: str | None = None
     access_key_id: str | None = None
@@ -72,16 +76,7 @@ class DeliveryOut(BaseModel):
     delivered_at: str | None
 
 
-class AlertOut(BaseModel):
-    id: str
-    kind: str
-    severity: str
-    status: str
-    title: str
-    selftest: bool
-    first_seen: str | None
-    last_seen: str | None
-    event_count: int
+class AlertOut(_AlertHead):
     summary: SummaryOut
     enrichment: dict[str, Any] = Field(
         description="device, placement, credential, reads_window, reads[], self_reports[], agent_health"
@@ -94,7 +89,7 @@ class AlertOut(BaseModel):
 
 
 def _get_alert(session: Session, alert_id: str, *, for_update: bool = False) -> Alert:
-    if len(alert_id) > 40:
+    if len(alert_id) > 40 or not is_plain_id(alert_id):
         raise NotFound(f"no alert {alert_id!r}")
     if for_update:
         # Lock first (no-op UPDATE: row lock on PostgreSQL, write lock on SQLite), then read, so two

@@ -248,3 +248,69 @@ def test_unplant_revokes_at_the_enrolled_issuer_even_without_issuer_url(
     code, out, err = run(capsys, "unplant", "--config", str(bare), "--json")
     assert code == 0, err
     assert [r["revoked"] for r in json.loads(out)["results"]] == [True, True]
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "status", "reads", "unplant", "plant-once", "check", "trigger", "tray"]
+)
+def test_every_command_has_help_with_exit_codes(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert "--config" in out and "exit codes:" in out
+    scripted = command not in ("run", "tray")  # a service and a GUI have no output to parse
+    assert ("--json" in out) is scripted
+
+
+def test_errors_are_json_with_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A script that asked for --json gets a JSON error object on stdout (and the sentence on stderr)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("all_user = true\n")
+    code, out, err = run(capsys, "status", "--json", "--config", str(bad))
+    assert code == 2 and "unknown configuration key 'all_user'" in err
+    assert json.loads(out) == {"error": err.strip().removeprefix("tripkey-agent: "), "exit_code": 2}
+    code, out, err = run(capsys, "unplant", "--json", "--state-dir", str(tmp_path / "s"), "--set", "x=1")
+    assert code == 2 and json.loads(out)["exit_code"] == 2
+    code, out, _ = run(capsys, "status", "--config", str(bad))
+    assert code == 2 and out == ""  # without --json nothing goes to stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the state directory away")
+def test_state_dir_of_another_user_is_refused_by_every_writer(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup["state"].mkdir(mode=0o755)
+    os.chown(setup["state"], 23999, 23999)
+    for command in ("plant-once", "unplant"):
+        code, out, err = run(capsys, command, "--json", "--config", setup["config"])
+        assert code == 1 and "owned by uid 23999" in err, (command, err)
+        assert json.loads(out)["exit_code"] == 1
+    assert list(setup["state"].iterdir()) == []
+    assert not any(
+        u.credentials.exists() and b"prod-backup" in u.credentials.read_bytes() for u in setup["users"]
+    )
+
+
+def test_trigger_never_follows_a_users_symlink(
+    setup: dict[str, Any], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The trigger runs the AWS CLI as root: a user who swaps their planted file for a symlink to
+    root's own credentials must not get root's keys used (or their file read) — refused, exit 1."""
+    cfg = setup["config"]
+    alice = setup["users"][0]
+    assert run(capsys, "plant-once", "--config", cfg)[0] == 0
+    planted = alice.credentials.read_bytes()
+    roots = tmp_path / "root-credentials"  # root's: same profile name, root's (fake) key
+    roots.write_bytes(planted.replace(b"aws_access_key_id = ", b"aws_access_key_id = AKIAROOTKEY"))
+    os.chmod(roots, 0o600)
+    alice.credentials.unlink()
+    os.symlink(roots, alice.credentials)
+    code, out, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials), "--json")
+    assert code == 1 and "symlink" in err and json.loads(out)["exit_code"] == 1
+    assert "AKIAROOTKEY" not in out + err
+    # A file whose profile is no longer the planted canary (e.g. the user's own key) is not used either.
+    alice.credentials.unlink()
+    seed(alice, planted.replace(b"aws_access_key_id = ", b"aws_access_key_id = AKIAUSERREAL"))
+    code, _, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials))
+    assert code == 1 and "not the planted canary" in err

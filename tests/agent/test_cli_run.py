@@ -86,6 +86,17 @@ def test_read_is_logged_classified_and_uploaded(service_factory: Any, live_issue
     subprocess.run(["grep", "-c", secret, str(alice.credentials)], capture_output=True, check=False)
     assert wait_for(lambda: [r for r in service.readlog.query() if r["exe"] and r["exe"].endswith("grep")])
     assert secret not in json.dumps(service.readlog.query())
+    # ... nor the spool, nor the issuer (the uploaded read event).
+    grep_id = next(r["event_id"] for r in service.readlog.query() if r["exe"] and r["exe"].endswith("grep"))
+    uploaded = wait_for(
+        lambda: [
+            r
+            for r in issuer_get(live_issuer, f"/v1/devices/{device_id}/reads?since=1h")["reads"]
+            if r["event_id"] == grep_id
+        ]
+    )
+    assert uploaded and secret not in json.dumps(uploaded)
+    assert secret not in (Path(service.config.state_dir) / "state.json").read_text()
 
 
 def test_tamper_is_repaired_and_reported_to_the_issuer(service_factory: Any, live_issuer: Any) -> None:

@@ -169,6 +169,10 @@ REFUSALS = pytest.mark.parametrize(
         (b"\x7fELF\x02\x01\x01\x00\x00\x00", ParseError, 1),
         (b"[a]\ns3 =\n  no_equals_here\n", ParseError, 2),  # botocore's nested-value rule
         (b"[DEFAULT]\naws_session_token = T\n", ConflictError, None),  # would leak into our profile
+        # would make botocore assume a role / use SSO for our profile instead of its keys
+        (b"[DEFAULT]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = a\n[a]\nx=1\n", ConflictError, None),
+        (b"[DEFAULT]\nrole_arn = r\nweb_identity_token_file = /t\n", ConflictError, None),
+        (b"[DEFAULT]\nsso_start_url = https://sso.example\n", ConflictError, None),
     ],
 )
 

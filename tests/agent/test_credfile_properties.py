@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.credfile import (
+    REDIRECT_KEYS,
     CanaryCredential,
     ConflictError,
     CredfileError,
@@ -225,6 +226,13 @@ def default_sets_token(data: bytes) -> bool:
     return bool({"aws_session_token", "aws_security_token"} & set(parser.defaults()))
 
 
+def default_redirects(data: bytes) -> bool:
+    """A [DEFAULT] role_arn/web identity/sso_* key would make botocore ignore our profile's keys."""
+    parser = configparser.RawConfigParser()
+    parser.read_file(io.StringIO(strip_bom(data).decode(), newline=None))
+    return any(key in REDIRECT_KEYS or key.startswith("sso_") for key in parser.defaults())
+
+
 def expected_profile(cred: CanaryCredential) -> dict[str, str]:
     return cred.values()
 
@@ -244,16 +252,17 @@ def test_plant_agrees_with_botocore_and_unplant_restores_bytes(cf_scratch: Path,
         # We refuse exactly what botocore refuses, plus a [canary] section that is not ours.
         assert isinstance(exc, ConflictError | ParseError)
         if before is not None:
-            # botocore reads it: only a [canary] that is not ours, or a [DEFAULT] token that would
-            # leak into our profile, is a reason to refuse.
+            # botocore reads it: only a [canary] that is not ours, or a [DEFAULT] token or role
+            # that would leak into our profile, is a reason to refuse.
             assert isinstance(exc, ConflictError), exc
-            assert gen.foreign or default_sets_token(original), exc
+            assert gen.foreign or default_sets_token(original) or default_redirects(original), exc
         else:
             with pytest.raises(CredfileError):
                 unplant_bytes(original, PROFILE, OWNED)
         return
     assert before is not None, "accepted a file botocore refuses"
     assert not gen.defective and not gen.foreign and not default_sets_token(original)
+    assert not default_redirects(original)
     assert planted.startswith(BOM) == original.startswith(BOM)
 
     # (3) botocore reads the planted profile as exactly our key; every other section as before.
@@ -297,7 +306,7 @@ def test_boto3_session_resolves_the_planted_profile(cf_scratch: Path, gen: Gener
     try:
         planted = plant_bytes(original, PROFILE, SECOND, OWNED)
     except CredfileError:
-        assert gen.foreign or botocore_parse(cf_scratch, original) is None
+        assert gen.foreign or default_redirects(original) or botocore_parse(cf_scratch, original) is None
         return
     path = cf_scratch / "boto3-credentials"
     path.write_bytes(planted)

@@ -275,9 +275,8 @@ def test_region_goes_into_the_config_file_and_comes_out(tmp_path: Path, live_iss
     os.chown(config_path, alice.uid, alice.gid)
     bob.credentials.parent.mkdir()
     os.chown(bob.credentials.parent, bob.uid, bob.gid)
-    (bob.credentials.parent / "config").write_bytes(
-        b"[profile prod-backup]\nrole_arn = arn:aws:iam::1:role/x\n"
-    )
+    # Bob's own harmless section for the name (a role_arn there: see test_profile_shadowed_...).
+    (bob.credentials.parent / "config").write_bytes(b"[profile prod-backup]\noutput = text\n")
     os.chown(bob.credentials.parent / "config", bob.uid, bob.gid)
     rig.sync()
     from botocore.configloader import raw_config_parse
@@ -288,7 +287,7 @@ def test_region_goes_into_the_config_file_and_comes_out(tmp_path: Path, live_iss
     assert rig.ts(bob).status == "planted" and "region not set" in (rig.ts(bob).last_error or "")
     rig.planter.unplant_all()
     assert config_path.read_bytes() == own_config
-    assert b"role_arn" in (bob.credentials.parent / "config").read_bytes()
+    assert (bob.credentials.parent / "config").read_bytes() == b"[profile prod-backup]\noutput = text\n"
 
 
 def test_failed_rotation_keeps_the_planted_canary(tmp_path: Path, live_issuer: Any) -> None:
@@ -305,3 +304,74 @@ def test_failed_rotation_keeps_the_planted_canary(tmp_path: Path, live_issuer: A
     assert ts.status == "planted" and ts.access_key_id == key  # still there, still ours
     assert "issuer unreachable" in (ts.last_error or "") and ts.next_attempt_at
     assert alice.credentials.read_bytes() == before
+
+
+def test_refusal_messages_never_quote_the_users_file(rig: Rig) -> None:
+    """A file refused as unparseable is reported (state, heartbeat, tamper event to the issuer) by
+    line number only: the offending line may be the user's own secret."""
+    alice = rig.users[0]
+    user_secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYUSERSECRET1"
+    seed(
+        alice,
+        b"[work]\naws_access_key_id = AKIAUSERSOWNKEY00001\naws_secret_access_key =\n  "
+        + user_secret.encode()
+        + b"\n",
+    )
+    before = alice.credentials.read_bytes()
+    states = rig.sync()
+    assert states[0].status == "conflict" and "line" in (states[0].last_error or "")
+    assert alice.credentials.read_bytes() == before
+    assert user_secret not in Path(rig.config.state_dir, "state.json").read_text()
+    assert user_secret not in repr(rig.events) and rig.events  # the conflict event was emitted
+
+
+def test_default_section_that_would_redirect_the_profile_is_a_conflict(rig: Rig) -> None:
+    """A [DEFAULT] role_arn is inherited by every profile: botocore would assume that role instead
+    of using the canary's keys, so the canary would be dead. Refused, explained, key revoked."""
+    alice = rig.users[0]
+    data = b"[DEFAULT]\nrole_arn = arn:aws:iam::123456789012:role/admin\nsource_profile = work\n" + SEED
+    seed(alice, data)
+    states = rig.sync()
+    assert states[0].status == "conflict" and "role_arn" in (states[0].last_error or "")
+    assert alice.credentials.read_bytes() == data
+    assert all(c.status != "active" for c in rig.issuer_credentials().values() if c.local_user == "alice")
+
+
+def test_profile_shadowed_by_the_config_file_is_a_conflict(rig: Rig) -> None:
+    """botocore merges ~/.aws/config's [profile NAME] into the profile and a role_arn there wins
+    over the credentials file's keys: nothing is minted for such a target, and a user who adds one
+    later (the canary silenced) is reported."""
+    alice, bob = rig.users
+    seed(alice)
+    config = alice.credentials.parent / "config"
+    config.write_bytes(b"[profile prod-backup]\nrole_arn = arn:aws:iam::1:role/r\nsource_profile = work\n")
+    os.chown(config, alice.uid, alice.gid)
+    states = rig.sync()
+    assert states[0].status == "conflict" and "role_arn" in (states[0].last_error or "")
+    assert alice.credentials.read_bytes() == SEED and states[0].access_key_id is None
+    assert states[1].status == "planted"
+    assert [c.local_user for c in rig.issuer_credentials().values()] == ["bob"]
+    # bob plants fine, then adds an sso_ setting in a [DEFAULT] of his config: reported.
+    bob_config = bob.credentials.parent / "config"
+    bob_config.write_bytes(b"[DEFAULT]\nsso_session = corp\n")
+    os.chown(bob_config, bob.uid, bob.gid)
+    state = rig.planter.ensure(rig.target(bob), force=True)
+    assert state.status == "conflict" and "sso_session" in (state.last_error or "")
+    assert [e["tamper"]["action"] for e in rig.events] == ["conflict", "conflict"]
+
+
+def test_secrets_already_planted_are_learned_after_a_restart(rig: Rig) -> None:
+    """The read log and spool scrub the planted secrets; a restarted agent (a new Planter on the
+    same state) learns them from the files (in memory only), not just the ones it plants itself."""
+    told: list[str] = []
+    rig.planter.on_secret = told.append
+    rig.sync()
+    secrets = {parse_credentials(u.credentials)["prod-backup"]["aws_secret_access_key"] for u in rig.users}
+    assert set(told) == secrets
+    restarted: list[str] = []
+    again = Planter(rig.config, rig.store, rig.client, clock=rig.clock, on_secret=restarted.append)
+    again.sync(rig.targets, rig.errors)
+    assert set(restarted) == secrets
+    again.sync(rig.targets, rig.errors)
+    assert len(restarted) == len(secrets)  # learned once per file, not on every pass
+    assert not any(s in Path(rig.config.state_dir, "state.json").read_text() for s in secrets)

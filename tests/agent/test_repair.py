@@ -128,3 +128,59 @@ def test_deleted_directory_is_watched_again_after_replant(watched: tuple[Rig, Re
     alice.credentials.write_bytes(SEED)
     assert wait_for(lambda: watcher.handled > handled)
     assert wait_for(lambda: actions(rig)[-1:] == ["section_removed"])
+
+
+def _returns_within(fn: Callable[[], Any], timeout: float = 5.0) -> tuple[bool, Any]:
+    """Run fn on a daemon thread; (finished, result). A hang (e.g. a FIFO opened) is False."""
+    import threading
+
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(fn()), daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return (not thread.is_alive(), box[0] if box else None)
+
+
+def test_symlink_to_a_copy_of_our_bytes_is_not_taken_for_our_own_write(
+    watched: tuple[Rig, RepairWatcher],
+) -> None:
+    """The "is this our own write?" digest must not follow a user's symlink: a symlink to a copy of
+    the planted bytes is a changed file (tamper/error), not the agent's own content."""
+    rig, _ = watched
+    alice = rig.users[0]
+    path = alice.credentials
+    copy = alice.home / "copy"
+    copy.write_bytes(path.read_bytes())
+    os.chown(copy, 0, 0)  # even a root-owned file with the right bytes: never read through a link
+    path.unlink()
+    os.symlink(copy, path)
+    assert rig.planter.is_own_content(str(path)) is False
+    assert wait_for(lambda: rig.ts(alice).status == "error")
+    assert os.path.islink(path) and copy.read_bytes().startswith(SEED)  # nothing written through
+
+
+def test_symlink_to_a_fifo_does_not_hang_the_watcher(watched: tuple[Rig, RepairWatcher]) -> None:
+    """Opening a FIFO as root blocks until a writer appears: the agent must never open one."""
+    rig, _watcher = watched
+    alice, bob = rig.users
+    fifo = alice.home / "fifo"
+    os.mkfifo(fifo)
+    alice.credentials.unlink()
+    os.symlink(fifo, alice.credentials)
+    finished, own = _returns_within(lambda: rig.planter.is_own_content(str(alice.credentials)))
+    assert finished and own is False
+    os.unlink(alice.credentials)
+    os.mkfifo(alice.credentials)  # a FIFO in place of the file itself
+    os.chown(alice.credentials, alice.uid, alice.gid)
+    finished, own = _returns_within(lambda: rig.planter.is_own_content(str(alice.credentials)))
+    assert finished and own is False
+    # The watcher is still alive: bob's removed section is repaired.
+    rig.planter.ensure(rig.target(bob))
+    bob_bytes = bob.credentials.read_bytes()
+    bob.credentials.write_bytes(b"")
+    assert wait_for(
+        lambda: (
+            bob.credentials.read_bytes() not in (b"", bob_bytes)
+            and b"[prod-backup]" in bob.credentials.read_bytes()
+        )
+    )

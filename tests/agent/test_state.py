@@ -35,6 +35,26 @@ def test_loose_existing_dir_is_tightened(tmp_path: Path) -> None:
     assert mode(state_dir) == 0o700
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown the directory to another user")
+def test_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """Whoever owns the directory can chmod it back and read the device token: refuse, touch nothing."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o755)
+    os.chmod(state_dir, 0o755)
+    os.chown(state_dir, 23999, 23999)
+    with pytest.raises(StateError, match="owned by uid 23999"):
+        StateStore(state_dir)
+    with pytest.raises(StateError, match="owned by uid 23999"):
+        DirLock(state_dir).acquire()
+    assert mode(state_dir) == 0o755 and list(state_dir.iterdir()) == []
+
+
+def test_state_dir_that_is_not_a_directory_is_a_state_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("x")
+    with pytest.raises(StateError, match="not a directory"):
+        StateStore(tmp_path / "state")
+
+
 def test_round_trip_and_owned_ids(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     with store.mutate() as st:

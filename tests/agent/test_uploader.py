@@ -162,3 +162,25 @@ def test_periodic_due_and_failure() -> None:
     assert job.due()
     job.trigger_now()
     assert job.due()
+
+
+def test_read_payload_never_carries_a_planted_secret() -> None:
+    """The sensor's generic redaction is a heuristic (it keeps a 40-character value that starts with
+    '/'); the planted secrets are known exactly and are scrubbed from what goes to the spool too."""
+    secret = "/bcdEFGH1234567890abcdefghijklmnopqrstuvw"  # a real IAM secret may start with '/'
+    token = "FwoGZXIvYXdzEJr//session+token=="
+    event = ReadEvent(
+        time=dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC),
+        path="/home/alice/.aws/credentials",
+        pid=4000,
+        sensor="fanotify",
+        cmdline=("grep", "-c", secret, "credentials"),
+        cwd=f"/tmp/{token}",
+        ancestors=(ProcessInfo(pid=1, exe="/bin/sh", cmdline=("sh", "-c", f"grep {secret} x"), uid=0),),
+    )
+    assert secret in repr(event)  # the heuristic did not catch it: this test is not vacuous
+    payload = read_event_payload(event, str(uuid.uuid4()), "shell_utility", secrets={secret, token})
+    text = repr(payload)
+    assert secret not in text and token not in text
+    assert payload["read"]["cmdline"] == ["grep", "-c", "[REDACTED]", "credentials"]
+    assert payload["read"]["ancestors"][0]["cmdline"] == ["sh", "-c", "grep [REDACTED] x"]

@@ -272,3 +272,26 @@ def test_self_report_and_stale_agent(det_sessionmaker, det_credential, det_add_r
     assert by_cred[fine.id].verdict["hint"] == "likely_benign"
     assert by_cred[fine.id].enrichment["self_reports"][0]["note"] == "opened by mistake"
     json.dumps([a.enrichment for a in by_cred.values()])  # JSON-serialisable
+
+
+def test_many_reads_keep_the_ones_nearest_the_first_use(  # type: ignore[no-untyped-def]
+    det_sessionmaker, det_credential, det_add_read, monkeypatch
+) -> None:
+    """A long-planted key collects routine reads; when the cap bites, the reads right before the use
+    (where the leak is) must be kept, not the oldest ones."""
+    from issuer.alerts import enrich
+
+    monkeypatch.setattr(enrich, "MAX_READS", 3)
+    planted = now() - dt.timedelta(days=30)
+    cred = det_credential(created_at=planted)
+    use = now() - dt.timedelta(hours=1)
+    for day in range(1, 6):
+        det_add_read(
+            cred, when=planted + dt.timedelta(days=day), exe="/usr/bin/aws", classification="aws_tool"
+        )
+    det_add_read(cred, when=use - dt.timedelta(minutes=30), exe="/tmp/.x/grabber", classification="unknown")
+    run(det_sessionmaker, cloudtrail_event(access_key_id=cred.access_key_id, when=use))
+    [alert] = alerts(det_sessionmaker)
+    exes = [r["exe"] for r in alert.enrichment["reads"]]
+    assert len(exes) == 3 and exes[-1] == "/tmp/.x/grabber", exes
+    assert alert.verdict["hint"] == "suspicious"

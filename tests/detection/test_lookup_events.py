@@ -109,3 +109,46 @@ def test_lookup_events_aws_error_is_logged_not_raised(
     assert Lease(det_sessionmaker, "lookup_events:default:eu-west-1", "x").read_cursor() == {}, (
         "a failed poll does not move the cursor"
     )
+
+
+def test_a_truncated_window_is_finished_on_the_next_poll(
+    det_gateway, det_settings, det_sessionmaker, det_credential, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """LookupEvents pages newest first: when a busy account hits the page cap, what is left unread is
+    the OLDEST part of the window. The cursor must remember it, or a canary use there is never seen."""
+    from issuer.detection import lookup_events
+
+    monkeypatch.setattr(lookup_events, "MAX_PAGES", 2)
+    cred = det_credential()
+    t0 = now() - dt.timedelta(minutes=30)
+    old_use = cloudtrail_event(access_key_id=cred.access_key_id, when=t0, event_id="ct-old")["detail"]
+    busy = cloudtrail_event(
+        access_key_id="AKIASOMEONEELSE00001", user_name="bob", when=t0 + dt.timedelta(minutes=5)
+    )["detail"]
+    new_use = cloudtrail_event(
+        access_key_id=cred.access_key_id, when=t0 + dt.timedelta(minutes=20), event_id="ct-new"
+    )["detail"]
+
+    runner = DetectionRunner(det_settings(lookup_events_regions=["us-east-1"]), det_sessionmaker, det_gateway)
+    client = det_gateway.client("cloudtrail", account="default", region="us-east-1")
+    sent: list[dict[str, Any]] = []
+    client.meta.events.register(
+        "provide-client-params.cloudtrail.LookupEvents", lambda params, **_: sent.append(dict(params))
+    )
+    with Stubber(client) as stub:
+        # poll 1: two pages (the cap) and still a NextToken: the window's oldest part is unread
+        stub.add_response("lookup_events", {"Events": [lookup_item(new_use)], "NextToken": "p2"}, params())
+        stub.add_response("lookup_events", {"Events": [lookup_item(busy)], "NextToken": "p3"}, params("p2"))
+        # poll 2: the fresh window (nothing new), then the unread rest of poll 1's window
+        stub.add_response("lookup_events", {"Events": []}, params())
+        stub.add_response("lookup_events", {"Events": [lookup_item(old_use)]}, params())
+        runner.run_once()
+        runner.run_once()
+        stub.assert_no_pending_responses()
+
+    assert sent[3]["StartTime"] == sent[0]["StartTime"]
+    assert sent[3]["EndTime"] <= parse_time(busy["eventTime"]) + dt.timedelta(seconds=1)
+    with det_sessionmaker() as session:
+        [alert] = session.scalars(select(Alert)).all()
+        assert alert.event_count == 2, "the use in the unread part of the window was found"
+    assert "gap" not in Lease(det_sessionmaker, "lookup_events:default:us-east-1", "x").read_cursor()

@@ -117,3 +117,91 @@ def test_one_delivery_per_alert_across_replicas(
     with det_sessionmaker() as session:
         [delivery] = session.scalars(select(Delivery)).all()
         assert (delivery.status, delivery.attempts) == ("delivered", 1)
+
+
+def _wait_until_blocked(db_url: str, maker: Any, thread: threading.Thread) -> None:
+    """Return once `thread` waits for a row lock (PostgreSQL) or has had time to hit SQLite's lock."""
+    import time
+
+    from sqlalchemy import text
+
+    deadline = time.monotonic() + 20
+    if not db_url.startswith("postgresql"):
+        time.sleep(0.5)  # SQLite serialises writers whatever the order; nothing to observe
+        return
+    while time.monotonic() < deadline and thread.is_alive():
+        with maker() as probe:
+            waiting = probe.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            )
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the detection never waited for the resolving transaction")
+
+
+def test_use_racing_a_resolve_opens_a_new_alert(db_url, det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
+    """A responder resolves while a new use is being recorded: the use must not vanish into the
+    resolved alert (on PostgreSQL it read the alert as open before the resolve committed)."""
+    from sqlalchemy import update
+
+    from issuer.detection.pipeline import process_events
+
+    cred = det_credential()
+
+    def record() -> Any:
+        event = parse_eventbridge_event(cloudtrail_event(access_key_id=cred.access_key_id), source="sqs")
+        return process_events(det_sessionmaker, [event], sink_names=["hook"], stale_after_seconds=3600)
+
+    first = record()
+    [alert_id] = first.alerts_opened
+    with det_sessionmaker() as resolving:
+        resolving.execute(update(Alert).where(Alert.id == alert_id).values(status="resolved"))
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(record()))
+        thread.start()
+        _wait_until_blocked(db_url, det_sessionmaker, thread)
+        resolving.commit()
+    thread.join(60)
+    assert not thread.is_alive() and result
+    assert result[0].alerts_opened and not result[0].alerts_joined
+    with det_sessionmaker() as session:
+        rows = session.scalars(select(Alert).order_by(Alert.created_at)).all()
+        assert [(a.status, a.event_count) for a in rows] == [("resolved", 1), ("open", 1)]
+
+
+def test_a_replica_that_lost_the_delivery_lease_stops_delivering(
+    db_url, det_settings, det_sessionmaker, det_credential
+) -> None:  # type: ignore[no-untyped-def]
+    """Slow sends can outlast the delivery lease; once another replica holds it, the first one must
+    not go on through its batch, or both would deliver the same pending alerts."""
+    import time
+
+    from issuer.alerts.sinks import DELIVERED, Sink
+
+    sent: list[str] = []
+    replicas: list[DetectionRunner] = []
+
+    class SlowSink(Sink):
+        type = "webhook"
+
+        def send(self, alert: dict[str, Any]) -> str:
+            sent.append(alert["id"])
+            if len(sent) == 1:
+                time.sleep(0.6)  # past replica A's lease...
+                assert replicas[1].delivery_lease.acquire()  # ...which replica B now takes
+            return DELIVERED
+
+    for name in ("replica-a", "replica-b"):
+        sink = SlowSink({"name": "hook"})
+        replicas.append(DetectionRunner(det_settings(), det_sessionmaker, None, holder=name, sinks=[sink]))
+    replicas[0].delivery_lease.ttl = 0.3
+    for key in ("AKIATESTCANARY000001", "AKIATESTCANARY000002"):
+        cred = det_credential(access_key_id=key, principal_name="svc-" + key[-6:])
+        event = cloudtrail_event(access_key_id=cred.access_key_id, user_name=cred.principal_name)
+        replicas[0].handle_events([parse_eventbridge_event(event, source="sqs")])
+    replicas[0].deliver_pending()
+    assert len(sent) == 1
+    with det_sessionmaker() as session:
+        statuses = sorted(d.status for d in session.scalars(select(Delivery)))
+    assert statuses == ["delivered", "pending"]  # left for replica B, which holds the lease now

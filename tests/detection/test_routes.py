@@ -106,6 +106,11 @@ def test_batch_with_a_malformed_event_still_alerts(det_issuer) -> None:  # type:
     assert response.status_code == 422
     with det_issuer.session() as session:
         assert read_counter(session, "ingest.malformed") == 2
+    # nested deeper than Python's JSON parser recurses (well under the 256 KiB limit): bad input too
+    response = ingest(det_issuer, b"[" * 100_000 + b"]" * 100_000)
+    assert response.status_code == 422, response.text
+    with det_issuer.session() as session:
+        assert read_counter(session, "ingest.malformed") == 3
 
 
 def test_ingest_body_limit(det_issuer) -> None:  # type: ignore[no-untyped-def]

@@ -71,6 +71,24 @@ def test_slack_payload(det_webhook) -> None:  # type: ignore[no-untyped-def]
     assert body["text"].startswith("[Tripkey HIGH]")
 
 
+def test_slack_escapes_what_a_device_chose(det_webhook) -> None:  # type: ignore[no-untyped-def]
+    """Hostnames, paths and command lines come from the device: in Slack's markup `<!channel>` would
+    page everyone and `<https://x|text>` would plant a link in the alert."""
+    receiver = det_webhook()
+    evil = "<!channel> <https://evil.example|open runbook> & co"
+    alert = {
+        **ALERT,
+        "title": f"Canary credential AKIAX used ({evil})",
+        "enrichment": {**ALERT["enrichment"], "device": {"hostname": evil, "device_id": "dev_1"}},
+    }
+    build_sink({"type": "slack", "webhook_url": receiver.url}).send(alert)
+    [body] = receiver.json_bodies()
+    texts = [body["text"], body["blocks"][0]["text"]["text"], body["blocks"][1]["text"]["text"]]
+    for text in texts:
+        assert "<" not in text and ">" not in text, text
+        assert "&lt;!channel&gt;" in text and "&amp; co" in text
+
+
 def test_pagerduty_events_v2_and_selftest_skip(det_webhook) -> None:  # type: ignore[no-untyped-def]
     receiver = det_webhook(status=202)
     sink = build_sink({"type": "pagerduty", "routing_key": "R0UTING", "endpoint": receiver.url})

@@ -227,3 +227,43 @@ def test_unknown_route_and_wrong_method_are_json(world: dict[str, Any]) -> None:
     issuer = world["issuer"]
     assert _error(issuer.request("GET", "/v1/nothing-here", world["responder"]), 404) == "not_found"
     assert _error(issuer.request("PUT", "/v1/enroll", world["enroll"]), 405) == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "999999w",
+        "999999d",
+        "9999-12-31T23:59:59-05:00",
+        "0001-01-01T00:00:00+01:00",
+        "\x00",
+        "24h; drop",
+        "ʼ",
+    ],
+)
+def test_reads_since_garbage_is_422_not_500(world: dict[str, Any], since: str) -> None:
+    """A relative `since` reaching before year 1 overflows datetime: that is bad input, not a crash."""
+    url = f"/v1/devices/{world['device_id']}/reads"
+    response = world["issuer"].request("GET", url, world["responder"], params={"since": since})
+    assert _error(response, 422, "since") == "invalid_request"
+
+
+def test_nul_and_odd_ids_in_every_path_are_404_on_both_databases(issuer_factory: Any, db_url: str) -> None:
+    """PostgreSQL refuses NUL in text: an id holding one must be "not found", not a database error."""
+    issuer = issuer_factory(db_url=db_url)
+    device_id, device = issuer.enroll()
+    responder = issuer.create_token("responder")
+    for odd in ("%00", "a%00b", "%F0%9F%92%A3"):
+        for method, path, token in [
+            ("GET", f"/v1/devices/{odd}", responder),
+            ("GET", f"/v1/devices/{odd}/reads", responder),
+            ("GET", f"/v1/devices/{odd}/credentials", responder),
+            ("DELETE", f"/v1/devices/{device_id}/credentials/{odd}", responder),
+            ("POST", f"/v1/devices/{device_id}/credentials/{odd}/rotate", device),
+            ("GET", f"/v1/credentials/lookup/{odd}", responder),
+            ("GET", f"/v1/alerts/{odd}", responder),
+            ("POST", f"/v1/alerts/{odd}/ack", responder),
+            ("POST", f"/v1/alerts/{odd}/resolve", responder),
+        ]:
+            response = issuer.request(method, path, token)
+            assert _error(response, 404) == "not_found", (method, path)

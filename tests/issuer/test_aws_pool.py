@@ -148,3 +148,21 @@ def test_missing_profile_is_a_clear_error(moto_url: str) -> None:
         AwsError, match=r"loading credentials \(profile 'nope'\) in account 'b' failed: .*nope"
     ):
         gateway.mint("b")
+
+
+def test_debug_log_never_carries_the_issuers_role_credentials(
+    moto_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At DEBUG botocore logs each request with its headers: the role session's token rides in
+    X-Amz-Security-Token, and AssumeRole's response body holds the role's secret key."""
+    import logging
+
+    gateway = _pool(moto_url)
+    with caplog.at_level(logging.DEBUG):
+        cred = gateway.mint("second")
+    frozen = gateway.client("iam", "second")._request_signer._credentials.get_frozen_credentials()
+    text = caplog.text
+    assert "X-Amz-Security-Token" in text  # botocore did log the signed requests...
+    assert frozen.token not in text  # ...without the session token
+    assert frozen.secret_key not in text
+    assert cred.secret_access_key not in text

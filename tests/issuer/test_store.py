@@ -111,7 +111,7 @@ def test_credentials_events_and_selftests(database: Database, moto_url: str) -> 
         first = registry.issue_credential(session, gateway, device.id, **placement)
         second = registry.issue_credential(session, gateway, device.id, **placement)
         assert second.retired == (first.credential.id,)
-        assert registry.active_counts(session) == {"default": 1}
+        assert registry.active_counts(session) == {"default": 2}  # the retired IAM user still exists
         found = registry.find_credential(session, principal_name=first.minted.principal_name)
         assert found is not None and registry.credential_status(found) == "retired"
         assert registry.find_credential(session, access_key_id="\x00") is None
@@ -159,3 +159,72 @@ def test_parse_since() -> None:
     for bad in ("yesterday", "24x", "", "-1h"):
         with pytest.raises(ValueError, match="since"):
             agent_events.parse_since(bad, now)
+
+
+def test_pool_counts_retired_iam_users_they_still_exist_in_aws(database: Database, moto_url: str) -> None:
+    """Rotation keeps the old IAM user (still matched if used): it still counts toward the account's
+    5,000-user quota, so the pool must count it, or CreateUser fails at the quota instead of the pool
+    moving on to the next account."""
+    gateway = AwsGateway(MintingConfig(endpoint_url=moto_url))
+    with database.session() as session:
+        device, _, _ = registry.enroll_device(session, device_key="q" * 40, hostname="lap", os="linux")
+        placement = {"local_user": "alice", "path": "/home/alice/.aws/credentials", "profile": "p"}
+        first = registry.issue_credential(session, gateway, device.id, **placement)
+        second = registry.issue_credential(session, gateway, device.id, **placement)
+        iam = gateway.client("iam")
+        users = {u["UserName"] for u in iam.list_users()["Users"]}
+        assert {first.minted.principal_name, second.minted.principal_name} <= users
+        assert registry.active_counts(session) == {"default": 2}
+        registry.revoke_credential(session, gateway, device.id, first.credential.id)
+        assert registry.active_counts(session) == {"default": 1}
+
+
+def test_event_ids_are_per_device(database: Database) -> None:
+    """An event id is the agent's own idempotency key: another device using the same id must neither
+    lose its event as a "duplicate" nor learn that the id exists elsewhere."""
+    with database.session() as session:
+        a, _, _ = registry.enroll_device(session, device_key="a" * 40, hostname="a", os="linux")
+        b, _, _ = registry.enroll_device(session, device_key="b" * 40, hostname="b", os="linux")
+        when = dt.datetime.now(dt.UTC)
+
+        def event(path: str) -> dict[str, Any]:
+            return {"event_id": "same-id", "kind": "read", "time": when, "path": path, "detail": {"pid": 1}}
+
+        assert agent_events.store_events(session, a.id, [event("/a/credentials")]) == (1, 0)
+        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (1, 0)
+        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (0, 1)
+        assert [r.path for r in agent_events.query_reads(session, a.id)] == ["/a/credentials"]
+        assert [r.path for r in agent_events.query_reads(session, b.id)] == ["/b/credentials"]
+
+
+def test_migration_0002_keeps_agent_events(db_url: str) -> None:
+    """Rebuilding agent_events for its new key copies every row, both ways."""
+    from sqlalchemy import text
+
+    db = Database(db_url)
+    try:
+        upgrade(db.engine, "0001")
+        with db.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO devices (id, device_key_hash, hostname, os, users, enrolled_at, health) "
+                    "VALUES ('dev_1', :h, 'h', 'linux', '[]', :t, '{}')"
+                ),
+                {"h": "0" * 64, "t": dt.datetime(2026, 11, 1, tzinfo=dt.UTC)},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO agent_events (event_id, device_id, kind, time, path, detail, received_at)"
+                    " VALUES ('e1', 'dev_1', 'read', :t, '/p', '{\"pid\": 7}', :t)"
+                ),
+                {"t": dt.datetime(2026, 11, 1, tzinfo=dt.UTC)},
+            )
+        upgrade(db.engine)
+        with db.session() as session:
+            [read] = agent_events.query_reads(session, "dev_1", since=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+            assert (read.event_id, read.path, read.detail) == ("e1", "/p", {"pid": 7})
+        downgrade(db.engine, "0001")
+        with db.engine.connect() as connection:
+            assert connection.execute(text("SELECT event_id FROM agent_events")).scalars().all() == ["e1"]
+    finally:
+        db.dispose()

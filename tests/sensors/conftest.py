@@ -23,8 +23,8 @@ NOBODY = 65534
 # ---- fanotify (helper C1) ---------------------------------------------------------------------
 
 
-class FanCollector:
-    """Thread-safe callback target that tests can wait on."""
+class Collector:
+    """Thread-safe sensor callback that tests can wait on (shared by the fanotify and audit tests)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -45,9 +45,18 @@ class FanCollector:
                 self._cond.wait(remaining)
             return True
 
+    def wait_for_pids(self, pids: set[int], timeout: float = 30.0) -> set[int]:
+        """Wait until every pid has an event; returns the pids still missing."""
+        self.wait_for(lambda evs: pids <= {e.pid for e in evs}, timeout)
+        with self._cond:
+            return pids - {e.pid for e in self.events}
+
     def for_pid(self, pid: int) -> list[ReadEvent]:
         with self._cond:
             return [e for e in self.events if e.pid == pid]
+
+
+FanCollector = AuditCollector = Collector
 
 
 @pytest.fixture
@@ -161,8 +170,11 @@ def _audit_status() -> dict[str, int]:
     out = subprocess.run(["auditctl", "-s"], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError((out.stderr or out.stdout).strip() or f"exit {out.returncode}")
-    return {p[0]: int(p[1]) for p in (line.split() for line in out.stdout.splitlines())
-            if len(p) >= 2 and p[1].isdigit()}
+    return {
+        p[0]: int(p[1])
+        for p in (line.split() for line in out.stdout.splitlines())
+        if len(p) >= 2 and p[1].isdigit()
+    }
 
 
 def _audit_unusable(reason: str) -> None:
@@ -212,34 +224,6 @@ def audit_daemon() -> Iterator[AuditDaemon]:
         if initial.get("enabled") == 0 and "No rules" in rules:
             subprocess.run(["auditctl", "-e", "0"], capture_output=True, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-class AuditCollector:
-    """Thread-safe callback target the audit tests wait on."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.events: list[ReadEvent] = []
-
-    def __call__(self, event: ReadEvent) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def wait_for_pids(self, pids: set[int], timeout: float = 30.0) -> set[int]:
-        """Wait until every pid has an event; returns the pids still missing."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                missing = pids - {e.pid for e in self.events}
-                remaining = deadline - time.monotonic()
-                if not missing or remaining <= 0:
-                    return missing
-                self._cond.wait(remaining)
-
-    def for_pid(self, pid: int) -> list[ReadEvent]:
-        with self._cond:
-            return [e for e in self.events if e.pid == pid]
 
 
 @pytest.fixture

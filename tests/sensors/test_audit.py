@@ -53,10 +53,10 @@ def test_acceptance_short_lived_readers_recorded_with_context(
     target = audit_home / ".aws" / "credentials"
     sensor = audit_sensor_factory([target], audit_collector)
     path = str(target)
-    # (argv as executed, expected exe, expected cmdline, expected uid); 200 readers in all.
+    # (argv as executed, expected exe, expected cmdline, expected uid); 1,000 readers, as for fanotify.
     plans: list[tuple[list[str], str, list[str], int]] = []
     code = "import sys; open(sys.argv[1]).read()"
-    for i in range(200):
+    for i in range(1000):
         kind = i % 5
         if kind == 0:
             plans.append(([CAT, path], CAT, [CAT, path], 0))
@@ -85,12 +85,13 @@ def test_acceptance_short_lived_readers_recorded_with_context(
         assert len(events) == 1, events
         event = events[0]
         assert (event.path, event.exe, list(event.cmdline), event.uid) == (path, exe, cmd, uid)
-        assert event.ppid == os.getpid()
+        assert event.ppid == os.getpid() and event.cwd == os.getcwd()
         assert event.sensor == "audit" and event.access == "open"
         assert event.user == ("root" if uid == 0 else "nobody")
         assert event.time.tzinfo is not None
         assert event.ancestors and event.ancestors[0].pid == os.getpid()
         assert event.ancestors[0].exe == PYTHON  # the parent (this test) is alive: enriched from /proc
+        assert event.ancestors[-1].pid == 1
     assert sensor.health().healthy and sensor.health().lost_events == 0
 
 
@@ -263,6 +264,31 @@ def test_stale_rules_of_a_crashed_agent_are_cleaned_at_start(
         subprocess.run(["auditctl", "-d", *stale], check=False, capture_output=True)
 
 
+def test_rules_are_removed_when_the_agent_dies_of_an_exception(audit_daemon, audit_home):
+    """A Python-level crash (unhandled exception, sys.exit) leaves no rule behind; SIGKILL is
+    covered by the stale-rule cleanup at the next start (above)."""
+    target = audit_home / ".aws" / "credentials"
+    code = (
+        "from agent.sensors.audit import AuditSensor\n"
+        f"AuditSensor([{str(target)!r}], print, key='cfgread-crash').start()\n"
+        "raise RuntimeError('agent crashed')\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1 and "agent crashed" in result.stderr
+        assert "cfgread-crash" not in _rules()
+    finally:
+        rule = ["always,exit", "-F", f"path={target}", "-F", "perm=r", "-F", "key=cfgread-crash"]
+        subprocess.run(["auditctl", "-d", *rule], check=False, capture_output=True)
+
+
 def test_sensor_to_classifier_to_read_log(audit_sensor_factory, audit_collector, audit_home, tmp_path):
     from agent.classify import classify
     from agent.readlog import ReadLog
@@ -273,8 +299,8 @@ def test_sensor_to_classifier_to_read_log(audit_sensor_factory, audit_collector,
     with ReadLog(tmp_path / "reads.db", secrets=[secret]) as log:
 
         def consume(event):
-            audit_collector(event)
             log.record(event, classify(event))
+            audit_collector(event)  # last: the test waits on the collector, then queries the log
 
         audit_sensor_factory([target], consume)
         cat = _run([CAT, str(target)])

@@ -7,9 +7,11 @@ reads are not recorded; without privilege the sensor says exactly what is missin
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import pwd
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +55,7 @@ def test_thousand_short_lived_readers_all_recorded(
     expected: dict[int, tuple[list[str], int]] = {}
     running: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
+    wall_start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)  # start_time has tick precision
     for i in range(total):
         argv, uid = kinds[i % len(kinds)] if i % 10 else kinds[(i // 10) % len(kinds)]
         proc = _spawn(argv, uid)
@@ -63,6 +66,7 @@ def test_thousand_short_lived_readers_all_recorded(
     for proc in running:
         _reap(proc)
     elapsed = time.monotonic() - started
+    wall_end = dt.datetime.now(dt.UTC)
 
     assert fan_collector.wait_for(lambda evs: len(evs) >= total, timeout=30), (
         f"only {len(fan_collector.events)} of {total} readers recorded; health={sensor.health()}"
@@ -72,17 +76,24 @@ def test_thousand_short_lived_readers_all_recorded(
     for event in fan_collector.events:
         by_pid.setdefault(event.pid, []).append(event)
     assert set(by_pid) == set(expected)
-    me = os.getpid()
+    me, my_exe, my_cmdline = (
+        os.getpid(),
+        os.path.realpath(sys.executable),
+        tuple(procinfo.capture(os.getpid()).cmdline),
+    )
     for pid, (argv, uid) in expected.items():
         (event,) = by_pid[pid]  # exactly one event per reader: deduped, none lost
-        assert event.access == "open"
-        assert event.path == str(fan_target)
+        assert (event.sensor, event.access, event.path) == ("fanotify", "open", str(fan_target)), event
         assert event.exe == _exe_of(argv[0]), event
         assert event.cmdline == tuple(argv), event
         assert event.uid == uid and event.user == pwd.getpwuid(uid).pw_name, event
-        assert event.ppid == me and event.ancestors[0].pid == me, event
-        assert event.ancestors[-1].pid == 1
-        assert event.start_time is not None and event.cwd == os.getcwd()
+        assert event.ppid == me and event.cwd == os.getcwd(), event
+        parent = event.ancestors[0]
+        assert (parent.pid, parent.exe, parent.cmdline, parent.uid) == (me, my_exe, my_cmdline, 0), event
+        assert event.ancestors[-1].pid == 1 and len({a.pid for a in event.ancestors}) == len(event.ancestors)
+        assert event.start_time is not None and wall_start <= event.start_time <= event.time <= wall_end, (
+            event
+        )
     health = sensor.health()
     assert health.lost_events == 0 and health.context_missing == 0, health
     assert health.healthy and health.callback_errors == 0

@@ -3,12 +3,13 @@ health, lifecycle, and the fail-open guard's exactly-once books."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,21 @@ def _responses(read_fd: int) -> list[tuple[int, int]]:
     return [abi.RESPONSE.unpack_from(data, i) for i in range(0, len(data), abi.RESPONSE.size)]
 
 
-def test_guard_answers_late_events_once_and_handler_does_not_repeat() -> None:
+@contextlib.contextmanager
+def _guard_on_pipe(budget: float) -> Iterator[tuple[PermissionGuard, int]]:
+    """(guard writing to a pipe, the pipe's read end); closed afterwards."""
     read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
-    guard = PermissionGuard(write_fd, budget=0.05)
+    guard = PermissionGuard(write_fd, budget=budget)
     try:
+        yield guard, read_fd
+    finally:
+        guard.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_guard_answers_late_events_once_and_handler_does_not_repeat() -> None:
+    with _guard_on_pipe(0.05) as (guard, read_fd):
         guard.register(7)
         time.sleep(0.3)
         assert _responses(read_fd) == [(7, abi.FAN_ALLOW)]
@@ -53,16 +65,10 @@ def test_guard_answers_late_events_once_and_handler_does_not_repeat() -> None:
         assert guard.answer(7) is False
         time.sleep(0.1)
         assert _responses(read_fd) == []
-    finally:
-        guard.close()
-        os.close(read_fd)
-        os.close(write_fd)
 
 
 def test_guard_leaves_handled_events_alone() -> None:
-    read_fd, write_fd = os.pipe2(os.O_NONBLOCK)
-    guard = PermissionGuard(write_fd, budget=0.05)
-    try:
+    with _guard_on_pipe(0.05) as (guard, read_fd):
         guard.register(8)
         assert guard.answer(8) is True
         guard.register(8)  # the fd number was closed and reused by the next event: a new entry
@@ -71,10 +77,30 @@ def test_guard_leaves_handled_events_alone() -> None:
         time.sleep(0.2)
         assert _responses(read_fd) == [(8, abi.FAN_ALLOW), (8, abi.FAN_ALLOW)]
         assert guard.guard_answered == 0 and guard.pending == 0
-    finally:
-        guard.close()
-        os.close(read_fd)
-        os.close(write_fd)
+
+
+def test_guard_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    """A stalled host must not also be flooded with one warning per reader: at most one a second."""
+    with _guard_on_pipe(0.01) as (guard, read_fd):
+        with caplog.at_level("WARNING", logger="agent.sensors._fanotify_guard"):
+            for fd in range(100, 112):
+                guard.register(fd)
+                time.sleep(0.03)  # each expires on its own
+            time.sleep(0.05)
+            assert guard.guard_answered == 12 and len(_responses(read_fd)) == 12
+            time.sleep(1.2)  # the rest are reported in one line a second later, not forgotten
+        warnings = [r.getMessage() for r in caplog.records if "fail-open" in r.getMessage()]
+        counts = [int(w.split()[2]) for w in warnings]  # "fail-open: allowed N reader(s) ..."
+        assert sum(counts) == 12 and 1 <= len(warnings) <= 3, warnings  # not one line per reader
+
+
+def test_guard_answers_a_stale_entry_before_replacing_it() -> None:
+    """An fd registered while its old entry is unanswered (a bug elsewhere) never strands a reader."""
+    with _guard_on_pipe(60) as (guard, read_fd):
+        guard.register(5)
+        guard.register(5)
+        assert _responses(read_fd) == [(5, abi.FAN_ALLOW)]  # the stale one, at once
+        assert guard.pending == 1 and guard.answer(5) is True
 
 
 def test_guard_close_allows_everything_pending_then_writes_nothing() -> None:
@@ -98,12 +124,21 @@ def test_guard_close_allows_everything_pending_then_writes_nothing() -> None:
 def test_other_files_in_the_directory_are_not_recorded(
     fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
 ) -> None:
+    """~/.aws/config is read all the time: it is allowed at once, never captured (costly) or reported."""
+    captured: list[int] = []
+
+    def counting_capture(pid: int, pidfd: int | None) -> procinfo.ProcContext:
+        captured.append(pid)
+        return procinfo.capture(pid, pidfd)
+
     config = fan_plant(fan_target.parent, "config", "[default]\n")
-    fan_sensor_factory([fan_target], fan_collector)
-    other = _cat(config)
+    sensor = fan_sensor_factory([fan_target], fan_collector, capture=counting_capture)
+    others = [_cat(config) for _ in range(5)]
     reader = _cat(fan_target)
     assert _recorded(fan_collector, reader)
-    assert fan_collector.for_pid(other) == []
+    assert all(fan_collector.for_pid(other) == [] for other in others)
+    assert captured == [reader]
+    assert sensor.health().guard_answered == 0  # type: ignore[attr-defined]
 
 
 @requires_root
@@ -150,6 +185,79 @@ def test_replaced_directory_is_watched_after_set_paths(
 
 
 @requires_root
+def test_replaced_directory_is_unhealthy_until_remarked(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    """The mark stays on the dead inode: status must say so instead of claiming to watch."""
+    sensor = fan_sensor_factory([fan_target], fan_collector)
+    shutil.rmtree(fan_target.parent)
+    fan_plant(fan_target.parent)
+    health = sensor.health()  # type: ignore[attr-defined]
+    assert not health.healthy and "replaced" in (health.error or ""), health
+    unseen = _cat(fan_target)  # honest: this read is not seen until the directory is marked again
+    sensor.set_paths([str(fan_target)])  # type: ignore[attr-defined]
+    assert sensor.health().healthy  # type: ignore[attr-defined]
+    assert _recorded(fan_collector, _cat(fan_target))
+    assert fan_collector.for_pid(unseen) == []
+    shutil.rmtree(fan_target.parent)
+    health = sensor.health()  # type: ignore[attr-defined]
+    assert not health.healthy and "removed" in (health.error or ""), health
+
+
+@requires_root
+def test_reader_whose_parent_exited_has_a_consistent_chain(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    """An orphan is re-parented (to pid 1 or a subreaper) before it reads: the chain shows that."""
+    fan_sensor_factory([fan_target], fan_collector)
+    out = subprocess.run(
+        ["sh", "-c", f"sh -c 'sleep 0.3; exec cat {fan_target} >/dev/null' & echo $!"],
+        capture_output=True, text=True, check=True, timeout=10,
+    )  # fmt: skip
+    orphan = int(out.stdout.strip())
+    assert _recorded(fan_collector, orphan)
+    (event,) = fan_collector.for_pid(orphan)
+    assert event.exe == "/usr/bin/cat" and event.ppid is not None and event.ppid != os.getpid()
+    assert event.ancestors and event.ancestors[0].pid == event.ppid
+    assert event.ancestors[0].cmdline  # the new parent, as it is now (exe of pid 1 may be hidden)
+    assert event.ancestors[-1].pid == 1
+
+
+@requires_root
+def test_guard_bound_holds_for_many_concurrent_readers(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    """Every capture stalled and 40 readers at once: each is let through by the guard, once."""
+    release = threading.Event()
+
+    def stalled(pid: int, pidfd: int | None) -> procinfo.ProcContext:
+        release.wait(30)
+        return procinfo.ProcContext(pid=pid, gone=True)
+
+    sensor = fan_sensor_factory([fan_target], fan_collector, capture=stalled, capture_workers=2)
+    durations: list[float] = []
+
+    def read_once() -> None:
+        started = time.monotonic()
+        subprocess.run(["cat", str(fan_target)], capture_output=True, check=True, timeout=20)
+        durations.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=read_once) for _ in range(40)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        release.set()
+    assert len(durations) == 40 and max(durations) < 3, sorted(durations)[-5:]  # "did not hang"
+    assert fan_collector.wait_for(lambda evs: len(evs) == 40, 10)
+    time.sleep(0.2)
+    health = sensor.health()  # type: ignore[attr-defined]
+    assert health.guard_answered == 40 and health.response_errors == 0, health
+
+
+@requires_root
 def test_reader_that_opened_before_start_is_reported_at_close(
     fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
 ) -> None:
@@ -165,6 +273,27 @@ def test_reader_that_opened_before_start_is_reported_at_close(
     (event,) = fan_collector.for_pid(holder.pid)
     assert event.access == "close" and event.exe is not None and event.exe.endswith("sh")
     holder.communicate(b"y\n", timeout=10)
+
+
+@requires_root
+def test_start_stop_cycles_leak_no_fd_or_thread(
+    fan_home: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    from agent.sensors.fanotify import FanotifyNotifySensor, FanotifySensor
+
+    first, second = fan_plant(fan_home / "a"), fan_plant(fan_home / "b")
+    fds_before, threads_before = len(os.listdir("/proc/self/fd")), threading.active_count()
+    for i in range(60):
+        cls = FanotifySensor if i % 2 else FanotifyNotifySensor
+        sensor = cls([str(first)], fan_collector)
+        sensor.start()
+        sensor.set_paths([str(first), str(second)])
+        if i % 20 == 0:
+            _cat(second)  # events in flight at stop
+        sensor.set_paths([str(second)])
+        sensor.stop()
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert threading.active_count() == threads_before
 
 
 @requires_root
