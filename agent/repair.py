@@ -135,7 +135,9 @@ class RepairWatcher:
                 with contextlib.suppress(Exception):
                     self._observer.unschedule(watch)
         for directory in sorted(wanted - set(self._watches)):
-            if not os.path.isdir(directory):
+            # A symlinked ~/.aws is refused by the planter (reported there); watching it would
+            # put an inotify watch wherever the user pointed it (e.g. /root/.aws).
+            if os.path.islink(directory) or not os.path.isdir(directory):
                 continue
             try:
                 self._watches[directory] = self._observer.schedule(

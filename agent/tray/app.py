@@ -32,6 +32,24 @@ def make_image(size: int = 64) -> Any:
     return image
 
 
+def _enable_clicks_on_plain_x11(icon: Any) -> None:
+    """pystray's plain-X11 backend never asks X for button events on its icon window, so a click on
+    the icon does nothing there (its own click handler is never reached). Ask for them before its
+    event loop starts; other backends are left alone."""
+    if not type(icon).__module__.endswith("._xorg"):
+        return
+    import Xlib.X
+
+    window = getattr(icon, "_window", None)
+    display = getattr(icon, "_display", None)
+    if window is None or display is None:
+        return  # a pystray release that changed its internals: the explanation stays reachable by --show
+    window.change_attributes(
+        event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
+    )
+    display.flush()
+
+
 class TrayApp:
     """Owns the Tk window (main thread) and the pystray icon (its own thread)."""
 
@@ -57,6 +75,7 @@ class TrayApp:
             pystray.MenuItem("Quit", lambda: self.actions.put("quit")),
         )
         self.icon = pystray.Icon("security-tripwire", make_image(), text.TOOLTIP, menu=menu)
+        _enable_clicks_on_plain_x11(self.icon)
         self.icon.run_detached()
         if self.show_now:
             self.actions.put("show")

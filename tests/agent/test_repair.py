@@ -184,3 +184,22 @@ def test_symlink_to_a_fifo_does_not_hang_the_watcher(watched: tuple[Rig, RepairW
             and b"[prod-backup]" in bob.credentials.read_bytes()
         )
     )
+
+
+def test_symlinked_aws_directory_is_not_watched(tmp_path: Path, live_issuer: Any) -> None:
+    """A user who points ~/.aws at another directory (root's) gets an error, not a watch there."""
+    rig = Rig(tmp_path, live_issuer)
+    alice = rig.users[0]
+    elsewhere = tmp_path / "root-aws"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, alice.credentials.parent)
+    states = rig.sync()
+    assert states[0].status == "error" and "symlink" in (states[0].last_error or "")
+    watcher = RepairWatcher(rig.planter, debounce=0.1)
+    watcher.start(rig.planter.paths)
+    try:
+        assert str(rig.users[1].credentials.parent) in watcher.watched_dirs
+        assert str(alice.credentials.parent) not in watcher.watched_dirs
+    finally:
+        watcher.stop()
+    assert list(elsewhere.iterdir()) == []

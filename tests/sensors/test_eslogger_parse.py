@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -245,6 +246,11 @@ def test_process_started_before_eslogger_is_filled_in_from_the_live_process() ->
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "marker-arg"])
     try:
         live = psutil.Process(child.pid)
+        # Right after fork, /proc shows the parent's command line until the child has exec'd.
+        deadline = time.monotonic() + 10
+        while live.cmdline()[-1:] != ["marker-arg"]:
+            assert time.monotonic() < deadline, "the child never exec'd"
+            time.sleep(0.01)
         start = dt.datetime.fromtimestamp(live.create_time(), tz=dt.UTC)
         reader = proc(
             child.pid,
