@@ -26,10 +26,13 @@ command -v dpkg-deb >/dev/null 2>&1 || { echo "build-deb.sh: dpkg-deb not found 
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT INT TERM
 ROOT="$STAGE/root"
-mkdir -p "$ROOT/DEBIAN" "$ROOT/opt" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" "$ROOT/usr/share/doc/tripkey-agent"
+mkdir -p "$ROOT/DEBIAN" "$ROOT/opt" "$ROOT/usr/bin" "$ROOT/lib/systemd/system" "$ROOT/usr/share/doc/tripkey-agent" \
+  "$ROOT/etc/xdg/autostart"
 cp -a "$DIST" "$ROOT/opt/tripkey-agent"
 ln -s /opt/tripkey-agent/tripkey-agent "$ROOT/usr/bin/tripkey-agent"
 install -m 0644 "$HERE/tripkey-agent.service" "$ROOT/lib/systemd/system/tripkey-agent.service"
+# The per-user tray starts with each desktop session (XDG autostart), never as root.
+install -m 0644 "$HERE/tripkey-tray.desktop" "$ROOT/etc/xdg/autostart/tripkey-tray.desktop"
 install -m 0644 "$HERE/agent.toml.example" "$ROOT/usr/share/doc/tripkey-agent/agent.toml.example"
 install -m 0644 "$HERE/README.md" "$ROOT/usr/share/doc/tripkey-agent/README.md"
 SIZE=$(du -sk "$ROOT" | cut -f1)

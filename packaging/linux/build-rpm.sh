@@ -19,7 +19,7 @@ TOP=$(mktemp -d)
 trap 'rm -rf "$TOP"' EXIT INT TERM
 mkdir -p "$TOP/SOURCES" "$TOP/SPECS" "$TOP/BUILD" "$TOP/RPMS" "$TOP/SRPMS"
 cp -a "$DIST" "$TOP/SOURCES/tripkey-agent"
-cp "$HERE/tripkey-agent.service" "$HERE/agent.toml.example" "$HERE/README.md" "$TOP/SOURCES/"
+cp "$HERE/tripkey-agent.service" "$HERE/tripkey-tray.desktop" "$HERE/agent.toml.example" "$HERE/README.md" "$TOP/SOURCES/"
 
 cat > "$TOP/SPECS/tripkey-agent.spec" <<SPEC
 Name:           tripkey-agent
@@ -39,16 +39,18 @@ user and records which process read the file, so an alert on the key's use in
 AWS already names the reader.
 
 %install
-mkdir -p %{buildroot}/opt %{buildroot}%{_bindir} %{buildroot}%{_unitdir} %{buildroot}%{_docdir}/tripkey-agent
+mkdir -p %{buildroot}/opt %{buildroot}%{_bindir} %{buildroot}%{_unitdir} %{buildroot}%{_docdir}/tripkey-agent %{buildroot}%{_sysconfdir}/xdg/autostart
 cp -a %{_sourcedir}/tripkey-agent %{buildroot}/opt/tripkey-agent
 ln -s /opt/tripkey-agent/tripkey-agent %{buildroot}%{_bindir}/tripkey-agent
 install -m 0644 %{_sourcedir}/tripkey-agent.service %{buildroot}%{_unitdir}/tripkey-agent.service
+install -m 0644 %{_sourcedir}/tripkey-tray.desktop %{buildroot}%{_sysconfdir}/xdg/autostart/tripkey-tray.desktop
 install -m 0644 %{_sourcedir}/agent.toml.example %{_sourcedir}/README.md %{buildroot}%{_docdir}/tripkey-agent/
 
 %files
 /opt/tripkey-agent
 %{_bindir}/tripkey-agent
 %{_unitdir}/tripkey-agent.service
+%config(noreplace) %{_sysconfdir}/xdg/autostart/tripkey-tray.desktop
 %doc %{_docdir}/tripkey-agent
 
 %post

@@ -72,6 +72,7 @@ def test_build_deb_packages_the_bundle_unit_and_scripts(tmp_path: Path) -> None:
     assert "./opt/tripkey-agent/_internal/base_library.zip" in listing
     assert "./usr/bin/tripkey-agent -> /opt/tripkey-agent/tripkey-agent" in listing
     assert "./lib/systemd/system/tripkey-agent.service" in listing
+    assert "./etc/xdg/autostart/tripkey-tray.desktop" in listing
     assert "./usr/share/doc/tripkey-agent/agent.toml.example" in listing
     assert "./etc/tripkey/agent.toml" not in listing  # the config (with its token) is never shipped
     for line in listing.splitlines():
@@ -113,6 +114,7 @@ def test_build_rpm(tmp_path: Path) -> None:
     [rpm] = list(out.glob("tripkey-agent-1.2.3-1.*.rpm"))
     listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout
     assert "/usr/lib/systemd/system/tripkey-agent.service" in listing
+    assert "/etc/xdg/autostart/tripkey-tray.desktop" in listing
     assert "/opt/tripkey-agent/tripkey-agent" in listing
 
 

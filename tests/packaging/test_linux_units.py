@@ -109,3 +109,17 @@ def test_systemd_analyze_verify_would_catch_a_typo(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(broken)], capture_output=True, text=True, timeout=120, check=False
     )
     assert "NoNewPrivilege" in result.stdout + result.stderr
+
+
+def test_tray_autostart_runs_the_tray_per_user() -> None:
+    import configparser
+
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.optionxform = str  # type: ignore[assignment,method-assign]
+    entry.read(LINUX / "tripkey-tray.desktop")
+    desktop = entry["Desktop Entry"]
+    assert desktop["Type"] == "Application"
+    assert desktop["Exec"] == "/usr/bin/tripkey-agent tray"
+    assert desktop["Terminal"] == "false"
+    # Nothing in the name a user sees says "canary": it explains, it does not alarm.
+    assert "canary" not in desktop["Name"].lower()
