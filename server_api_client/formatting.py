@@ -98,14 +98,26 @@ def alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+def _same_reader(read: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (read.get("pid"), read.get("exe"), str(read.get("cmdline")), bool(read.get("after_first_use")))
+
+
 def _reads_block(reads: list[Any]) -> str:
+    """One entry per reader: an AWS tool opens the file several times in one run, and a responder
+    wants to see each process once (with how many opens), not a wall of repeats."""
+    groups: list[tuple[dict[str, Any], int]] = []
+    for read in (_dict(r) for r in reads):
+        if groups and _same_reader(groups[-1][0]) == _same_reader(read):
+            groups[-1] = (groups[-1][0], groups[-1][1] + 1)
+        else:
+            groups.append((read, 1))
     lines = []
-    for read in reads:
-        read = _dict(read)
+    for read, opens in groups:
         marker = " (after first use)" if read.get("after_first_use") else ""
+        repeat = f"  x{opens} opens" if opens > 1 else ""
         lines.append(
             f"  {text(read.get('time'))}  pid {text(read.get('pid'))}  user {text(read.get('user'))}"
-            f"  [{text(read.get('classification'))}]{marker}"
+            f"  [{text(read.get('classification'))}]{marker}{repeat}"
         )
         lines.append(f"      exe: {text(read.get('exe'))}")
         lines.append(f"      cmdline: {cmdline(read.get('cmdline'))}")
