@@ -14,6 +14,16 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import settings as hypothesis_settings
+
+# Property tests: no per-example deadline (2 shared cores make timings noisy). On CI the examples are
+# derandomized, so a run is reproducible and a landing never depends on the luck of the draw;
+# developers' runs keep exploring new examples (and record failures in .hypothesis/).
+hypothesis_settings.register_profile("tripkey", deadline=None, print_blob=True)
+hypothesis_settings.register_profile(
+    "tripkey-ci", deadline=None, print_blob=True, derandomize=True, database=None
+)
+hypothesis_settings.load_profile("tripkey-ci" if os.environ.get("CI") else "tripkey")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
