@@ -54,7 +54,9 @@ test: system-deps $(STAMP)
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
 
+# The slow tests include a real PyInstaller build: install the packaging extra first.
 test-all: system-deps $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,package]'
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m '' ; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
