@@ -17,6 +17,7 @@ import pwd
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT_SOCKET = Path("/run/tripkey/selfreport.sock")
 MAX_REQUEST_BYTES = 4096
 MAX_NOTE_CHARS = 500
+# One connection at a time is served, so each gets this long in all (not per recv): a local user
+# dripping one byte a second must not keep every other user's report waiting.
+REQUEST_SECONDS = 2.0
 
 
 class SelfReportError(Exception):
@@ -122,11 +126,15 @@ class SelfReportServer:
                 self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(2.0)
+        deadline = time.monotonic() + REQUEST_SECONDS
         try:
             pid, uid, _gid = _peer_credentials(conn)
             data = b""
             while not data.endswith(b"\n") and len(data) <= MAX_REQUEST_BYTES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ValueError(f"request not complete within {REQUEST_SECONDS:.0f} s")
+                conn.settimeout(remaining)
                 chunk = conn.recv(1024)
                 if not chunk:
                     break

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,38 @@ BOOTSTRAP_ACTIONS = (
 
 class DemoError(Exception):
     """A step of the demo failed; the message says which and why."""
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP while the demo runs; `signum` gives the exit code 128 + signum."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_handled(handler: Any) -> Iterator[None]:
+    """Install `handler` for SIGINT/SIGTERM/SIGHUP for the block (main thread only), then restore."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        sig: signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # A signal ignored on purpose (`nohup`, a background job) stays ignored; one handled outside
+        # Python (getsignal() is None) cannot be restored, so it is left alone.
+        if signal.getsignal(sig) not in (signal.SIG_IGN, None)
+    }
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _raise_interrupted(signum: int, _frame: Any) -> None:
+    raise DemoInterrupted(signum)
 
 
 class Steps:
@@ -118,6 +151,13 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
+        # The children run in their own sessions, so a terminal's Ctrl-C never reaches them: only
+        # this method stops them. A second Ctrl-C or a SIGTERM must not cut it short (it is bounded
+        # by the SIGKILL below), or moto, the issuer and the agent would outlive the demo.
+        with _signals_handled(signal.SIG_IGN):
+            self._stop_all()
+
+    def _stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -168,12 +208,15 @@ def run_demo(output_dir: Path, *, timeout: float, keep: bool, quiet: bool) -> di
     base_env = dict(os.environ)
     with _workdir(keep) as work:
         procs = Processes(work)
-        try:
-            return _run(steps, procs, work, base_env, output_dir, timeout)
-        finally:
-            procs.stop_all()
-            if keep:
-                steps.say(f"kept the demo's files in {work}")
+        # Without this, SIGTERM or SIGHUP (a closed terminal) would end Python at once, skip the
+        # `finally` below and leave every child running.
+        with _signals_handled(_raise_interrupted):
+            try:
+                return _run(steps, procs, work, base_env, output_dir, timeout)
+            finally:
+                procs.stop_all()
+                if keep:
+                    steps.say(f"kept the demo's files in {work}")
 
 
 def _run(
@@ -271,7 +314,8 @@ def _run(
         time.sleep(1.0)  # let the sensor mark the directory before the reads below
 
     # 4. A curious reader, then an attacker.
-    steps.step("a curious reader opens the file: `grep -A2 prod-backup ~/.aws/credentials`")
+    # The sandbox file, never the real ~/.aws/credentials of whoever runs the demo: say so.
+    steps.step(f"a curious reader opens the sandbox file: `grep -A2 {DEMO_PROFILE} {credentials}`")
     subprocess.run(["grep", "-A2", DEMO_PROFILE, str(credentials)], stdout=subprocess.DEVNULL, check=False)
     steps.step("an attacker uses the key with the real AWS CLI against the emulated account")
     aws_cli = _bin("aws")
@@ -284,7 +328,12 @@ def _run(
             text=True,
             check=False,
         )
-        outcome = "allowed" if done.returncode == 0 else "denied (the canary's explicit deny)"
+        if done.returncode == 0 and argv[0] == "sts":
+            outcome = "allowed (no policy can deny GetCallerIdentity; the use is detected all the same)"
+        elif done.returncode == 0:
+            outcome = "allowed (unexpected: the canary should deny this)"
+        else:
+            outcome = "denied (the canary's explicit deny)"
         steps.detail(f"aws {' '.join(argv)} -> {outcome}")
 
     # 5. Detection.
@@ -404,8 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tripkey demo: {exc}", file=sys.stderr)
         print("re-run with --keep to look at the logs of each process", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, DemoInterrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"tripkey demo: interrupted ({name}); every process it started was stopped", file=sys.stderr)
+        return 128 + signum
     if args.json:
         print(json.dumps(alert, indent=2, sort_keys=True))
     return 0

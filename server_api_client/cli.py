@@ -38,7 +38,7 @@ exit codes:
 
 examples:
   tripkey alerts list --status open
-  tripkey alerts show al_123
+  tripkey alerts show alr_123
   tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX
   tripkey reads --device dev_abc --since 7d
   tripkey devices list --stale --json
@@ -105,6 +105,13 @@ def _leaf(sub: Any, name: str, help_text: str, *, json_flag: bool = True) -> arg
     return parser
 
 
+def _an_id(value: str) -> str:
+    """An id argument: an empty one ("$ID" of an unset variable) is a usage error, not a traceback."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tripkey",
@@ -127,16 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
     p.set_defaults(func=cmd_alerts_list)
     p = _leaf(alert_cmds, "show", "the full alert: verdict, placement, AWS activity, readers of the file")
-    p.add_argument("alert_id", metavar="ID")
+    p.add_argument("alert_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_alerts_show)
     for action, verb in (("ack", "acknowledge"), ("resolve", "resolve")):
         p = _leaf(alert_cmds, action, f"{verb} an alert")
-        p.add_argument("alert_id", metavar="ID")
+        p.add_argument("alert_id", metavar="ID", type=_an_id)
         p.add_argument("--note", help="a note stored with the alert (who/why)")
         p.set_defaults(func=cmd_alerts_transition, transition=action)
 
     p = _leaf(commands, "reads", "reads of the planted files on one device (who opened them, when, how)")
-    p.add_argument("--device", required=True, metavar="ID", help="device id (see `tripkey devices list`)")
+    p.add_argument(
+        "--device", required=True, metavar="ID", type=_an_id, help="device id (see `tripkey devices list`)"
+    )
     p.add_argument(
         "--since", default="24h", help="a duration (30m, 24h, 7d) or an ISO 8601 time (default 24h)"
     )
@@ -153,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lookup",
         "which host, user, file and profile hold this access key (also retired and revoked keys)",
     )
-    p.add_argument("access_key_id", metavar="ACCESS_KEY_ID")
+    p.add_argument("access_key_id", metavar="ACCESS_KEY_ID", type=_an_id)
     p.set_defaults(func=cmd_credentials_lookup)
 
     devices = commands.add_parser(
@@ -166,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _leaf(
         device_cmds, "show", "one device's coverage: heartbeat, sensor health, planted targets, credentials"
     )
-    p.add_argument("device_id", metavar="ID")
+    p.add_argument("device_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_devices_show)
 
     p = commands.add_parser(

@@ -9,7 +9,7 @@ WHAT_IS_THIS = (
     "that steals credentials apart from ordinary tools.\n\n"
     "Your own AWS profiles are not changed. Reading the file is fine, and so is looking at it out of "
     "curiosity. If you opened it or used the key by mistake, press the button below: the security "
-    "team will see your note next to any alert, and nobody will be paged for it."
+    "team will see your note next to any alert, which helps them recognise it as a mistake quickly."
 )
 
 MISTAKE_BUTTON = "I opened it by mistake"

@@ -30,6 +30,11 @@ EDITOR = "editor"
 # Any other label (an organisation's own rule) is treated like an unknown reader: named, suspicious.
 BACKGROUND_CLASSES = frozenset({"indexer_backup_av", "indexer", "backup", "antivirus"})
 
+# What a person opens a file with. A self-report explains only reads by these: the report comes over a
+# local socket that any process of that user can reach (the kernel vouches for the uid, not for the
+# human), so malware running as the user must not be able to excuse its own unknown read.
+SELF_REPORTABLE_CLASSES = frozenset({SHELL_UTILITY, EDITOR, AWS_TOOL})
+
 SELF_REPORT_BEFORE = dt.timedelta(hours=1)
 SELF_REPORT_AFTER = dt.timedelta(minutes=10)
 
@@ -72,7 +77,10 @@ class Verdict:
 
 
 def _explained_by(read: ReadFact, reports: list[SelfReportFact], placement_user: str | None) -> bool:
-    """A read by the self-reporting user around the time of their report is what they reported."""
+    """A read by the self-reporting user, with a tool a person uses, around the time of their report
+    is what they reported."""
+    if read.classification not in SELF_REPORTABLE_CLASSES:
+        return False
     for report in reports:
         user = report.user or placement_user
         if (

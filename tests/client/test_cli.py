@@ -72,7 +72,7 @@ def test_reads_json_and_filters(cl_world: World) -> None:
     assert len(limited.json()["reads"]) == 1
 
 
-def test_reads_nothing_is_exit_1(cl_world: World) -> None:
+def test_reads_nothing_is_exit_0(cl_world: World) -> None:
     run = tripkey(cl_world, "reads", "--device", cl_world.device_id, "--path", "/nope")
     assert run.code == 0 and "no reads" in run.out
     as_json = tripkey(cl_world, "reads", "--device", cl_world.device_id, "--path", "/nope", "--json")
@@ -241,10 +241,27 @@ def test_alerts_unknown_is_exit_1(cl_world: World) -> None:
     assert tripkey(cl_world, "alerts", "ack", "al_nope").code == 1
 
 
-def test_alerts_list_empty_is_exit_1(cl_world: World) -> None:
+def test_alerts_list_empty_is_exit_0(cl_world: World) -> None:
     # no alert is ever acknowledged-and-left in this module except by the lifecycle test, which resolves it
     run = tripkey(cl_world, "alerts", "list", "--status", "acknowledged", "--json")
     assert run.code == 0 and run.json() == {"alerts": []}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["alerts", "show", ""],
+        ["alerts", "ack", " "],
+        ["alerts", "resolve", ""],
+        ["devices", "show", ""],
+        ["credentials", "lookup", ""],
+        ["reads", "--device", ""],
+    ],
+)
+def test_an_empty_id_is_a_usage_error_not_a_traceback(cl_world: World, argv: list[str]) -> None:
+    # e.g. `tripkey alerts show "$ID"` with ID unset: the client library refuses it with ValueError
+    run = tripkey(cl_world, *argv)
+    assert run.code == 2 and "must not be empty" in run.err and run.out == ""
 
 
 def test_alerts_bad_status_is_usage_error(cl_world: World) -> None:

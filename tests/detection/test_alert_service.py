@@ -263,7 +263,7 @@ def test_self_report_and_stale_agent(det_sessionmaker, det_credential, det_add_r
     run(det_sessionmaker, cloudtrail_event(access_key_id=stale.access_key_id))
     fine = det_credential()
     use = now() - dt.timedelta(minutes=10)
-    det_add_read(fine, when=use - dt.timedelta(minutes=20), exe="/usr/bin/vim", classification="unknown")
+    det_add_read(fine, when=use - dt.timedelta(minutes=20), exe="/usr/bin/vim", classification="editor")
     det_add_read(fine, when=use - dt.timedelta(minutes=15), kind="self_report", note="opened by mistake")
     run(det_sessionmaker, cloudtrail_event(access_key_id=fine.access_key_id, when=use))
     by_cred = {a.credential_id: a for a in alerts(det_sessionmaker)}

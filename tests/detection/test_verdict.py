@@ -36,8 +36,17 @@ VIM = dict(exe="/usr/bin/vim", cmdline=("vim", "credentials"))
 CASES = [
     (
         "self_report_explains_own_read",
-        dict(reads=(read("unknown", minutes_before=7, **VIM),), self_reports=(report(5),)),
+        dict(reads=(read("editor", minutes_before=7, **VIM),), self_reports=(report(5),)),
         "likely_benign",
+    ),
+    (
+        # Anything running as the user can reach the self-report socket: an unknown reader stays named.
+        "self_report_never_excuses_an_unknown_reader",
+        dict(
+            reads=(read("unknown", minutes_before=7, exe="/tmp/.x/stealer", cmdline=("stealer",)),),
+            self_reports=(report(5),),
+        ),
+        "suspicious",
     ),
     (
         "self_report_not_for_others",

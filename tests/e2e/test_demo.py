@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 import uuid
@@ -68,3 +69,54 @@ def test_without_root_the_demo_says_what_is_missing(monkeypatch: pytest.MonkeyPa
     said = capsys.readouterr().out
     assert "NOT root" in said and "process attribution needs root" in said
     assert "CAP_SYS_ADMIN" in said
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_demo_stops_everything_it_started(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C or SIGTERM while the demo waits: moto, the issuer and the agent must not outlive it."""
+    marker = uuid.uuid4().hex
+    env = {**os.environ, "TRIPKEY_DEMO_TEST_MARKER": marker, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "tripkey"), "demo", "--output", str(tmp_path / "out")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A background job may inherit SIGINT ignored; the demo must see it as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # wait until the agent has enrolled: all three children run
+            seen.append(line)
+            if "enrolled" in line:
+                break
+        assert any("enrolled" in line for line in seen), "".join(seen) + proc.stderr.read()
+        assert len(_processes_with_marker(marker)) >= 4  # the demo, moto, the issuer, the agent
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signum, err
+    assert "interrupted" in err
+    assert _processes_with_marker(marker) == []
+    assert list(tmp_path.glob("tripkey-demo-*")) == []  # its temporary directory is gone too
+
+
+def test_the_demo_signal_handlers_respect_nohup_and_are_restored() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under `nohup make demo`
+    try:
+        with demo._signals_handled(demo._raise_interrupted):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # still ignored
+            assert signal.getsignal(signal.SIGTERM) is demo._raise_interrupted
+            with demo._signals_handled(signal.SIG_IGN):  # what stop_all runs under
+                assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is demo._raise_interrupted
+            with pytest.raises(demo.DemoInterrupted) as raised:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler runs at the next bytecode boundary
+            assert raised.value.signum == signal.SIGTERM
+        assert {sig: signal.getsignal(sig) for sig in before} == before  # restored
+    finally:
+        signal.signal(signal.SIGHUP, previous_hup)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.selfreport import (
     MAX_REQUEST_BYTES,
+    REQUEST_SECONDS,
     SelfReport,
     SelfReportError,
     SelfReportServer,
@@ -86,3 +89,30 @@ def test_tray_modules_never_load_pystray_in_headless_use() -> None:
     code = "import sys, agent.tray.app, agent.tray.backend, agent.selfreport; print('pystray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_slow_sender_cannot_hold_the_socket_past_the_request_budget(server) -> None:
+    """One byte at a time, each within the per-recv timeout: the whole request still has a budget."""
+    srv, received, got = server
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(str(srv.socket_path))
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.3):
+                slow.sendall(b" ")
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    try:
+        started = time.monotonic()
+        send_self_report(srv.socket_path, note="honest mistake", timeout=REQUEST_SECONDS + 3)
+        assert got.wait(5)
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        dripper.join(5)
+        slow.close()
+    assert [r.note for r in received] == ["honest mistake"]
+    assert waited < REQUEST_SECONDS + 1.5  # not held for as long as the dripper keeps going
