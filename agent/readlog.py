@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.sensors.base import ReadEvent
+from agent.sensors.base import READER_FIELDS, ReadEvent
 
 REDACTED = "[REDACTED]"
 _SCHEMA_VERSION = 1
@@ -55,23 +55,7 @@ CREATE TABLE IF NOT EXISTS reads (
 CREATE INDEX IF NOT EXISTS reads_by_time ON reads (time_epoch);
 CREATE INDEX IF NOT EXISTS reads_by_path ON reads (path, time_epoch);
 """
-_COLUMNS = (
-    "event_id",
-    "time",
-    "path",
-    "pid",
-    "ppid",
-    "exe",
-    "cmdline",
-    "uid",
-    "user",
-    "start_time",
-    "cwd",
-    "access",
-    "sensor",
-    "ancestors",
-    "classification",
-)
+_COLUMNS = ("event_id", "time", "path", *READER_FIELDS, "classification")
 
 
 class ReadLogError(Exception):

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from .sensors.base import READER_FIELDS
 from .sensors.redact import REDACTED
 from .state import StateStore, to_iso
 
@@ -22,22 +23,7 @@ def read_event_payload(
     `secrets` (the planted secret keys and tokens) are replaced by [REDACTED] wherever they appear:
     the sensor's own redaction is a heuristic, these values are known exactly."""
     data = event.to_dict()
-    read = {
-        key: data.get(key)
-        for key in (
-            "pid",
-            "ppid",
-            "exe",
-            "cmdline",
-            "uid",
-            "user",
-            "start_time",
-            "cwd",
-            "access",
-            "sensor",
-            "ancestors",
-        )
-    }
+    read = {key: data.get(key) for key in READER_FIELDS}
     if event.start_time is not None:
         read["start_time"] = to_iso(event.start_time)
     read["classification"] = classification

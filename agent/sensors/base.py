@@ -47,6 +47,23 @@ def _redacted(info: ProcessInfo) -> ProcessInfo:
     return info if cmdline == info.cmdline else dataclasses.replace(info, cmdline=cmdline)
 
 
+# What a ReadEvent says about the reader, besides when and which file: the read log's columns and
+# the "read" object uploaded to the issuer are both built from this one list.
+READER_FIELDS = (
+    "pid",
+    "ppid",
+    "exe",
+    "cmdline",
+    "uid",
+    "user",
+    "start_time",
+    "cwd",
+    "access",
+    "sensor",
+    "ancestors",
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadEvent:
     """A process opened or read a planted file. Never carries file contents."""
