@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from .config import AgentConfig
+from .sensors.bounds import TEXT_BUDGET, bound_text
 from .state import TargetState, from_iso, to_iso
 
 TAMPER_FIRST_DELAY = 60.0
@@ -67,7 +68,7 @@ def tamper_event(path: str, action: str, detail: str, replanted: bool, now: dt.d
         "kind": "tamper",
         "time": to_iso(now),
         "path": path,
-        "tamper": {"action": action, "detail": detail, "replanted": replanted},
+        "tamper": {"action": action, "detail": bound_text(detail, TEXT_BUDGET), "replanted": replanted},
     }
 
 

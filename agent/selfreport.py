@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .sensors.bounds import printable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path("/run/tripkey/selfreport.sock")
@@ -75,7 +77,7 @@ def parse_request(data: bytes) -> tuple[str, str | None]:
         raise ValueError(f"note must be a string of at most {MAX_NOTE_CHARS} characters")
     if path is not None and not isinstance(path, str):
         raise ValueError("path must be a string")
-    return note.strip() or "I opened it by mistake", path
+    return printable(note.strip()) or "I opened it by mistake", path
 
 
 class SelfReportServer:

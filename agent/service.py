@@ -15,6 +15,7 @@ reason) and the agent keeps planting and reporting; it never silently switches t
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import os
 import queue
@@ -33,6 +34,7 @@ from .enroll import EnrollmentError, ensure_enrolled
 from .planter import Planter, resolve_targets
 from .repair import RepairWatcher
 from .reporting import read_event_payload, scrub_secrets, target_reports, unavailable_health
+from .sensors.bounds import bound_event
 from .spool import Spool
 from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore, to_iso, utcnow
 from .uploader import UploadWorker
@@ -217,6 +219,9 @@ class AgentService:
                 return
             try:
                 label = self.classifier.classify(event) if self.classifier else None
+                # Scrub the planted secrets, then bound every string so the event fits the read
+                # log's budget and the issuer's API limits (agent.sensors.bounds).
+                event = bound_event(event, self._secrets)
                 event_id = self.readlog.record(event, label)
                 self._spool_put(read_event_payload(event, event_id, label, secrets=self._secrets))
                 if self.store is not None:
@@ -384,6 +389,11 @@ def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | Non
         service.stop()
 
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # Everything imported by now lives as long as the agent. Freezing it keeps each full garbage
+    # collection short: a collection pauses every thread, including the capture worker that must
+    # answer a held reader within the fail-open budget.
+    gc.collect()
+    gc.freeze()
     try:
         return service.run()
     finally:

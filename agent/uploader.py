@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from server_api_client import AuthError, IssuerUnreachable, RejectedError, ServerError, TripkeyError
 
 from . import __version__
+from .sensors.bounds import TEXT_BUDGET, bound_optional
 from .spool import Spool
 from .state import StateStore, to_iso, utcnow
 
@@ -127,7 +128,7 @@ def heartbeat_payload(
         "name": sensor_health.get("name"),
         "mode": sensor_health.get("mode"),
         "healthy": bool(sensor_health.get("healthy")),
-        "error": sensor_health.get("error"),
+        "error": bound_optional(sensor_health.get("error"), TEXT_BUDGET),
         "lost_events": int(sensor_health.get("lost_events") or 0),
     }
     return {
@@ -140,13 +141,14 @@ def heartbeat_payload(
                 "profile": t["profile"],
                 "access_key_id": t.get("access_key_id"),
                 "planted": bool(t.get("planted")),
-                "error": t.get("error"),
+                "error": bound_optional(t.get("error"), TEXT_BUDGET),
             }
             for t in targets
         ],
         "last_event_at": last_event_at,
         "spool_pending": spool.pending() if spool else 0,
         "spool_dropped": spool.dropped() if spool else 0,
+        "spool_rejected": spool.rejected() if spool else 0,
     }
 
 

@@ -43,8 +43,16 @@ ISSUER_USER = "tripkey-issuer-demo"
 ADMIN_POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}'
 BOOTSTRAP_ACTIONS = (
     ["iam", "create-user", "--user-name", ISSUER_USER],
-    ["iam", "put-user-policy", "--user-name", ISSUER_USER, "--policy-name", "issuer",
-     "--policy-document", ADMIN_POLICY],
+    [
+        "iam",
+        "put-user-policy",
+        "--user-name",
+        ISSUER_USER,
+        "--policy-name",
+        "issuer",
+        "--policy-document",
+        ADMIN_POLICY,
+    ],
     ["iam", "create-access-key", "--user-name", ISSUER_USER],
 )
 
@@ -261,8 +269,18 @@ def _run(
     issuer = procs.start(
         "issuer",
         [
-            _bin("tripkey-issuer"), "serve", "--config", str(issuer_config), "--db", db_url,
-            "--listen", f"127.0.0.1:{issuer_port}", "--aws-endpoint", aws_url, "--poll-interval", "1",
+            _bin("tripkey-issuer"),
+            "serve",
+            "--config",
+            str(issuer_config),
+            "--db",
+            db_url,
+            "--listen",
+            f"127.0.0.1:{issuer_port}",
+            "--aws-endpoint",
+            aws_url,
+            "--poll-interval",
+            "1",
         ],
         issuer_env,
     )
@@ -401,7 +419,10 @@ def _bootstrap_issuer_user(aws_url: str, base_env: dict[str, str]) -> dict[str, 
     for argv in BOOTSTRAP_ACTIONS:
         done = subprocess.run(
             [_bin("aws"), "--endpoint-url", aws_url, *argv, "--output", "json"],
-            env=env, capture_output=True, text=True, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             raise DemoError(f"could not set up the emulated account ({argv[1]}): {done.stderr.strip()}")

@@ -343,6 +343,7 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
                     ("last event at", health.get("last_event_at")),
                     ("spool pending", health.get("spool_pending")),
                     ("spool dropped", health.get("spool_dropped")),
+                    ("refused by the issuer", health.get("spool_rejected")),
                 ]
             )
             if sensor or health

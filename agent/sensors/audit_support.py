@@ -15,9 +15,9 @@ import psutil
 
 from agent.sensors.audit_parse import AuditRecord, record_from_netlink
 from agent.sensors.base import ProcessInfo, SensorError
+from agent.sensors.bounds import MAX_ANCESTORS
 
 _NLMSG_HDR = struct.Struct("=IHHII")
-MAX_ANCESTORS = 64
 START_SLACK = 1.0  # seconds of clock slack when checking that a pid was not reused
 
 

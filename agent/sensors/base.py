@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from agent.sensors.bounds import ANCESTOR_ARGV_BUDGET, MAX_ANCESTORS, READER_ARGV_BUDGET, printable, trim_argv
 from agent.sensors.redact import redact_argv
 
 
@@ -42,9 +43,20 @@ class ProcessInfo:
         return {"pid": self.pid, "exe": self.exe, "cmdline": list(self.cmdline), "uid": self.uid}
 
 
-def _redacted(info: ProcessInfo) -> ProcessInfo:
-    cmdline = redact_argv(info.cmdline)
-    return info if cmdline == info.cmdline else dataclasses.replace(info, cmdline=cmdline)
+def _optional(text: str | None) -> str | None:
+    return None if text is None else printable(text)
+
+
+def _clean_argv(argv: Iterable[str], budget: int) -> tuple[str, ...]:
+    return redact_argv(trim_argv([printable(arg) for arg in argv], budget))
+
+
+def _cleaned(info: ProcessInfo) -> ProcessInfo:
+    cmdline = _clean_argv(info.cmdline, ANCESTOR_ARGV_BUDGET)
+    exe = _optional(info.exe)
+    if cmdline == info.cmdline and exe == info.exe:
+        return info
+    return dataclasses.replace(info, exe=exe, cmdline=cmdline)
 
 
 # What a ReadEvent says about the reader, besides when and which file: the read log's columns and
@@ -86,8 +98,16 @@ class ReadEvent:
         # A command line may carry a secret (`aws configure set aws_secret_access_key X`). Every
         # sensor's events are born here and the read log, spool and alerts all keep cmdline, so
         # scrubbing here means no consumer can forget. Runs after a held reader was allowed.
-        object.__setattr__(self, "cmdline", redact_argv(self.cmdline))
-        object.__setattr__(self, "ancestors", tuple(_redacted(a) for a in self.ancestors))
+        # Undecodable bytes become printable text here too, and argv gets its coarse first cut
+        # (agent.sensors.bounds): SQLite and the issuer refuse lone surrogates, and a read must
+        # never be lost, nor the agent stalled, for its reader's odd name or huge command line.
+        object.__setattr__(self, "path", printable(self.path))
+        object.__setattr__(self, "exe", _optional(self.exe))
+        object.__setattr__(self, "cmdline", _clean_argv(self.cmdline, READER_ARGV_BUDGET))
+        object.__setattr__(self, "user", _optional(self.user))
+        object.__setattr__(self, "cwd", _optional(self.cwd))
+        chain = self.ancestors[:MAX_ANCESTORS]
+        object.__setattr__(self, "ancestors", tuple(_cleaned(a) for a in chain))
 
     def to_dict(self) -> dict[str, Any]:
         return {

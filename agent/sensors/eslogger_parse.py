@@ -41,12 +41,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from agent.sensors.base import ProcessInfo, ReadEvent, parse_utc
+from agent.sensors.bounds import MAX_ANCESTORS
 
 SENSOR_NAME = "eslogger"
 EVENT_EXEC, EVENT_OPEN, EVENT_FORK, EVENT_EXIT = 9, 10, 11, 15
 FREAD = 0x1  # es_event_open_t.fflag carries kernel FFLAGS (FREAD/FWRITE), not O_* flags
 MAX_LINE_BYTES = 8 << 20  # an exec with a huge environment is big; a longer line is corrupt
-MAX_ANCESTORS = 64
 _PRIVATE_ROOTS = ("/var", "/tmp", "/etc")
 _EVENT_TYPE_RE = re.compile(rb'"event_type"\s*:\s*(\d+)')
 

@@ -36,11 +36,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 
 from agent.sensors.base import ProcessInfo, ReadEvent, parse_utc
+from agent.sensors.bounds import MAX_ANCESTORS
 
 SENSOR_NAME = "eventlog"
 EVENT_ACCESS, EVENT_PROCESS_START, EVENT_PROCESS_EXIT = 4663, 4688, 4689
 READ_DATA = 0x1  # FILE_READ_DATA (ListDirectory on a folder)
-MAX_ANCESTORS = 64
 _NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
 _ROOT_OPEN_RE = re.compile(r"^\s*(<\?xml[^>]*\?>)?\s*<(?!Event[\s>])[A-Za-z]")
 

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from agent.sensors.base import ProcessInfo, user_name
+from agent.sensors.bounds import MAX_ANCESTORS
 
 T = TypeVar("T")
-MAX_ANCESTORS = 64  # a cycle or an absurd chain must not keep a reader held
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

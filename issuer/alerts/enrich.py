@@ -90,6 +90,10 @@ def _self_report_record(row: AgentEvent) -> dict[str, Any]:
     }
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
 def agent_health(device: Device, at: dt.datetime, stale_after_seconds: int) -> dict[str, Any]:
     """The agent's health around `at`: heartbeat freshness and what its sensor said last."""
     last = as_utc(device.last_heartbeat_at) if device.last_heartbeat_at else None
@@ -106,7 +110,10 @@ def agent_health(device: Device, at: dt.datetime, stale_after_seconds: int) -> d
         "stale_now": last is None or last < dt.datetime.now(dt.UTC) - stale_after,
         "sensor": sensor,
         "sensor_healthy": bool(sensor.get("healthy", False)) if sensor else False,
-        "lost_events": int(sensor.get("lost_events") or 0) if sensor else 0,
+        # Reads the agent never delivered: lost by the sensor, dropped by a full spool, refused here.
+        "lost_events": (int(sensor.get("lost_events") or 0) if sensor else 0)
+        + _count(health.get("spool_dropped"))
+        + _count(health.get("spool_rejected")),
         "health": health,
     }
 

@@ -187,7 +187,13 @@ def decide(facts: VerdictInput) -> Verdict:
     if not facts.sensor_healthy:
         fired.append(("context_incomplete", "the agent's sensor reported itself unhealthy"))
     if facts.lost_events:
-        fired.append(("context_incomplete", f"the sensor lost {facts.lost_events} event(s)"))
+        fired.append(
+            (
+                "context_incomplete",
+                f"the agent lost {facts.lost_events} read event(s)"
+                " (sensor queue, full spool or refused upload)",
+            )
+        )
 
     if not fired:
         fired.append(("suspicious", "no rule explains this use"))

@@ -227,6 +227,7 @@ class Heartbeat(RequestBody):
     last_event_at: UtcTime | None = None
     spool_pending: Annotated[int, Field(ge=0)] = 0
     spool_dropped: Annotated[int, Field(ge=0)] = 0
+    spool_rejected: Annotated[int, Field(ge=0)] = 0
 
 
 class HeartbeatAck(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +64,36 @@ def issuer_get(issuer: Any, path: str) -> Any:
     response = issuer.request("GET", path, issuer.create_token("responder"))
     response.raise_for_status()
     return response.json()
+
+
+@requires_root
+def test_hostile_reader_names_and_huge_parent_command_lines_still_reach_the_issuer(
+    tmp_path: Path, service_factory: Any, live_issuer: Any
+) -> None:
+    """Regression: CI's own `sh -c <script of 10 kB>` among the ancestors made the issuer refuse the
+    whole read (422), and the agent discarded it. Here the reader also has an undecodable name."""
+    service, users = service_factory(sensor="fanotify")
+    alice = users[0]
+    device_id = service.store.state.device_id
+    reader = os.path.join(os.fsencode(tmp_path), b"r\xffcat")
+    shutil.copy("/usr/bin/cat", reader)
+    script = ": " * 10_000 + f'; "$0" {shlex.quote(str(alice.credentials))} >/dev/null; true'
+    subprocess.run([b"bash", b"-c", script.encode(), reader], check=True)
+    shown = os.fsdecode(reader).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    assert shown.endswith("r\\xffcat")
+    rows = wait_for(lambda: [r for r in service.readlog.query() if r["exe"] == shown])
+    assert rows, "the read by a reader with an undecodable name was not recorded"
+    parent = rows[0]["ancestors"][0]
+    assert parent["cmdline"][:2] == ["bash", "-c"] and parent["cmdline"][2].endswith(" chars]")
+    uploaded = wait_for(
+        lambda: [
+            r
+            for r in issuer_get(live_issuer, f"/v1/devices/{device_id}/reads?since=1h")["reads"]
+            if r["event_id"] == rows[0]["event_id"]
+        ]
+    )
+    assert uploaded and uploaded[0]["exe"] == shown
+    assert service.spool.rejected() == 0
 
 
 @requires_root

@@ -135,6 +135,7 @@ def test_heartbeat_payload_matches_the_contract(
         "last_event_at",
         "spool_pending",
         "spool_dropped",
+        "spool_rejected",
     }
     assert set(payload["sensor"]) == {"name", "mode", "healthy", "error", "lost_events"}
     assert payload["spool_pending"] == 1 and payload["spool_dropped"] == 1

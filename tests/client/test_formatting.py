@@ -97,8 +97,14 @@ def test_table_aligns_and_clips() -> None:
 
 
 def test_repeated_opens_by_one_process_are_one_entry() -> None:
-    aws = {"pid": 7, "exe": "/usr/bin/python3", "cmdline": ["aws", "s3", "ls"], "user": "bob",
-           "classification": "aws_tool", "time": "2026-11-22T10:00:00Z"}
+    aws = {
+        "pid": 7,
+        "exe": "/usr/bin/python3",
+        "cmdline": ["aws", "s3", "ls"],
+        "user": "bob",
+        "classification": "aws_tool",
+        "time": "2026-11-22T10:00:00Z",
+    }
     cat = {**aws, "pid": 8, "exe": "/usr/bin/cat", "cmdline": ["cat", "f"], "classification": "shell_utility"}
     alert = {"id": "alr_1", "enrichment": {"reads": [aws, aws, aws, cat, aws]}}
     report = fmt.alert_report(alert)

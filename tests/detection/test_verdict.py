@@ -131,3 +131,20 @@ def test_selftest_is_mentioned() -> None:
     )
     assert "self-test" in verdict.reasons[0]
     assert verdict.hint == "curious_user"
+
+
+@pytest.mark.parametrize(
+    ("health", "lost"),
+    [
+        ({"sensor": {"healthy": True, "lost_events": 1}, "spool_dropped": 3, "spool_rejected": 2}, 6),
+        ({"sensor": {"healthy": True, "lost_events": 0}, "spool_rejected": 1}, 1),
+        ({"sensor": {"healthy": True}, "spool_dropped": "many", "spool_rejected": -4}, 0),  # forged junk
+        ({}, 0),
+    ],
+)
+def test_reads_the_agent_never_delivered_count_as_lost(health: dict[str, object], lost: int) -> None:
+    from issuer.alerts.enrich import agent_health
+    from issuer.models import Device
+
+    device = Device(id="dev_x", hostname="h", os="linux", last_heartbeat_at=USE, health=health)
+    assert agent_health(device, USE, stale_after_seconds=600)["lost_events"] == lost

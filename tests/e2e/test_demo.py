@@ -36,7 +36,11 @@ def test_demo_names_the_curious_reader_and_leaves_nothing_behind(tmp_path: Path)
     started = time.monotonic()
     done = subprocess.run(
         [str(VENV_BIN / "tripkey"), "demo", "--output", str(output)],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     elapsed = time.monotonic() - started
     print(f"tripkey demo took {elapsed:.1f}s")
@@ -78,7 +82,10 @@ def test_an_interrupted_demo_stops_everything_it_started(tmp_path: Path, signum:
     env = {**os.environ, "TRIPKEY_DEMO_TEST_MARKER": marker, "TMPDIR": str(tmp_path)}
     proc = subprocess.Popen(
         [str(VENV_BIN / "tripkey"), "demo", "--output", str(tmp_path / "out")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # A background job may inherit SIGINT ignored; the demo must see it as a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

@@ -38,9 +38,10 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         timestamp = self.headers.get("X-Tripkey-Timestamp", "")
-        expected = "sha256=" + hmac.new(
-            HOOK_SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256
-        ).hexdigest()
+        expected = (
+            "sha256="
+            + hmac.new(HOOK_SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        )
         valid = hmac.compare_digest(expected, self.headers.get("X-Tripkey-Signature", ""))
         self.server.received.append({"valid": valid, "body": json.loads(body)})  # type: ignore[attr-defined]
         self.send_response(200 if valid else 401)
@@ -126,11 +127,19 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
 
         # A curious local user reads the file (setpriv execs, so the pid is cat's).
         reader = subprocess.run(
-            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups",
-             "/usr/bin/cat", str(credentials)],
-            capture_output=True, check=True,
+            [
+                "setpriv",
+                f"--reuid={user.uid}",
+                f"--regid={user.gid}",
+                "--clear-groups",
+                "/usr/bin/cat",
+                str(credentials),
+            ],
+            capture_output=True,
+            check=True,
         )
         assert key_id.encode() in reader.stdout
+
         # The read reaches the issuer before the key is used, as it would in the field.
         def cat_reads() -> list[Any]:
             return [r for r in responder.device_reads(device.device_id) if r.raw.get("exe") == "/usr/bin/cat"]
@@ -142,9 +151,22 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             attacker_env.pop(name)
         used = subprocess.run(
-            [str(VENV_BIN / "aws"), "--endpoint-url", moto_url, "--profile", PROFILE,
-             "sts", "get-caller-identity", "--output", "json"],
-            env=attacker_env, capture_output=True, text=True, check=False, timeout=120,
+            [
+                str(VENV_BIN / "aws"),
+                "--endpoint-url",
+                moto_url,
+                "--profile",
+                PROFILE,
+                "sts",
+                "get-caller-identity",
+                "--output",
+                "json",
+            ],
+            env=attacker_env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
         assert used.returncode == 0, used.stderr
         principal = responder.lookup_credential(key_id).principal_name

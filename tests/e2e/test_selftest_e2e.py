@@ -19,7 +19,11 @@ def _agent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPKEY_")}
     return subprocess.run(
         [str(VENV_BIN / "tripkey-agent"), *args, "--config", str(config)],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -55,10 +59,7 @@ def test_trigger_opens_a_selftest_alert_not_an_incident(
     deadline = time.monotonic() + 30
     alerts: list[Any] = []
     while time.monotonic() < deadline and not alerts:
-        alerts = [
-            responder.get_alert(summary.id).raw
-            for summary in responder.list_alerts()
-        ]
+        alerts = [responder.get_alert(summary.id).raw for summary in responder.list_alerts()]
         alerts = [a for a in alerts if a["enrichment"]["credential"]["access_key_id"] == key_id]
         time.sleep(0.3)
     assert alerts, "no alert for the self-test"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -108,6 +109,10 @@ def fan_sensor_factory() -> Iterator[Callable[..., object]]:
     from agent.sensors.fanotify import FanotifyNotifySensor, FanotifySensor
 
     started: list[FanotifySensor] = []
+    # As `tripkey-agent run` does (agent.service.run_service): the objects alive now, here the whole
+    # test session's, are frozen, so a full garbage collection cannot pause the capture worker past
+    # the fail-open budget in the middle of an acceptance test.
+    gc.freeze()
 
     def make(
         paths: list[Path], callback: Callable[[ReadEvent], None], notify: bool = False, **options: object
@@ -121,6 +126,7 @@ def fan_sensor_factory() -> Iterator[Callable[..., object]]:
     yield make
     for sensor in started:
         sensor.stop()
+    gc.unfreeze()
 
 
 # ---- audit (helper C2) ------------------------------------------------------------------------

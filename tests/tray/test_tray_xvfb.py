@@ -57,8 +57,21 @@ def display(tmp_path: Path) -> Iterator[str]:
         assert name != ":", "Xvfb did not start"
         env = {**os.environ, "DISPLAY": name}
         tray_host = subprocess.Popen(
-            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "200",
-             "--height", "40", "--transparent", "false"],
+            [
+                "trayer",
+                "--edge",
+                "top",
+                "--align",
+                "right",
+                "--widthtype",
+                "pixel",
+                "--width",
+                "200",
+                "--height",
+                "40",
+                "--transparent",
+                "false",
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -122,7 +135,10 @@ def test_icon_appears_in_the_system_tray(display: str, tmp_path: Path) -> None:
         subprocess.run(click, env=env, check=True)
         opened = subprocess.run(
             ["xdotool", "search", "--sync", "--name", "Security tripwire on this computer"],
-            env=env, capture_output=True, text=True, timeout=20,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         assert opened.stdout.split(), "clicking the icon did not open the explanation"
     finally:
@@ -140,7 +156,10 @@ def test_explanation_window_sends_a_self_report(display: str, tmp_path: Path) ->
     try:
         found = subprocess.run(
             ["xdotool", "search", "--sync", "--name", "Security tripwire on this computer"],
-            env=env, capture_output=True, text=True, timeout=20,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=20,
         )
         window = found.stdout.split()[0]
         time.sleep(0.5)
