@@ -356,7 +356,18 @@ def _run(
 
     # 5. Detection.
     steps.step("waiting for the issuer to detect the key's use and raise an alert")
-    alert = _wait_until(lambda: _alert_with_reads(responder, key_id), remaining(), "the alert", everyone)
+    raised: list[dict[str, Any]] = []  # an alert seen before its reads arrived, for the error
+    try:
+        alert = _wait_until(
+            lambda: _alert_with_reads(responder, key_id, raised), remaining(), "the alert", everyone
+        )
+    except DemoError as exc:
+        if not raised:
+            raise
+        raise DemoError(
+            f"{exc}: alert {raised[-1]['id']} was raised but names no reader; the agent's record of the "
+            "read never reached the issuer (its reasons are in agent.log)"
+        ) from None
     alert_path = output_dir / "alert.json"
     alert_path.write_text(json.dumps(alert, indent=2, sort_keys=True) + "\n")
     steps.detail(f"alert {alert['id']} raised; JSON written to {alert_path}")
@@ -435,7 +446,9 @@ def _personal_intact(path: Path) -> str:
     return "yes" if SANDBOX_CREDENTIALS in path.read_text() else "NO (this is a bug)"
 
 
-def _alert_with_reads(client: IssuerClient, key_id: str) -> dict[str, Any] | None:
+def _alert_with_reads(
+    client: IssuerClient, key_id: str, raised: list[dict[str, Any]]
+) -> dict[str, Any] | None:
     try:
         for summary in client.list_alerts():
             alert = client.get_alert(summary.id).raw
@@ -447,6 +460,7 @@ def _alert_with_reads(client: IssuerClient, key_id: str) -> dict[str, Any] | Non
             delivered = all(d.get("status") != "pending" for d in alert.get("deliveries") or [])
             if (reads or os.geteuid() != 0) and alert.get("deliveries") and delivered:
                 return alert
+            raised[:] = [alert]
             # The alert is re-enriched as reads arrive; poll again.
     except TripkeyError:
         return None
