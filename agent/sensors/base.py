@@ -48,7 +48,7 @@ def _optional(text: str | None) -> str | None:
 
 
 def _clean_argv(argv: Iterable[str], budget: int) -> tuple[str, ...]:
-    return redact_argv(trim_argv([printable(arg) for arg in argv], budget))
+    return redact_argv(tuple(printable(arg) for arg in trim_argv(argv, budget)))
 
 
 def _cleaned(info: ProcessInfo) -> ProcessInfo:

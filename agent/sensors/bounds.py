@@ -24,6 +24,7 @@ cut are folded into the second, so the counts stay exact.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import re
@@ -101,10 +102,6 @@ def wire_cost(text: str) -> int:
     return len(json.dumps(text)) - 2
 
 
-def _char_cost(char: str) -> int:
-    return wire_cost(char)
-
-
 def bound_text(text: str, budget: int) -> str:
     """`text` (made printable) cut so its wire cost stays within `budget`, saying how much was cut."""
     text = printable(text)
@@ -113,13 +110,15 @@ def bound_text(text: str, budget: int) -> str:
     earlier, already = _CHARS_CUT.search(text), 0
     if earlier:  # cut before (trim_argv): count what that cut dropped too, not its marker
         text, already = text[: earlier.start()], int(earlier.group(1))
-    room, used, kept = budget - _MARKER_ROOM, 0, 0
-    for char in text:
-        used += _char_cost(char)
-        if used > room:
-            break
-        kept += 1
-    return _cut_marker(text[:kept], len(text) - kept + already)
+    room = budget - _MARKER_ROOM
+    low, high = 0, min(len(text), room)  # every character costs at least one byte
+    while low < high:  # the longest prefix within room: cost grows with length
+        middle = (low + high + 1) // 2
+        if wire_cost(text[:middle]) <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return _cut_marker(text[:low], len(text) - low + already)
 
 
 def bound_argv(argv: Sequence[str], budget: int) -> tuple[str, ...]:
@@ -150,6 +149,15 @@ def scrub_text(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
+def _with(event: ReadEvent, **changes: object) -> ReadEvent:
+    """`event` with `changes`, without running ReadEvent.__post_init__ again: its text was made
+    printable and redacted at birth, and redacting twice doubled the cost of every read."""
+    clone = copy.copy(event)
+    for name, value in changes.items():
+        object.__setattr__(clone, name, value)
+    return clone
+
+
 def bound_event(event: ReadEvent, secrets: Iterable[str] = ()) -> ReadEvent:
     """`event` with the known `secrets` scrubbed from its text, then every string within budget."""
     ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
@@ -165,7 +173,7 @@ def bound_event(event: ReadEvent, secrets: Iterable[str] = ()) -> ReadEvent:
             info, exe=text(info.exe, PATH_BUDGET), cmdline=argv(info.cmdline, ANCESTOR_ARGV_BUDGET)
         )
 
-    return dataclasses.replace(
+    return _with(
         event,
         path=bound_text(scrub_text(event.path, ordered), PATH_BUDGET),
         exe=text(event.exe, PATH_BUDGET),

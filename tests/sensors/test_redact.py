@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from agent.readlog import ReadLog
 from agent.sensors.base import ProcessInfo, ReadEvent
-from agent.sensors.redact import REDACTED, is_sensitive_name, redact_argv
+from agent.sensors.redact import (
+    _SENSITIVE,
+    REDACTED,
+    _may_hold_sensitive_word,
+    is_sensitive_name,
+    redact_argv,
+    redact_text,
+)
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documented example secret key
 R = REDACTED
@@ -98,3 +106,38 @@ def test_clean_event_is_untouched() -> None:
     event = _event(("cat", "/home/alice/.aws/credentials"), ("bash",))
     assert event.cmdline == ("cat", "/home/alice/.aws/credentials")
     assert event.ancestors[0].cmdline == ("bash",)
+
+
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "\u017fecret=hunter2",  # long s: IGNORECASE equates it with s
+        "TO\u212aEN=hunter2",  # Kelvin sign: equated with k
+        "pr\u0131vate_key=hunter2",  # dotless i: equated with i, but casefold() keeps it
+        "PASSWORD=hunter2",
+    ],
+)
+def test_the_fast_prefilter_never_skips_an_assignment_the_full_pattern_would_redact(arg: str) -> None:
+    assert redact_text(arg).endswith("=" + REDACTED)
+
+
+def test_the_prefilter_covers_every_character_ignorecase_equates_with_a_word_letter() -> None:
+    """_may_hold_sensitive_word must hold wherever _SENSITIVE matches, over all of Unicode: each
+    character re's IGNORECASE equates with a letter of a sensitive word, put into that word."""
+    words = ("secret", "password", "passwd", "passphrase", "token", "api_key", "private-key")
+    letters = "".join(sorted(set("".join(words))))
+    any_letter = re.compile(f"[{re.escape(letters)}]", re.IGNORECASE)
+    checked = 0
+    for cp in range(0x110000):
+        char = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF or not any_letter.fullmatch(char):
+            continue
+        for letter in letters:
+            if not re.fullmatch(re.escape(letter), char, re.IGNORECASE):
+                continue
+            word = next(w for w in words if letter in w)
+            spelled = word.replace(letter, char, 1)
+            assert _SENSITIVE.search(spelled), spelled
+            assert _may_hold_sensitive_word(spelled), (hex(cp), word)
+            checked += 1
+    assert checked > len(letters)  # upper and lower case at least, plus the odd ones
