@@ -231,13 +231,39 @@ class SmtpSink(Sink):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.host = str(_require(config, "host", self.name))
-        self.port = int(config.get("port", 25))
+        self.port = int(config.get("port", 465 if config.get("tls") else 25))
         self.sender = str(_require(config, "from", self.name))
         to = _require(config, "to", self.name)
         self.recipients = [to] if isinstance(to, str) else [str(r) for r in to]
         self.starttls = bool(config.get("starttls", False))
+        self.tls = bool(config.get("tls", False))  # implicit TLS from the first byte (SMTPS, port 465)
+        self.ca_bundle = config.get("ca_bundle")  # a private relay's CA; the system's CAs otherwise
         self.username = config.get("username")
         self.password = config.get("password")
+        if self.starttls and self.tls:
+            raise SinkConfigError(f"sink {self.name!r}: set starttls or tls, not both")
+        if self.username and not (self.starttls or self.tls):
+            raise SinkConfigError(
+                f"sink {self.name!r}: username needs starttls or tls (the password would cross the "
+                "network in clear text)"
+            )
+        if self.ca_bundle is not None and not Path(str(self.ca_bundle)).is_file():
+            raise SinkConfigError(f"sink {self.name!r}: ca_bundle {self.ca_bundle} is not a file")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.tls:
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._tls_context())
+        client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        if self.starttls:
+            try:
+                client.starttls(context=self._tls_context())
+            except BaseException:
+                client.close()
+                raise
+        return client
 
     def send(self, alert: dict[str, Any]) -> str:
         message = EmailMessage()
@@ -246,9 +272,7 @@ class SmtpSink(Sink):
         message["To"] = ", ".join(self.recipients)
         message.set_content(_text_body(alert) + "\n\n" + json.dumps(alert, indent=2, sort_keys=True))
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as client:
-                if self.starttls:
-                    client.starttls(context=ssl.create_default_context())
+            with self._connect() as client:
                 if self.username:
                     client.login(str(self.username), str(self.password or ""))
                 client.send_message(message)

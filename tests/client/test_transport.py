@@ -388,13 +388,13 @@ def test_tls_verification_uses_custom_ca_bundle(cl_tls_server: tuple[ScriptedSer
 
 
 def test_tls_wrong_ca_bundle_fails(cl_tls_server: tuple[ScriptedServer, object], tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from .conftest import _make_tls
+    from tests.tls_support import make_test_tls
 
     server, _ = cl_tls_server
     server.rule = lambda req: Scripted(200, HEALTH)
     other = tmp_path / "other"
     other.mkdir()
-    wrong = _make_tls(other).ca_bundle
+    wrong = make_test_tls(other).ca_bundle
     with pytest.raises(IssuerUnreachable, match="TLS failure"):
         IssuerClient(server.url, TOKEN, ca_bundle=str(wrong), retries=0).health()
 

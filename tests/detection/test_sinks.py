@@ -22,7 +22,6 @@ from issuer.detection.events import parse_eventbridge_event
 from issuer.detection.pipeline import process_events
 from issuer.models import Delivery
 from tests.detection.conftest import cloudtrail_event
-from tests.detection.smtp_receiver import SmtpReceiver
 
 ALERT = {
     "id": "alr_test",
@@ -99,30 +98,6 @@ def test_pagerduty_events_v2_and_selftest_skip(det_webhook) -> None:  # type: ig
     assert body["payload"]["severity"] == "error" and body["payload"]["source"] == "lap-17"
     assert sink.send({**ALERT, "selftest": True}) == SKIPPED
     assert len(receiver.requests) == 1, "a self-test never pages"
-
-
-def test_smtp_email() -> None:
-    receiver = SmtpReceiver()
-    try:
-        sink = build_sink(
-            {
-                "type": "smtp",
-                "host": "127.0.0.1",
-                "port": receiver.port,
-                "from": "tripkey@example.com",
-                "to": ["soc@example.com", "oncall@example.com"],
-            }
-        )
-        assert sink.send(ALERT) == DELIVERED
-        [message] = receiver.messages
-        assert message["Subject"].startswith("[Tripkey HIGH]")
-        assert receiver.envelopes[0] == ("tripkey@example.com", ["soc@example.com", "oncall@example.com"])
-        assert "/usr/bin/cat" in message.get_payload()
-        receiver.reject_with = 550
-        with pytest.raises(DeliveryFailed, match="SMTP 550"):
-            sink.send(ALERT)
-    finally:
-        receiver.close()
 
 
 def test_jsonl(tmp_path: Path) -> None:
