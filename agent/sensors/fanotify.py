@@ -211,6 +211,7 @@ class FanotifySensor(Sensor):
             deadline = time.monotonic() + self.budget + 1
             for thread in stage_threads:
                 thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self._drain_abandoned_work()
         if self._guard is not None:
             self._guard.close()  # allows whatever is still pending, exactly once
         self._close_group()  # closing the group allows the rest
@@ -219,6 +220,20 @@ class FanotifySensor(Sensor):
             if fd >= 0:
                 os.close(fd)
         log.info("%s sensor stopped", self.name)
+
+    def _drain_abandoned_work(self) -> None:
+        """Records queued behind a capture worker that never came back: answer them and close their
+        fds (they would leak), and count them as lost, since nobody will capture them now."""
+        while True:
+            try:
+                work = self._work_q.get_nowait()
+            except queue.Empty:
+                return
+            if work is None:  # a stop sentinel the stalled worker never took
+                continue
+            self._finish(work.event)
+            with self._stats_lock:
+                self._lost += 1
 
     # -- marks ----------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ reads are not recorded; without privilege the sensor says exactly what is missin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import pwd
@@ -161,6 +162,36 @@ def test_stalled_capture_fails_open_within_budget(
     time.sleep(0.1)
     health = sensor.health()
     assert health.guard_answered == 2 and health.response_errors == 0  # answered exactly once
+
+
+def _fds_open_on(path: Path) -> int:
+    count = 0
+    for entry in os.scandir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(entry.path) == str(path)
+    return count
+
+
+def test_stop_behind_a_capture_that_never_returns_closes_every_queued_record(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    release = threading.Event()
+
+    def stuck_capture(pid: int, pidfd: int | None) -> procinfo.ProcContext:
+        release.wait(30)  # outlives stop(): the worker is abandoned
+        return procinfo.ProcContext(pid=pid, gone=True)
+
+    sensor = fan_sensor_factory([fan_target], fan_collector, capture=stuck_capture, capture_workers=1)
+    try:
+        for _ in range(4):  # one held by the stuck worker, three queued behind it
+            subprocess.run(["cat", str(fan_target)], capture_output=True, check=True, timeout=10)
+        assert _fds_open_on(fan_target) == 4  # each record owns an fd of the file until finished
+        sensor.stop()  # type: ignore[attr-defined]
+        # The three queued records were answered, closed and counted; only the stuck one remains.
+        assert _fds_open_on(fan_target) == 1
+        assert sensor.health().lost_events == 3  # type: ignore[attr-defined]
+    finally:
+        release.set()
 
 
 def test_stalled_callback_never_holds_a_reader(
