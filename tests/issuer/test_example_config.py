@@ -26,3 +26,17 @@ def test_every_setting_is_documented() -> None:
     )
     missing = set(Settings.model_fields) - documented
     assert not missing, f"settings missing from {EXAMPLE.name}: {sorted(missing)}"
+
+
+def test_the_commented_sink_examples_build(tmp_path: Path) -> None:
+    """Uncommented, the example [[sinks]] blocks are valid sink configs (the CA file made real)."""
+    from issuer.alerts.sinks import build_sinks
+
+    text = EXAMPLE.read_text()
+    block = text[text.index("# [[sinks]]") :]
+    lines = [line[2:] for line in block.splitlines() if line.startswith("# ")]
+    ca = tmp_path / "relay-ca.pem"
+    ca.write_text("not read until delivery\n")
+    sinks_toml = "\n".join(lines).replace("/etc/ssl/relay-ca.pem", str(ca))
+    sinks = build_sinks(tomllib.loads(sinks_toml)["sinks"])
+    assert sorted(s.type for s in sinks) == ["jsonl", "pagerduty", "slack", "smtp", "webhook"]
