@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from agent.sensors.redact import REDACTED
+
 if TYPE_CHECKING:
     from agent.sensors.base import ProcessInfo, ReadEvent
 
@@ -140,9 +142,7 @@ def bound_optional(text: str | None, budget: int) -> str | None:
 
 
 def scrub_text(text: str, secrets: Iterable[str]) -> str:
-    """`text` with each known secret replaced by [REDACTED], longest first."""
-    from agent.sensors.redact import REDACTED
-
+    """`text` with each known secret replaced by [REDACTED] (pass them longest first)."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, REDACTED)
