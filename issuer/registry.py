@@ -100,7 +100,8 @@ def is_stale(device: Device, stale_after_seconds: float, now: dt.datetime | None
     return ((now or utcnow()) - seen).total_seconds() > stale_after_seconds
 
 
-def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> dict[str, Any]:
+def device_facts(device: Device) -> dict[str, Any]:
+    """What identifies a device: the API's Device and an alert's enrichment both start from this."""
     return {
         "device_id": device.id,
         "hostname": device.hostname,
@@ -110,6 +111,12 @@ def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | N
         "users": list(device.users or []),
         "agent_version": device.agent_version,
         "enrolled_at": device.enrolled_at,
+    }
+
+
+def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> dict[str, Any]:
+    return {
+        **device_facts(device),
         "last_heartbeat_at": device.last_heartbeat_at,
         "health": dict(device.health or {}),
         "stale": is_stale(device, stale_after_seconds, now),

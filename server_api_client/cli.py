@@ -199,34 +199,40 @@ def _emit_json(out: Out, data: Any) -> None:
     out.write("\n")
 
 
+def _emit_list(
+    out: Out, args: argparse.Namespace, key: str, rows: list[dict[str, Any]], table: Any, empty: str
+) -> int:
+    """`{key: rows}` with --json; else the table, or `empty` when there is nothing (still exit 0)."""
+    if args.json:
+        _emit_json(out, {key: rows})
+    else:
+        out.write((table(rows) if rows else empty) + "\n")
+    return EXIT_OK
+
+
+def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
+    if args.json:
+        _emit_json(out, data)
+    else:
+        out.write(text + "\n")
+    return EXIT_OK
+
+
 def cmd_alerts_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     alerts = [a.raw for a in client.list_alerts(status=args.status)]
-    if args.json:
-        _emit_json(out, {"alerts": alerts})
-    elif alerts:
-        out.write(fmt.alerts_table(alerts) + "\n")
-    else:
-        out.write(f"no {args.status + ' ' if args.status else ''}alerts\n")
-    return EXIT_OK
+    empty = f"no {args.status + ' ' if args.status else ''}alerts"
+    return _emit_list(out, args, "alerts", alerts, fmt.alerts_table, empty)
 
 
 def cmd_alerts_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     alert = client.get_alert(args.alert_id).raw
-    if args.json:
-        _emit_json(out, alert)
-    else:
-        out.write(fmt.alert_report(alert) + "\n")
-    return EXIT_OK
+    return _emit_one(out, args, alert, fmt.alert_report(alert))
 
 
 def cmd_alerts_transition(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     act = client.ack_alert if args.transition == "ack" else client.resolve_alert
     alert = act(args.alert_id, note=args.note)
-    if args.json:
-        _emit_json(out, alert.raw)
-    else:
-        out.write(f"alert {alert.id} is now {alert.status}\n")
-    return EXIT_OK
+    return _emit_one(out, args, alert.raw, f"alert {alert.id} is now {alert.status}")
 
 
 def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -235,43 +241,26 @@ def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     reads = [
         r.raw for r in client.device_reads(args.device, since=args.since, path=args.path, limit=args.limit)
     ]
-    if args.json:
-        _emit_json(out, {"reads": reads})
-    elif reads:
-        out.write(fmt.reads_table(reads) + "\n")
-    else:
-        out.write(f"no reads on device {args.device} since {args.since}\n")
-    return EXIT_OK
+    empty = f"no reads on device {args.device} since {args.since}"
+    return _emit_list(out, args, "reads", reads, fmt.reads_table, empty)
 
 
 def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     cred = client.lookup_credential(args.access_key_id).raw
-    if args.json:
-        _emit_json(out, cred)
-    else:
-        out.write(fmt.credential_report(cred) + "\n")
-    return EXIT_OK
+    return _emit_one(out, args, cred, fmt.credential_report(cred))
 
 
 def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     devices = [d.raw for d in client.list_devices() if d.stale or not args.stale]
-    if args.json:
-        _emit_json(out, {"devices": devices})
-    elif devices:
-        out.write(fmt.devices_table(devices) + "\n")
-    else:
-        out.write("no stale devices\n" if args.stale else "no enrolled devices\n")
-    return EXIT_OK
+    empty = "no stale devices" if args.stale else "no enrolled devices"
+    return _emit_list(out, args, "devices", devices, fmt.devices_table, empty)
 
 
 def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     device = client.get_device(args.device_id).raw
     credentials = [c.raw for c in client.list_credentials(args.device_id)]
-    if args.json:
-        _emit_json(out, {**device, "credentials": credentials})
-    else:
-        out.write(fmt.device_report(device, credentials) + "\n")
-    return EXIT_OK
+    text = fmt.device_report(device, credentials)
+    return _emit_one(out, args, {**device, "credentials": credentials}, text)
 
 
 # ------------------------------------------------------------------------------------------ main

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from issuer import registry
 from issuer.alerts.verdict import ReadFact, SelfReportFact, Verdict, VerdictInput, decide
 from issuer.detection.events import as_utc
 from issuer.models import AgentEvent, Credential, Device, Placement
@@ -30,16 +31,8 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def device_facts(device: Device) -> dict[str, Any]:
-    return {
-        "device_id": device.id,
-        "hostname": device.hostname,
-        "os": device.os,
-        "os_version": device.os_version,
-        "serial": device.serial,
-        "users": list(device.users or []),
-        "agent_version": device.agent_version,
-        "enrolled_at": _iso(device.enrolled_at),
-    }
+    """The device as an alert stores it (JSON: times as ISO strings)."""
+    return {**registry.device_facts(device), "enrolled_at": _iso(device.enrolled_at)}
 
 
 def credential_facts(credential: Credential) -> dict[str, Any]:
