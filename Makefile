@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
 # tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm.
 
-.PHONY: demo test test-all lint system-deps bench clean
+.PHONY: demo test test-all lint typecheck system-deps bench clean
 
 $(STAMP): pyproject.toml
 	@# Debian splits venv/ensurepip into python3-venv: install it when missing (root + apt).
@@ -48,11 +48,13 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tools.typecheck
 
 # pytest exit code 5 means no test ran: that is a failure, never a pass.
 test: system-deps $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tools.typecheck
 	$(BIN)/python -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
 
@@ -61,11 +63,15 @@ test-all: system-deps $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,package]'
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m tools.typecheck
 	$(BIN)/python -m pytest -m '' ; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
+
+typecheck: $(STAMP)
+	$(BIN)/python -m tools.typecheck
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -18,14 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent import __version__
+from agent.clock import utcnow
+from agent.config import AgentConfig, ConfigError, load_config, parse_assignment
+from agent.reporting.enroll import EnrollmentError, ensure_enrolled
+from agent.reporting.spool import Spool
+from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore
+from agent.status import format_status, open_store, status_data
 from server_api_client import IssuerUnreachable, TripkeyError
-
-from . import __version__
-from .config import AgentConfig, ConfigError, load_config, parse_assignment
-from .enroll import EnrollmentError, ensure_enrolled
-from .spool import Spool
-from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore, utcnow
-from .status import format_status, open_store, status_data
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -186,7 +186,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .service import run_service
+    from agent.service import run_service
 
     config.require_issuer()
     return run_service(config)
@@ -205,7 +205,7 @@ def cmd_status(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_reads(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .readlog import ReadLog, ReadLogError, format_table, parse_since
+    from agent.events.readlog import ReadLog, ReadLogError, format_table, parse_since
 
     try:
         since = parse_since(args.since)
@@ -231,7 +231,7 @@ def cmd_reads(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def _enrolled_client(config: AgentConfig, store: StateStore, users: list[str], *, enroll: bool) -> Any:
-    from .service import make_client
+    from agent.service import make_client
 
     client = make_client(config)
     if enroll:
@@ -248,8 +248,8 @@ def _enrolled_client(config: AgentConfig, store: StateStore, users: list[str], *
 
 
 def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .planter import Planter, resolve_targets
-    from .uploader import FlushResult, Uploader
+    from agent.planting.planter import Planter, resolve_targets
+    from agent.reporting.uploader import FlushResult, Uploader
 
     config.require_issuer()
     with DirLock(config.state_dir):
@@ -275,8 +275,8 @@ def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .planter import resolve_targets
-    from .targets import inspect_targets
+    from agent.planting.planter import resolve_targets
+    from agent.planting.targets import inspect_targets
 
     store = open_store(config)
     targets, errors = resolve_targets(config)
@@ -291,7 +291,7 @@ def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .planter import Planter, resolve_targets
+    from agent.planting.planter import Planter, resolve_targets
 
     with DirLock(config.state_dir):
         store = StateStore(config.state_dir)
@@ -331,7 +331,7 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
-    from .trigger import TriggerError, run_trigger
+    from agent.trigger import TriggerError, run_trigger
 
     store = open_store(config)
     if store is None or not store.state.enrolled:

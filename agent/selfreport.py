@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .sensors.bounds import printable
+from agent import osflags
+from agent.clock import utcnow
+from agent.events.bounds import printable
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,24 @@ class SelfReport:
     path: str | None = None
 
 
+# macOS <sys/un.h>: SOL_LOCAL, LOCAL_PEERCRED (a struct xucred), LOCAL_PEERPID (a pid_t).
+_SOL_LOCAL, _LOCAL_PEERCRED, _LOCAL_PEERPID = 0, 0x001, 0x002
+_XUCRED = struct.Struct("IIh16I")  # cr_version, cr_uid, cr_ngroups, cr_groups[16] (native alignment)
+
+
 def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the connected process, as the kernel knows them."""
-    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+    if osflags.LINUX:
+        raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, gid = struct.unpack("3i", raw)
+        return pid, uid, gid
+    if osflags.MACOS:  # not exercised on Linux CI: see packaging/macos/README.md
+        _version, uid, _ngroups, *groups = _XUCRED.unpack(
+            conn.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, _XUCRED.size)
+        )
+        pid = struct.unpack("i", conn.getsockopt(_SOL_LOCAL, _LOCAL_PEERPID, struct.calcsize("i")))[0]
+        return pid, uid, groups[0]
+    raise OSError("self-reports need a Unix socket with peer credentials (Linux, macOS)")
 
 
 def _user_name(uid: int) -> str:
@@ -142,7 +157,7 @@ class SelfReportServer:
                     break
                 data += chunk
             note, path = parse_request(data.strip())
-            report = SelfReport(dt.datetime.now(dt.UTC), uid, _user_name(uid), pid, note, path)
+            report = SelfReport(utcnow(), uid, _user_name(uid), pid, note, path)
             self.on_report(report)
             conn.sendall(b'{"ok": true}\n')
         except (ValueError, OSError) as exc:

@@ -5,7 +5,7 @@ Threads:
             sensor and watcher paths), due re-plants after backoff, state/health persistence
   consumer  sensor events from a bounded queue: classify, record in the read log, spool
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
-  repair    the tamper watcher (agent.repair) and watchdog's observer
+  repair    the tamper watcher (agent.planting.repair) and watchdog's observer
   sensor    whatever the chosen sensor runs
 
 A sensor that cannot start is reported LOUDLY (error log, status, heartbeat healthy=false with the
@@ -22,22 +22,28 @@ import queue
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from agent import __version__
+from agent.clock import to_iso, utcnow
+from agent.config import AgentConfig
+from agent.events.bounds import bound_event
+from agent.events.secrets import KnownSecrets
+from agent.planting.planter import Planter, resolve_targets
+from agent.planting.repair import RepairWatcher
+from agent.reporting.enroll import EnrollmentError, ensure_enrolled
+from agent.reporting.payloads import (
+    read_event_payload,
+    self_report_payload,
+    target_reports,
+    unavailable_health,
+)
+from agent.reporting.spool import Spool
+from agent.reporting.uploader import UploadWorker
+from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore
 from server_api_client import IssuerClient, TripkeyError
-
-from . import __version__
-from .config import AgentConfig
-from .enroll import EnrollmentError, ensure_enrolled
-from .planter import Planter, resolve_targets
-from .repair import RepairWatcher
-from .reporting import read_event_payload, scrub_secrets, target_reports, unavailable_health
-from .sensors.bounds import bound_event
-from .spool import Spool
-from .state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore, to_iso, utcnow
-from .uploader import UploadWorker
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +84,7 @@ class AgentService:
         self._queue_lost = 0
         # In memory only: what the read log and the spool must never store. Replaced, never mutated,
         # so the consumer thread can read it while the planter adds a secret.
-        self._secrets: frozenset[str] = frozenset()
+        self._secrets = KnownSecrets()
         self._upload_wake = threading.Event()
         self._reenroll = threading.Event()
         self.sensor: Any = None
@@ -220,7 +226,7 @@ class AgentService:
             try:
                 label = self.classifier.classify(event) if self.classifier else None
                 # Scrub the planted secrets, then bound every string so the event fits the read
-                # log's budget and the issuer's API limits (agent.sensors.bounds).
+                # log's budget and the issuer's API limits (agent.events.bounds).
                 event = bound_event(event, self._secrets)
                 event_id = self.readlog.record(event, label)
                 self._spool_put(read_event_payload(event, event_id, label, secrets=self._secrets))
@@ -236,7 +242,7 @@ class AgentService:
             return
         from pathlib import Path
 
-        from .selfreport import SelfReportServer
+        from agent.selfreport import SelfReportServer
 
         try:
             server = SelfReportServer(Path(self.config.selfreport_socket), self._on_self_report)
@@ -263,18 +269,12 @@ class AgentService:
             mine = [ts.path for ts in self.store.state.targets.values() if ts.owner == report.user]
             path = mine[0] if mine else (self.planter.paths[0] if self.planter and self.planter.paths else "")
         self._spool_put(
-            {
-                "event_id": str(uuid.uuid4()),
-                "kind": "self_report",
-                "time": to_iso(report.time),
-                "path": path,
-                "self_report": {"user": report.user, "note": report.note},
-            }
+            self_report_payload(path, report.user, report.note, report.time, secrets=self._secrets)
         )
         log.info("self-report from %s (uid %d) about %s", report.user, report.uid, path)
 
     def _scrub_secret(self, secret: str) -> None:
-        self._secrets = self._secrets | {secret}
+        self._secrets = self._secrets.with_secret(secret)
         if self.readlog is not None:
             self.readlog.set_secrets(self._secrets)
 
@@ -366,14 +366,14 @@ class AgentService:
 def _default_sensor_factory(
     name: str, paths: list[str], callback: Callable[[Any], None], **options: Any
 ) -> Any:
-    from .sensors import create_sensor
+    from agent.sensors import create_sensor
 
     return create_sensor(name, paths, callback, **options)
 
 
-def _open_readlog(config: AgentConfig, path: os.PathLike[str]) -> tuple[Any, Any]:
-    from .classify import Classifier
-    from .readlog import ReadLog
+def _open_readlog(config: AgentConfig, path: Path) -> tuple[Any, Any]:
+    from agent.events.classify import Classifier
+    from agent.events.readlog import ReadLog
 
     readlog = ReadLog(path, retention_days=config.readlog_retention_days, max_mb=config.readlog_max_mb)
     classifier = Classifier.from_config(list(config.classification_rules))
@@ -404,9 +404,5 @@ def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | Non
 __all__ = [
     "AgentService",
     "make_client",
-    "read_event_payload",
     "run_service",
-    "scrub_secrets",
-    "target_reports",
-    "unavailable_health",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import __version__
-from .config import AgentConfig
-from .schedule import renews_at
-from .spool import spool_counts
-from .state import SPOOL_FILE, StateStore, TargetState, to_iso
+from agent import __version__
+from agent.clock import to_iso
+from agent.config import AgentConfig
+from agent.planting.schedule import renews_at
+from agent.reporting.spool import spool_counts
+from agent.state import SPOOL_FILE, StateStore, TargetState
 
 
 def _renews_at(ts: TargetState, config: AgentConfig) -> str | None:
@@ -33,7 +34,7 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
     store = open_store(config)
     st = store.state if store else None
     pid = st.service_pid if st else None
-    running = bool(pid) and _alive(pid)
+    running = pid is not None and pid > 0 and _alive(pid)
     targets = []
     for ts in sorted(st.targets.values(), key=lambda t: t.path) if st else ():
         targets.append(

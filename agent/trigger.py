@@ -10,7 +10,7 @@
 The agent never looks at the secret: the AWS CLI reads it. But the trigger runs as root and the
 file is in a user's home, so the AWS CLI is NOT pointed at that path (it would follow a symlink the
 user put there, e.g. to root's own credentials, and use them). The file is read the agent's safe
-way (agent.safefs: no symlink, regular file owned by its user), checked to hold exactly the
+way (agent.credfile.safefs: no symlink, regular file owned by its user), checked to hold exactly the
 planted canary key under our profile, and copied into a root-only temporary directory that the
 AWS CLI reads instead. Environment credentials are stripped so they cannot shadow the profile.
 """
@@ -28,11 +28,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import credfile
-from .config import AgentConfig
-from .state import StateStore, TargetState
-from .targets import read_target
-from .users import UnknownUser, lookup_user
+from agent.config import AgentConfig
+from agent.credfile import edit as credfile
+from agent.planting.targets import read_target
+from agent.planting.users import UnknownUser, lookup_user
+from agent.state import StateStore, TargetState
 
 AWS_TIMEOUT = 60
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.sensors.audit import AuditSensor
-from agent.sensors.base import ReadEvent
+from agent.events.model import ReadEvent
+from agent.sensors._audit import AuditSensor
 
 READERS = 300
 

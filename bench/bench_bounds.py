@@ -1,5 +1,5 @@
 """Cost of making a read event safe to store and send: birth (printable text, the coarse argv cut,
-redaction) and the exact cut by wire cost (agent.sensors.bounds), per event.
+redaction) and the exact cut by wire cost (agent.events.bounds), per event.
 
 Goal: a typical read costs well under a millisecond; even the largest event a reader can stage
 (64 ancestors, each with a 64 KiB command line of the costliest characters) must not stall the
@@ -16,9 +16,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from agent.reporting import read_event_payload
-from agent.sensors.base import ProcessInfo, ReadEvent
-from agent.sensors.bounds import bound_event
+from agent.events.bounds import bound_event
+from agent.events.model import ProcessInfo, ReadEvent
+from agent.reporting.payloads import read_event_payload
 
 TITLE = "read event bounds: ms per event (birth + exact cut + payload)"
 NOW = dt.datetime.now(dt.UTC)

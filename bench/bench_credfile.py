@@ -1,6 +1,6 @@
 """Credentials-file editor: plant / inspect / unplant latency on files of 1, 20 and 200 profiles.
 
-Each operation is the agent's real file path (agent.credfile over agent.safefs): walk from `/` with
+Each operation is the agent's real file path (agent.credfile over agent.credfile.safefs): walk from `/` with
 directory fds, read, edit, re-parse with botocore's parser, write a temp file, fsync, rename, fsync
 the directory. The pure edit (plant_bytes, no I/O) is timed alongside so the fsync share is visible.
 The file lives in a root-owned temp dir and is owned by uid 0 (we are root; any owner works the same).
@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.credfile import (
+from agent.credfile.edit import (
     CanaryCredential,
     SectionStatus,
     inspect_file,

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.sensors.base import ReadEvent, SensorUnavailable
-from agent.sensors.fanotify import FanotifyNotifySensor, FanotifySensor
+from agent.events.model import ReadEvent
+from agent.sensors._fanotify import FanotifyNotifySensor, FanotifySensor
+from agent.sensors.base import SensorUnavailable
 
 TITLE = "fanotify sensor: reader latency and event rate"
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -25,13 +25,15 @@ from typing import Any
 
 import requests
 
-from issuer.aws import AwsGateway, MintingConfig
+from issuer.aws.gateway import AwsGateway, MintingConfig
 from server_api_client import IssuerClient
 from server_api_client.models import IssuedCredential
-from tests.conftest import FAKE_AWS_ENV, run_moto_server
-from tests.detection.conftest import WebhookReceiver, cloudtrail_event
-from tests.issuer.live import LiveIssuer, start_issuer
-from tests.issuer.pg import create_database, postgres_bindir, run_postgres
+from tests.support.cloudtrail import cloudtrail_event
+from tests.support.detection import WebhookReceiver
+from tests.support.issuer import LiveIssuer, start_issuer
+from tests.support.moto import run_moto_server
+from tests.support.paths import FAKE_AWS_ENV
+from tests.support.pg import create_database, postgres_bindir, run_postgres
 
 TITLE = "issuer on loopback (moto as AWS): latency and throughput"
 DEVICES = 10

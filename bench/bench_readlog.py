@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.classify import Classifier
-from agent.readlog import ReadLog
-from agent.sensors.base import ProcessInfo, ReadEvent
+from agent.events.classify import Classifier
+from agent.events.model import ProcessInfo, ReadEvent
+from agent.events.readlog import ReadLog
 
 N = 20_000
 BASE = dt.datetime.now(dt.UTC)

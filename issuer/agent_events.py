@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from issuer.auth import new_id
 from issuer.models import AgentEvent, SelfTest, utcnow
 from issuer.registry import get_device, get_device_credential
+from issuer.tokens import new_id
 
 
-def store_events(session: Session, device_id: str, events: list[Mapping[str, Any]]) -> tuple[int, int]:
+def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
     """Store new events, skip known event_ids. Return (accepted, duplicates)."""
     get_device(session, device_id)
     for attempt in range(3):

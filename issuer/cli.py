@@ -116,7 +116,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from issuer.app import create_app
+    from issuer.api.app import create_app
 
     settings = _settings(
         args,
@@ -174,7 +174,7 @@ def _token_row(row: Any) -> dict[str, Any]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from issuer import auth
+    from issuer import tokens as auth
 
     database = _database(_settings(args))
     try:

@@ -17,12 +17,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from issuer.auth import create_token, hash_secret, new_id
 from issuer.errors import AwsUpstreamError, NotFound
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
+from issuer.tokens import create_token, hash_secret, new_id
 
 if TYPE_CHECKING:
-    from issuer.aws_config import MintedCredential
+    from issuer.aws.config import MintedCredential
 
 log = logging.getLogger(__name__)
 
@@ -147,25 +147,34 @@ def credential_status(cred: Credential, now: dt.datetime | None = None) -> str:
     return "active"
 
 
-def credential_info(cred: Credential, now: dt.datetime | None = None) -> dict[str, Any]:
-    placement = cred.placement
+def credential_facts(cred: Credential) -> dict[str, Any]:
+    """The credential row itself (never a secret): the one projection that the API's credential
+    objects and an alert's `credential` block are both built from."""
     return {
         "credential_id": cred.id,
         "access_key_id": cred.access_key_id,
+        "principal_name": cred.principal_name,
+        "principal_arn": cred.principal_arn,
         "backend": cred.backend,
         "account": cred.account,
         "account_id": cred.account_id,
-        "principal_name": cred.principal_name,
-        "principal_arn": cred.principal_arn,
+        "created_at": cred.created_at,
+        "expires_at": cred.expires_at,
+        "retired_at": cred.retired_at,
+        "revoked_at": cred.revoked_at,
+    }
+
+
+def credential_info(cred: Credential, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A credential as the API shows it: its facts, where it is planted, and its status."""
+    placement = cred.placement
+    return {
+        **credential_facts(cred),
         "placement_id": placement.id,
         "local_user": placement.local_user,
         "path": placement.path,
         "profile": placement.profile,
         "device_id": placement.device_id,
-        "created_at": cred.created_at,
-        "expires_at": cred.expires_at,
-        "retired_at": cred.retired_at,
-        "revoked_at": cred.revoked_at,
         "status": credential_status(cred, now),
     }
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from issuer.aws_config import MintingConfig
+    from issuer.aws.config import MintingConfig
 
 ENV_PREFIX = "TRIPKEY_"
 SINK_TYPES = ("webhook", "slack", "pagerduty", "smtp", "jsonl")
@@ -135,7 +135,7 @@ class Settings(_Strict):
 
     def minting_config(self) -> MintingConfig:
         """The one place Settings become the AWS gateway's configuration."""
-        from issuer.aws_config import AccountConfig, MintingConfig
+        from issuer.aws.config import AccountConfig, MintingConfig
 
         return MintingConfig(
             backend=self.minting.backend,

@@ -10,10 +10,8 @@ Exceptions form one tree rooted at `TripkeyError` (see `server_api_client.errors
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .client import MAX_EVENTS_PER_BATCH, IssuerClient
-from .errors import (
+from server_api_client.client import MAX_EVENTS_PER_BATCH, IssuerClient
+from server_api_client.errors import (
     AuthError,
     IssuerResponseError,
     IssuerUnreachable,
@@ -23,7 +21,7 @@ from .errors import (
     ServerError,
     TripkeyError,
 )
-from .models import (
+from server_api_client.models import (
     Alert,
     AlertSummary,
     CredentialInfo,
@@ -37,6 +35,7 @@ from .models import (
     ReadRecord,
     SelftestInfo,
 )
+from server_api_client.version import __version__
 
 __all__ = [
     "MAX_EVENTS_PER_BATCH",

@@ -10,10 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from . import __version__
-from . import formatting as fmt
-from .client import IssuerClient
-from .errors import AuthError, IssuerUnreachable, NotFound, ProtocolError, RejectedError, TripkeyError
+from server_api_client import formatting as fmt
+from server_api_client.client import IssuerClient
+from server_api_client.errors import (
+    AuthError,
+    IssuerUnreachable,
+    NotFound,
+    ProtocolError,
+    RejectedError,
+    TripkeyError,
+)
+from server_api_client.version import __version__
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -268,7 +275,10 @@ def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -
 
 def _run_demo(demo_args: list[str], err: Out) -> int:
     try:
-        from issuer.demo import main as demo_main
+        from demo.run import main as demo_main
+        from demo.run import require_modules
+
+        require_modules()
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in _EXTRA_MODULES:
             raise  # a bug inside the demo, not a missing extra: show it

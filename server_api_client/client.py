@@ -29,9 +29,8 @@ from urllib.parse import quote
 import requests
 import urllib3.exceptions
 
-from . import __version__
-from .errors import IssuerUnreachable, ProtocolError, RejectedError, error_for_status
-from .models import (
+from server_api_client.errors import IssuerUnreachable, ProtocolError, RejectedError, error_for_status
+from server_api_client.models import (
     Alert,
     AlertSummary,
     CredentialInfo,
@@ -46,6 +45,7 @@ from .models import (
     SelftestInfo,
     parse_list,
 )
+from server_api_client.version import __version__
 
 log = logging.getLogger("server_api_client")
 

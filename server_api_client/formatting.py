@@ -251,7 +251,7 @@ def alert_report(alert: Mapping[str, Any]) -> str:
 
 
 def format_alert(alert: Mapping[str, Any]) -> str:
-    """The alert report (`tripkey alerts show`); the name issuer/demo.py imports."""
+    """The alert report (`tripkey alerts show`); the name demo/run.py imports."""
     return alert_report(alert)
 
 

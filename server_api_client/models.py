@@ -16,7 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ProtocolError
+from server_api_client.errors import ProtocolError
 
 # ---------------------------------------------------------------------------------------------- parsing
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from agent import osflags
 from agent.sensors.base import ReadCallback, Sensor, SensorUnavailable
+from agent.sensors.names import SENSOR_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,12 @@ class _Entry:
 def _registry() -> dict[str, _Entry]:
     # Built on call (not at import) so tests and tools see the OS flags as they are now.
     return {
-        "fanotify": _Entry("agent.sensors.fanotify", "FanotifySensor", osflags.LINUX, "Linux"),
-        "fanotify-notify": _Entry("agent.sensors.fanotify", "FanotifyNotifySensor", osflags.LINUX, "Linux"),
-        "audit": _Entry("agent.sensors.audit", "AuditSensor", osflags.LINUX, "Linux"),
-        "eslogger": _Entry("agent.sensors.eslogger", "EsloggerSensor", osflags.MACOS, "macOS"),
-        "eventlog": _Entry("agent.sensors.eventlog", "EventLogSensor", osflags.WINDOWS, "Windows"),
+        "fanotify": _Entry("agent.sensors._fanotify", "FanotifySensor", osflags.LINUX, "Linux"),
+        "fanotify-notify": _Entry("agent.sensors._fanotify", "FanotifyNotifySensor", osflags.LINUX, "Linux"),
+        "audit": _Entry("agent.sensors._audit", "AuditSensor", osflags.LINUX, "Linux"),
+        "eslogger": _Entry("agent.sensors._eslogger", "EsloggerSensor", osflags.MACOS, "macOS"),
+        "eventlog": _Entry("agent.sensors._eventlog", "EventLogSensor", osflags.WINDOWS, "Windows"),
     }
-
-
-#: Every name the `sensor` config key accepts.
-SENSOR_NAMES: tuple[str, ...] = ("auto", "fanotify", "fanotify-notify", "audit", "eslogger", "eventlog")
 
 
 def auto_order() -> tuple[str, ...]:

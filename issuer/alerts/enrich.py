@@ -36,19 +36,9 @@ def device_facts(device: Device) -> dict[str, Any]:
 
 
 def credential_facts(credential: Credential) -> dict[str, Any]:
-    return {
-        "credential_id": credential.id,
-        "access_key_id": credential.access_key_id,
-        "principal_name": credential.principal_name,
-        "principal_arn": credential.principal_arn,
-        "backend": credential.backend,
-        "account": credential.account,
-        "account_id": credential.account_id,
-        "created_at": _iso(credential.created_at),
-        "expires_at": _iso(credential.expires_at),
-        "retired_at": _iso(credential.retired_at),
-        "revoked_at": _iso(credential.revoked_at),
-    }
+    """The credential as an alert stores it (JSON: times as ISO strings)."""
+    facts = registry.credential_facts(credential)
+    return {k: _iso(v) if isinstance(v, dt.datetime) else v for k, v in facts.items()}
 
 
 def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:

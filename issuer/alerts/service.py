@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from issuer.alerts.enrich import build_context
 from issuer.detection.events import AwsEvent, as_utc
 from issuer.detection.matching import TAMPER, Match
-from issuer.models import Alert, Credential, Delivery, Detection, SelfTest
+from issuer.models import Alert, Credential, Delivery, Detection, SelfTest, utcnow
 
 CANARY_USE = "canary_use"
 PRINCIPAL_TAMPER = "principal_tamper"
@@ -42,10 +42,6 @@ class RecordResult:
 
 def new_alert_id() -> str:
     return "alr_" + secrets.token_hex(10)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def active_selftest(session: Session, credential_id: str, when: dt.datetime) -> SelfTest | None:
@@ -182,7 +178,7 @@ def record_match(
     alert.last_seen = max(as_utc(alert.last_seen), when)
     alert.event_count = (alert.event_count or 0) + 1
     alert.summary = _merge_summary(alert.summary or {}, event)
-    alert.updated_at = _now()
+    alert.updated_at = utcnow()
     refresh_context(session, alert, credential, stale_after_seconds=stale_after_seconds)
 
     if created:

@@ -25,7 +25,7 @@ SECRET_SCANNER = "secret_scanner"
 SHELL_UTILITY = "shell_utility"
 UNKNOWN = "unknown"
 EDITOR = "editor"
-# Labels of agent/classify.py. Indexers, backups and antivirus are background copiers: they do not use
+# Labels of agent/events/classify.py. Indexers, backups and antivirus are background copiers: they do not use
 # the key but may carry the file elsewhere. Editors and shell utilities show the key to a person.
 # Any other label (an organisation's own rule) is treated like an unknown reader: named, suspicious.
 BACKGROUND_CLASSES = frozenset({"indexer_backup_av", "indexer", "backup", "antivirus"})

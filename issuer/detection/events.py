@@ -106,7 +106,7 @@ def _opt_str(record: dict[str, Any], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise MalformedEvent(f"{key} must be a string, got {type(value).__name__}")
-    return _no_nul(value)  # type: ignore[no-any-return]
+    return _no_nul(value)
 
 
 def parse_cloudtrail_record(record: Any, *, source: str, fallback_id: str | None = None) -> AwsEvent:

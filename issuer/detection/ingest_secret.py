@@ -15,8 +15,8 @@ import secrets
 import sys
 from typing import Any
 
-from issuer.routers.ingest import INGEST_KEY_HEADER
-
+#: The HTTP header an EventBridge API destination sends the ingest key in.
+INGEST_KEY_HEADER = "X-Tripkey-Ingest-Key"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 

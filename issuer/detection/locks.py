@@ -16,13 +16,9 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from issuer.models import PollerLock
+from issuer.models import PollerLock, utcnow
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Lease:
@@ -34,7 +30,7 @@ class Lease:
         name: str,
         holder: str,
         ttl: float = 60.0,
-        clock: Callable[[], dt.datetime] = _now,
+        clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.name = name

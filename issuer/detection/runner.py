@@ -154,8 +154,9 @@ class DetectionRunner:
     def run_once(self, *, sqs_wait_seconds: int = 0) -> dict[str, Any]:
         """One pass of every enabled source, then deliveries. Errors of a source are logged, not raised."""
         result: dict[str, Any] = {}
-        if self.sqs is not None:
-            result["sqs"] = self._guard("sqs", lambda: self.sqs.poll_once(wait_seconds=sqs_wait_seconds))
+        sqs = self.sqs
+        if sqs is not None:
+            result["sqs"] = self._guard("sqs", lambda: sqs.poll_once(wait_seconds=sqs_wait_seconds))
         for poller in self.lookup_pollers:
             result[f"lookup_events:{poller.account}:{poller.region}"] = self._guard(
                 "lookup_events", poller.poll_once
@@ -228,9 +229,10 @@ class DetectionRunner:
         self._threads.append(thread)
 
     def _sqs_loop(self) -> None:
-        assert self.sqs is not None
+        sqs = self.sqs
+        assert sqs is not None
         while not self._stop.is_set():
-            received = self._guard("sqs", lambda: self.sqs.poll_once(wait_seconds=self.sqs_wait_seconds))
+            received = self._guard("sqs", lambda: sqs.poll_once(wait_seconds=self.sqs_wait_seconds))
             if received is None:
                 self._stop.wait(5.0)  # AWS or DB trouble: back off instead of spinning
 

@@ -2,7 +2,7 @@
 
 The child process is the real agent (`agent.cli.main(["run", "--config", ...])`: service,
 planter, uploader, sensor, repair watcher) with ONE seam: its renewal schedule says "due" on every
-check (`agent.planter.refresh_due`), and it checks every 0.1 s — so every pass rotates the key on
+check (`agent.planting.planter.refresh_due`), and it checks every 0.1 s — so every pass rotates the key on
 the live issuer and re-plants both targets, as a 90-day rotation would, hundreds of times faster.
 (Short-term credentials cannot stand in: moto's GetFederationToken returns one fixed key id.)
 The agent process is SIGKILLed at random moments, over and over. After each kill, each credentials
@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.credfile import unplant_bytes
-from agent.safefs import temp_name_pattern
-from tests.agent.agent_support import SEED, make_users, parse_credentials
-from tests.conftest import REPO_ROOT, VENV_BIN, requires_root
+from agent.credfile.edit import unplant_bytes
+from agent.credfile.safefs import temp_name_pattern
+from tests.support.agent import SEED, make_users, parse_credentials
+from tests.support.paths import REPO_ROOT, VENV_BIN, requires_root
 
 pytestmark = requires_root
 
@@ -50,9 +50,9 @@ def _state(path: Path) -> dict[str, Any]:
 # The real `tripkey-agent run`, renewing on every pass (see the module docstring).
 LOOPING_AGENT = """
 import sys
-import agent.planter
+import agent.planting.planter
 from agent.cli import main
-agent.planter.refresh_due = lambda ts, config, now: "rotation"
+agent.planting.planter.refresh_due = lambda ts, config, now: "rotation"
 sys.exit(main(["run", "--config", sys.argv[1]]))
 """
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from agent.cli import main
-from agent.sensors.base import ReadEvent
-from tests.agent.agent_support import SEED, make_users
-from tests.agent.test_planter import seed
-from tests.conftest import REPO_ROOT, free_port
+from agent.events.model import ReadEvent
+from tests.support.agent import SEED, make_users, seed
+from tests.support.net import free_port
+from tests.support.paths import REPO_ROOT
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_trigger_not_enrolled(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_reads_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.readlog import ReadLog
+    from agent.events.readlog import ReadLog
 
     state = tmp_path / "state"
     with ReadLog(state / "reads.db") as log:
@@ -223,7 +223,7 @@ def test_help_documents_exit_codes_and_module_entry() -> None:
 
 
 def test_reads_opens_the_log_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from agent.readlog import ReadLog
+    from agent.events.readlog import ReadLog
 
     state = tmp_path / "state"
     with ReadLog(state / "reads.db") as log:

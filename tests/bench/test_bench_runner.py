@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bench import __main__ as runner
-from tests.conftest import REPO_ROOT
+from tests.support.paths import REPO_ROOT
 
 REAL_MODULES = ["audit", "bounds", "credfile", "fanotify", "issuer", "readlog"]
 ROWS = [

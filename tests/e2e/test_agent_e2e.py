@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from server_api_client import IssuerClient
-from tests.conftest import FAKE_AWS_ENV, VENV_BIN
-from tests.e2e.conftest import E2EUser
+from tests.support.e2e import E2EUser
+from tests.support.paths import FAKE_AWS_ENV, VENV_BIN
 
 SEEDS = {
     "tk-e2e-a": b"# team profiles, do not edit\n[default]\naws_access_key_id = AKIAUSERADEFAULT0001\n"

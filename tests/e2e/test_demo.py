@@ -13,8 +13,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from issuer import demo
-from tests.conftest import VENV_BIN, requires_root
+from demo import processes
+from demo import run as demo
+from tests.support.paths import VENV_BIN, requires_root
 
 
 def _processes_with_marker(marker: str) -> list[str]:
@@ -69,7 +70,7 @@ def test_demo_names_the_curious_reader_and_leaves_nothing_behind(tmp_path: Path)
 
 def test_without_root_the_demo_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(demo.os, "geteuid", lambda: 1000)
-    demo._sensor_for_this_run(demo.Steps())
+    demo._sensor_for_this_run(processes.Steps())
     said = capsys.readouterr().out
     assert "NOT root" in said and "process attribution needs root" in said
     assert "CAP_SYS_ADMIN" in said
@@ -114,13 +115,13 @@ def test_the_demo_signal_handlers_respect_nohup_and_are_restored() -> None:
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under `nohup make demo`
     try:
-        with demo._signals_handled(demo._raise_interrupted):
+        with processes.signals_handled(processes.raise_interrupted):
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # still ignored
-            assert signal.getsignal(signal.SIGTERM) is demo._raise_interrupted
-            with demo._signals_handled(signal.SIG_IGN):  # what stop_all runs under
+            assert signal.getsignal(signal.SIGTERM) is processes.raise_interrupted
+            with processes.signals_handled(signal.SIG_IGN):  # what stop_all runs under
                 assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-            assert signal.getsignal(signal.SIGINT) is demo._raise_interrupted
-            with pytest.raises(demo.DemoInterrupted) as raised:
+            assert signal.getsignal(signal.SIGINT) is processes.raise_interrupted
+            with pytest.raises(processes.DemoInterrupted) as raised:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(1)  # the handler runs at the next bytecode boundary
             assert raised.value.signum == signal.SIGTERM

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from server_api_client import IssuerClient
-from tests.conftest import FAKE_AWS_ENV, VENV_BIN, requires_root
-from tests.e2e.conftest import E2EUser
+from tests.support.e2e import E2EUser
+from tests.support.paths import FAKE_AWS_ENV, VENV_BIN, requires_root
 
 PROFILE = "prod-backup"
 HOOK_SECRET = "e2e-webhook-secret"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from server_api_client import IssuerClient
-from tests.conftest import VENV_BIN, requires_root
+from tests.support.paths import VENV_BIN, requires_root
 
 
 def _agent(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from issuer.db import head_revision
-from tests.conftest import VENV_BIN, free_port, wait_http
+from tests.support.net import free_port, wait_http
+from tests.support.paths import VENV_BIN
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -12,8 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from issuer import agent_events, auth, registry
-from issuer.aws import AwsGateway, MintingConfig
+from issuer import agent_events, registry
+from issuer import tokens as auth
+from issuer.aws.gateway import AwsGateway, MintingConfig
 from issuer.db import Database, current_revision, downgrade, head_revision, upgrade
 from issuer.errors import NotFound, Unauthenticated
 from issuer.models import Base, Device

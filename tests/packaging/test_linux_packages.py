@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.packaging.support import LINUX, shell_syntax_ok
+from tests.support.packaging import LINUX, shell_syntax_ok
+from tests.support.paths import REPO_ROOT
 
 SPEC = LINUX / "tripkey-agent.spec"
 
@@ -172,10 +172,10 @@ def test_pyinstaller_builds_a_working_agent_and_a_deb(tmp_path: Path) -> None:
     ).stdout
     modules = {line.strip() for line in listing.splitlines()}
     assert {
-        "agent.sensors.fanotify",
-        "agent.sensors.audit",
-        "agent.sensors.eslogger",
-        "agent.sensors.eventlog",
+        "agent.sensors._fanotify",
+        "agent.sensors._audit",
+        "agent.sensors._eslogger",
+        "agent.sensors._eventlog",
         "agent.cli",
     } <= modules
     assert not {"fastapi", "sqlalchemy", "boto3", "issuer"} & modules

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.support import LINUX, unit_directives
+from tests.support.packaging import LINUX, unit_directives
 
 AGENT_UNIT = LINUX / "tripkey-agent.service"
 ISSUER_UNIT = LINUX / "tripkey-issuer.service"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent.config import AgentConfig
-from tests.packaging.support import AGENT_BINARY_MACOS, MACOS, shell_syntax_ok
+from tests.support.packaging import AGENT_BINARY_MACOS, MACOS, shell_syntax_ok
 
 DAEMON = MACOS / "com.tripkey.agent.plist"
 TRAY = MACOS / "com.tripkey.tray.plist"

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.packaging.support import PACKAGING
+from tests.support.packaging import PACKAGING
 
 PLACEHOLDER = "REPLACE-WITH-ENROLLMENT-TOKEN"
 SECRET_PATTERNS = {

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from tests.packaging.support import WINDOWS
+from tests.support.packaging import WINDOWS
 
 WXS = WINDOWS / "tripkey-agent.wxs"
 WIX = "{http://schemas.microsoft.com/wix/2006/wi}"

@@ -1,0 +1,197 @@
+"""Tamper watcher: notices when a planted section is removed or changed, and has it re-planted.
+
+A watchdog observer watches each target's DIRECTORY (not the file): an atomic replace or a delete
+changes the directory entry, and a watch on the file itself would die with the old inode. Only
+write-side events are subscribed (create, modify, close-after-write, delete, move); open and
+close-without-write are not, so reads of the file never wake the watcher. inotify reports events
+about the file without opening it; the inspection that follows is done by the agent's own process,
+which the fanotify sensor deliberately skips.
+
+Our own writes are ignored twice over: nothing is judged while the planter is writing a path, and
+afterwards a file whose bytes hash to what the agent last wrote is "ours" (no event). Everything
+else is handed to `Planter.ensure`, which decides (tamper? conflict? the user only edited their own
+profiles?) and applies the re-plant backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from watchdog.events import (
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from agent.planting.planter import Planter
+
+log = logging.getLogger(__name__)
+
+_WRITE_EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+]
+
+
+def _fs(path: str | bytes) -> str:
+    return os.fsdecode(path)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: RepairWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = _fs(event.src_path)
+        dest = _fs(getattr(event, "dest_path", "") or "")
+        w = self.watcher
+        if event.is_directory:
+            if event.event_type in ("deleted", "moved") and src in w.watched_dirs:
+                w.directory_lost(src)
+            return
+        if src in w.paths:
+            hint = {"deleted": "deleted", "moved": "moved"}.get(event.event_type, "modified")
+            w.notify(src, hint)
+        if dest and dest in w.paths:
+            w.notify(dest, "modified")  # something was renamed onto the target (atomic replace)
+
+
+class RepairWatcher:
+    """Watches the targets' directories and asks the planter to repair; one worker thread."""
+
+    def __init__(self, planter: Planter, *, debounce: float = 0.2) -> None:
+        self.planter = planter
+        self.debounce = debounce
+        self.paths: frozenset[str] = frozenset()
+        self._watches: dict[str, ObservedWatch] = {}
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._pending: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._watch_lock = threading.RLock()  # set_paths (main thread) vs. the worker's refresh
+        self._stale: set[str] = set()  # watched directories that were deleted or moved away
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.handled = 0  # events judged (tests and status)
+
+    @property
+    def watched_dirs(self) -> frozenset[str]:
+        return frozenset(self._watches)
+
+    def start(self, paths: Iterable[str] = ()) -> None:
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.start()
+        self._thread = threading.Thread(target=self._work, name="tripkey-repair", daemon=True)
+        self._thread.start()
+        self.set_paths(paths)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._observer is not None:
+            with contextlib.suppress(Exception):
+                self._observer.stop()
+                self._observer.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def set_paths(self, paths: Iterable[str]) -> None:
+        """Watch the directories of these target files (directories that do not exist yet are
+        picked up by the next call, e.g. after the planter created ~/.aws)."""
+        self.paths = frozenset(os.path.normpath(p) for p in paths)
+        self._refresh_watches()
+
+    def _refresh_watches(self) -> None:
+        with self._watch_lock:
+            self._refresh_watches_locked()
+
+    def _refresh_watches_locked(self) -> None:
+        if self._observer is None:
+            return
+        wanted = {os.path.dirname(p) for p in self.paths}
+        stale, self._stale = self._stale, set()
+        for directory in list(self._watches):
+            if directory not in wanted or directory in stale or not os.path.isdir(directory):
+                watch = self._watches.pop(directory)
+                with contextlib.suppress(Exception):
+                    self._observer.unschedule(watch)
+        for directory in sorted(wanted - set(self._watches)):
+            # A symlinked ~/.aws is refused by the planter (reported there); watching it would
+            # put an inotify watch wherever the user pointed it (e.g. /root/.aws).
+            if os.path.islink(directory) or not os.path.isdir(directory):
+                continue
+            try:
+                self._watches[directory] = self._observer.schedule(
+                    _Handler(self), directory, recursive=False, event_filter=_WRITE_EVENTS
+                )
+            except OSError as exc:
+                log.error("cannot watch %s for tampering: %s", directory, exc)
+
+    def directory_lost(self, directory: str) -> None:
+        """The watched directory itself was deleted or moved: every target in it is gone.
+
+        Runs on watchdog's dispatch thread, so the dead watch is only marked here; the worker
+        replaces it (a re-created directory is a new inode that needs a new watch)."""
+        with self._watch_lock:
+            self._stale.add(directory)
+        for path in self.paths:
+            if os.path.dirname(path) == directory:
+                self.notify(path, "deleted")
+
+    def notify(self, path: str, hint: str) -> None:
+        with self._cond:
+            # A delete/move is more telling than a later "modified" for the same burst.
+            if self._pending.get(path) not in ("deleted", "moved"):
+                self._pending[path] = hint
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            time.sleep(self.debounce)  # let a burst (temp write + rename) settle
+            with self._cond:
+                batch, self._pending = self._pending, {}
+            for path, hint in batch.items():
+                try:
+                    self._judge(path, hint)
+                except Exception:  # the watcher must survive anything one file throws at it
+                    log.exception("repair of %s failed", path)
+            self._refresh_watches()
+
+    def _judge(self, path: str, hint: str) -> None:
+        if self.planter.is_writing(path):
+            return  # our own write in progress; its digest is recorded when it finishes
+        if self.planter.is_own_content(path):
+            return
+        target = self.planter.target(path)
+        if target is None:
+            return
+        self.handled += 1
+        log.info("%s changed (%s); inspecting", path, hint)
+        self.planter.ensure(target, hint=hint)
+
+
+__all__ = ["RepairWatcher"]

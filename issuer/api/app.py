@@ -1,0 +1,83 @@
+"""create_app(settings): the issuer's FastAPI application. Nothing is built at import time.
+
+The lifespan applies migrations, builds the AWS gateway and starts the detection runner; the
+session factory, settings and gateway live on app.state and reach routes through issuer.api.deps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from issuer import __version__
+from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
+from issuer.api.routers import alerts, credentials, devices, enroll, events, health, ingest
+from issuer.db import Database
+from issuer.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = (
+    "Mints canary AWS credentials for enrolled devices, keeps the registry of where each one lives, "
+    "collects read events from agents and raises alerts when a canary is used. See docs/api.md."
+)
+
+
+def _start_detection(settings: Settings, database: Database, gateway: Any) -> Any:
+    if not settings.detection_enabled():
+        log.info("no detection source or sink configured; detection runner not started")
+        return None
+    try:
+        from issuer.detection.runner import DetectionRunner
+    except ImportError as exc:
+        # Said loudly: an issuer that silently does not detect would be worse than none.
+        log.error("detection is configured but issuer.detection.runner cannot be imported: %s", exc)
+        raise
+    runner = DetectionRunner(settings, database.sessionmaker, gateway)
+    runner.start()
+    return runner
+
+
+def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = True) -> FastAPI:
+    """Build the app. `aws_gateway`: use this one instead of building it from settings."""
+    database = Database(settings.db_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if migrate:
+            await run_in_threadpool(database.migrate)
+        if app.state.aws_gateway is None:
+            from issuer.aws.gateway import AwsGateway
+
+            app.state.aws_gateway = AwsGateway(settings.minting_config())
+        runner = await run_in_threadpool(_start_detection, settings, database, app.state.aws_gateway)
+        app.state.detection_runner = runner
+        log.info("issuer %s ready (database %s)", __version__, database.engine.url.get_backend_name())
+        try:
+            yield
+        finally:
+            if runner is not None:
+                await run_in_threadpool(runner.stop)
+            database.dispose()
+
+    app = FastAPI(
+        title="Tripkey issuer",
+        version=__version__,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.sessionmaker = database.sessionmaker
+    app.state.aws_gateway = aws_gateway
+    app.state.detection_runner = None
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    for module in (health, enroll, devices, credentials, events, alerts, ingest):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,173 @@
+"""Alerts: list, show (enrichment refreshed with reads uploaded since), acknowledge, resolve.
+
+Every route needs a responder token. Notes are appended, never rewritten.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Query
+from pydantic import BaseModel, Field
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from issuer.alerts.serialize import alert_summary, alert_to_dict
+from issuer.alerts.service import refresh_context
+from issuer.api.auth import ResponderAuth
+from issuer.api.deps import SessionDep, SettingsDep
+from issuer.api.schemas import RequestBody
+from issuer.errors import Conflict, NotFound
+from issuer.models import Alert
+from issuer.registry import is_plain_id
+
+router = APIRouter(tags=["alerts"])
+
+AlertStatus = Literal["open", "acknowledged", "resolved"]
+
+
+class AlertNoteIn(RequestBody):
+    note: Annotated[str | None, Field(default=None, max_length=4096)] = None
+
+
+class _AlertHead(BaseModel):
+    id: str
+    kind: str
+    severity: str
+    status: str
+    title: str
+    selftest: bool
+    first_seen: str | None
+    last_seen: str | None
+    event_count: int
+
+
+class AlertSummaryOut(_AlertHead):
+    hostname: str | None = None
+    device_id: str | None = None
+    access_key_id: str | None = None
+    verdict_hint: str | None = None
+
+
+class AlertList(BaseModel):
+    alerts: list[AlertSummaryOut]
+
+
+class SummaryOut(BaseModel):
+    source_ips: list[str]
+    user_agents: list[str]
+    event_names: list[str]
+    regions: list[str]
+    error_codes: list[str]
+    detection_sources: list[str] = []
+
+
+class VerdictOut(BaseModel):
+    hint: str | None
+    reasons: list[str]
+
+
+class DeliveryOut(BaseModel):
+    sink: str
+    status: str
+    attempts: int
+    last_error: str | None
+    delivered_at: str | None
+
+
+class AlertOut(_AlertHead):
+    summary: SummaryOut
+    enrichment: dict[str, Any] = Field(
+        description="device, placement, credential, reads_window, reads[], self_reports[], agent_health"
+    )
+    verdict: VerdictOut
+    deliveries: list[DeliveryOut]
+    notes: list[dict[str, Any]]
+    created_at: str | None
+    updated_at: str | None
+
+
+def _get_alert(session: Session, alert_id: str, *, for_update: bool = False) -> Alert:
+    if len(alert_id) > 40 or not is_plain_id(alert_id):
+        raise NotFound(f"no alert {alert_id!r}")
+    if for_update:
+        # Lock first (no-op UPDATE: row lock on PostgreSQL, write lock on SQLite), then read, so two
+        # concurrent notes never overwrite each other.
+        session.execute(update(Alert).where(Alert.id == alert_id).values(status=Alert.status))
+    alert = session.scalars(
+        select(Alert).where(Alert.id == alert_id).execution_options(populate_existing=True)
+    ).first()
+    if alert is None:
+        raise NotFound(f"no alert {alert_id!r}")
+    return alert
+
+
+@router.get("/v1/alerts", response_model=AlertList)
+def list_alerts(
+    _auth: ResponderAuth,
+    session: SessionDep,
+    status: Annotated[AlertStatus | None, Query(description="only alerts with this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    """Alerts, most recently active first."""
+    query = select(Alert).order_by(Alert.last_seen.desc(), Alert.id).limit(limit)
+    if status is not None:
+        query = query.where(Alert.status == status)
+    return {"alerts": [alert_summary(alert) for alert in session.scalars(query)]}
+
+
+@router.get("/v1/alerts/{alert_id}", response_model=AlertOut)
+def show_alert(
+    alert_id: str, _auth: ResponderAuth, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    """The whole alert. While it is not resolved, host context is recomputed: agents upload reads in
+    batches, so reads that arrived after the alert opened are shown too."""
+    alert = _get_alert(session, alert_id)
+    if alert.status != "resolved":
+        refresh_context(session, alert, stale_after_seconds=settings.stale_after_seconds)
+        session.commit()
+    return alert_to_dict(session, alert)
+
+
+def _transition(session: Session, alert: Alert, action: str, note: str | None, token_id: str) -> None:
+    now = dt.datetime.now(dt.UTC)
+    alert.notes = [
+        *(alert.notes or []),
+        {"time": now.isoformat().replace("+00:00", "Z"), "action": action, "note": note, "by": token_id},
+    ]
+    alert.updated_at = now
+    session.commit()
+
+
+@router.post("/v1/alerts/{alert_id}/ack", response_model=AlertOut)
+def acknowledge_alert(
+    alert_id: str,
+    auth: ResponderAuth,
+    session: SessionDep,
+    body: Annotated[AlertNoteIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """Someone is on it. Later uses of the credential keep joining this alert."""
+    alert = _get_alert(session, alert_id, for_update=True)
+    if alert.status == "resolved":
+        raise Conflict(f"alert {alert_id} is resolved; a new use of the credential opens a new alert")
+    alert.status = "acknowledged"
+    _transition(session, alert, "ack", body.note if body else None, auth.token_id)
+    return alert_to_dict(session, alert)
+
+
+@router.post("/v1/alerts/{alert_id}/resolve", response_model=AlertOut)
+def resolve_alert(
+    alert_id: str,
+    auth: ResponderAuth,
+    session: SessionDep,
+    body: Annotated[AlertNoteIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """Close the incident; a later use of the credential opens a new alert. Idempotent."""
+    alert = _get_alert(session, alert_id, for_update=True)
+    if alert.status != "resolved":
+        alert.status = "resolved"
+        _transition(session, alert, "resolve", body.note if body else None, auth.token_id)
+    elif body is not None and body.note:
+        _transition(session, alert, "note", body.note, auth.token_id)
+    return alert_to_dict(session, alert)

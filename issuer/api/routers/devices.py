@@ -1,0 +1,48 @@
+"""Devices: list and show (responder, or a device itself) and a device's read log (responder)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from issuer import agent_events, registry
+from issuer.api.auth import DeviceOrResponderAuth, ResponderAuth
+from issuer.api.deps import SessionDep, SettingsDep
+from issuer.api.schemas import DeviceList, DeviceOut, ReadList
+from issuer.errors import InvalidRequest
+
+router = APIRouter(tags=["devices"])
+
+
+@router.get("/v1/devices", response_model=DeviceList)
+def list_devices(_auth: ResponderAuth, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    devices = registry.list_devices(session)
+    return {"devices": [registry.device_info(d, settings.stale_after_seconds) for d in devices]}
+
+
+@router.get("/v1/devices/{device_id}", response_model=DeviceOut)
+def show_device(
+    device_id: str, _auth: DeviceOrResponderAuth, session: SessionDep, settings: SettingsDep
+) -> dict[str, Any]:
+    return registry.device_info(registry.get_device(session, device_id), settings.stale_after_seconds)
+
+
+@router.get("/v1/devices/{device_id}/reads", response_model=ReadList)
+def list_reads(
+    device_id: str,
+    _auth: ResponderAuth,
+    session: SessionDep,
+    since: Annotated[str, Query(max_length=64, description="24h, 30m, 7d or an ISO 8601 time")] = "24h",
+    path: Annotated[str | None, Query(max_length=4096, description="only reads of this file")] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> dict[str, Any]:
+    """Reads of the device's planted files since `since`, newest first."""
+    try:
+        since_time = agent_events.parse_since(since)
+    except ValueError as exc:
+        raise InvalidRequest(f"query.since: {exc}") from exc
+    if path is not None and "\x00" in path:
+        raise InvalidRequest("query.path: must not contain NUL characters")
+    events = agent_events.query_reads(session, device_id, since=since_time, path=path, limit=limit)
+    return {"reads": [agent_events.read_record(e) for e in events]}

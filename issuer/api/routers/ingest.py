@@ -1,0 +1,110 @@
+"""EventBridge API-destination ingest: POST /v1/ingest/eventbridge/{destination}.
+
+Authenticated by the destination's own secret in `X-Tripkey-Ingest-Key` (only its SHA-256 is in the
+configuration; compared in constant time). Missing header, wrong secret and unknown destination all
+get the same 401, so the route reveals nothing about which destinations exist. The body is one
+EventBridge event or an array of them (at most 256 KiB, EventBridge's own event size limit); events
+that cannot be parsed are counted (`ingest.malformed`) and skipped, the others are processed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from issuer.api.deps import SettingsDep
+from issuer.api.errors import error_response
+from issuer.detection.counters import bump_counter
+from issuer.detection.events import AwsEvent, MalformedEvent, parse_json_events
+from issuer.detection.ingest_secret import INGEST_KEY_HEADER
+from issuer.detection.pipeline import count_malformed, process_events
+from issuer.errors import InvalidRequest, Unauthenticated
+from issuer.settings import Settings
+
+router = APIRouter(tags=["detection ingest"])
+
+INGEST_MAX_BODY = 256 * 1024
+_DUMMY_HASH = "0" * 64
+
+
+def check_ingest_key(settings: Settings, destination: str, key: str | None) -> None:
+    """Raise Unauthenticated unless `key` is the secret of `destination` (constant time)."""
+    expected = _DUMMY_HASH
+    known = False
+    for item in settings.ingest_destinations:
+        if hmac.compare_digest(item.name.encode(), destination.encode()):
+            expected = item.secret_sha256.lower()
+            known = True
+    offered = hashlib.sha256((key or "").encode()).hexdigest()
+    matches = hmac.compare_digest(offered, expected)
+    if not (known and key and matches):
+        raise Unauthenticated(f"missing or invalid {INGEST_KEY_HEADER} for this ingest destination")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _process(request: Request, settings: Settings, events: list[AwsEvent], malformed: int) -> None:
+    runner = getattr(request.app.state, "detection_runner", None)
+    if runner is not None:
+        runner.handle_events(events, malformed, source="ingest")
+        return
+    # No runner (detection not started): record now; deliveries wait for a runner to pick them up.
+    sessionmaker = request.app.state.sessionmaker
+    count_malformed(sessionmaker, "ingest", malformed)
+    process_events(
+        sessionmaker,
+        events,
+        sink_names=[str(s.get("name") or s.get("type")) for s in settings.sinks],
+        stale_after_seconds=settings.stale_after_seconds,
+    )
+
+
+@router.post(
+    "/v1/ingest/eventbridge/{destination}",
+    status_code=202,
+    responses={
+        401: {"description": "missing or wrong ingest key, or unknown destination"},
+        413: {"description": "body over 256 KiB"},
+    },
+)
+async def ingest_eventbridge(
+    destination: str,
+    request: Request,
+    settings: SettingsDep,
+    x_tripkey_ingest_key: Annotated[str | None, Header(alias=INGEST_KEY_HEADER)] = None,
+) -> Any:
+    """Accept one EventBridge "AWS API Call via CloudTrail" event or an array of them."""
+    check_ingest_key(settings, destination, x_tripkey_ingest_key)
+    limit = min(INGEST_MAX_BODY, settings.max_body_bytes)
+    body = await _read_limited(request, limit)
+    if body is None:
+        return error_response(
+            413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
+        )
+    try:
+        events, malformed = parse_json_events(body, source="ingest")
+    except MalformedEvent as exc:
+        await run_in_threadpool(_count_whole_body, request)
+        raise InvalidRequest("body must be an EventBridge event or a JSON array of them") from exc
+    await run_in_threadpool(_process, request, settings, events, malformed)
+    return JSONResponse({"accepted": len(events), "skipped": malformed}, status_code=202)
+
+
+def _count_whole_body(request: Request) -> None:
+    with request.app.state.sessionmaker() as session:
+        bump_counter(session, "ingest.malformed")
+        session.commit()

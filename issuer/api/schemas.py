@@ -1,0 +1,276 @@
+"""Request and response bodies of the v1 API (docs/api.md). Requests reject unknown fields."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MAX_EVENTS_PER_BATCH = 1000
+INT32_MAX = 2**31 - 1
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; no legitimate field needs it.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _to_utc(value: dt.datetime) -> dt.datetime:
+    try:
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    except OverflowError as exc:
+        raise ValueError("time is out of range") from exc
+
+
+# Text fields: bounded, and never NUL (PostgreSQL text cannot hold it).
+Text128 = Annotated[str, Field(max_length=128), AfterValidator(_no_nul)]
+Word16 = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_no_nul)]
+Text200 = Annotated[str, Field(max_length=200), AfterValidator(_no_nul)]
+Name = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
+Text40 = Annotated[str, Field(max_length=40), AfterValidator(_no_nul)]
+Word40 = Annotated[str, Field(min_length=1, max_length=40), AfterValidator(_no_nul)]
+Text4096 = Annotated[str, Field(max_length=4096), AfterValidator(_no_nul)]
+Path4096 = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
+LongText = Annotated[str, Field(max_length=8192), AfterValidator(_no_nul)]
+OptName = Annotated[
+    str | None, Field(default=None, max_length=255), AfterValidator(lambda v: v and _no_nul(v))
+]
+UtcTime = Annotated[dt.datetime, AfterValidator(_to_utc)]
+Pid = Annotated[int, Field(ge=0, le=INT32_MAX)]
+Uid = Annotated[int, Field(ge=-1, le=2**32)]
+
+
+class RequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----- enrollment -------------------------------------------------------------------------------
+
+
+class EnrollRequest(RequestBody):
+    device_key: Annotated[str, Field(min_length=32, max_length=256), AfterValidator(_no_nul)]
+    hostname: Name
+    os: Word40
+    os_version: Text200 | None = None
+    serial: Text200 | None = None
+    users: Annotated[list[Name], Field(max_length=1000)] = []
+    agent_version: Text40 | None = None
+
+
+class EnrollResponse(BaseModel):
+    device_id: str
+    device_token: str
+    created: bool
+
+
+# ----- credentials ------------------------------------------------------------------------------
+
+
+class CredentialRequest(RequestBody):
+    local_user: Name
+    path: Path4096
+    # An INI section name: brackets or line breaks would corrupt the credentials file.
+    profile: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\[\]\r\n\x00]+$")]
+
+
+class IssuedCredential(BaseModel):
+    credential_id: str
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None
+    expires_at: dt.datetime | None
+    backend: str
+    account: str
+    principal_name: str
+    placement_id: str
+    retired: list[str]
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    hostname: str
+    os: str
+    os_version: str | None
+    serial: str | None
+    users: list[str]
+    agent_version: str | None
+    enrolled_at: dt.datetime
+    last_heartbeat_at: dt.datetime | None
+    health: dict[str, Any]
+    stale: bool
+
+
+class CredentialInfo(BaseModel):
+    credential_id: str
+    access_key_id: str
+    backend: str
+    account: str
+    account_id: str | None = None
+    principal_name: str
+    principal_arn: str | None
+    placement_id: str
+    local_user: str
+    path: str
+    profile: str
+    device_id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    retired_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    status: Literal["active", "retired", "revoked", "expired"]
+
+
+class CredentialList(BaseModel):
+    credentials: list[CredentialInfo]
+
+
+class CredentialLookup(CredentialInfo):
+    device: DeviceOut
+
+
+class DeviceList(BaseModel):
+    devices: list[DeviceOut]
+
+
+# ----- agent events -----------------------------------------------------------------------------
+
+
+class Ancestor(RequestBody):
+    pid: Pid
+    exe: LongText | None = None
+    cmdline: Annotated[list[LongText], Field(max_length=256)] = []
+    uid: Uid | None = None
+
+
+class ReadInfo(RequestBody):
+    pid: Pid
+    ppid: Pid | None = None
+    exe: LongText | None = None
+    cmdline: Annotated[list[LongText], Field(max_length=256)] = []
+    uid: Uid | None = None
+    user: OptName = None
+    start_time: UtcTime | None = None
+    cwd: LongText | None = None
+    access: Word16 = "open"
+    sensor: Word40
+    classification: Text40 | None = None
+    ancestors: Annotated[list[Ancestor], Field(max_length=64)] = []
+    # ReadEvent.to_dict() also carries these; accepted so the agent can send it as is.
+    time: UtcTime | None = None
+    path: Text4096 | None = None
+
+
+class TamperInfo(RequestBody):
+    action: Literal["section_removed", "section_altered", "file_deleted", "file_moved", "conflict"]
+    detail: LongText | None = None
+    replanted: bool = False
+
+
+class SelfReportInfo(RequestBody):
+    user: OptName = None
+    note: LongText = ""
+
+
+class AgentEventIn(RequestBody):
+    event_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+    kind: Literal["read", "tamper", "self_report"]
+    time: UtcTime
+    path: Path4096
+    read: ReadInfo | None = None
+    tamper: TamperInfo | None = None
+    self_report: SelfReportInfo | None = None
+
+    @model_validator(mode="after")
+    def _payload_matches_kind(self) -> AgentEventIn:
+        for kind in ("read", "tamper", "self_report"):
+            present = getattr(self, kind) is not None
+            if kind == self.kind and not present:
+                raise ValueError(f"a {kind} event needs a {kind!r} object")
+            if kind != self.kind and present:
+                raise ValueError(f"a {self.kind} event must not carry a {kind!r} object")
+        return self
+
+    def payload(self) -> dict[str, Any]:
+        body = getattr(self, self.kind)
+        return body.model_dump(mode="json") if body is not None else {}
+
+
+class EventBatch(RequestBody):
+    events: Annotated[list[AgentEventIn], Field(max_length=MAX_EVENTS_PER_BATCH)]
+
+
+class EventsAccepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class SensorHealth(RequestBody):
+    name: Word40
+    mode: Text40 | None = None
+    healthy: bool
+    error: LongText | None = None
+    lost_events: Annotated[int, Field(ge=0)] = 0
+
+
+class TargetHealth(RequestBody):
+    path: Path4096
+    local_user: OptName = None
+    profile: OptName = None
+    access_key_id: Text128 | None = None
+    planted: bool
+    error: LongText | None = None
+
+
+class Heartbeat(RequestBody):
+    agent_version: Text40 | None = None
+    sensor: SensorHealth
+    targets: Annotated[list[TargetHealth], Field(max_length=1000)] = []
+    last_event_at: UtcTime | None = None
+    spool_pending: Annotated[int, Field(ge=0)] = 0
+    spool_dropped: Annotated[int, Field(ge=0)] = 0
+    spool_rejected: Annotated[int, Field(ge=0)] = 0
+
+
+class HeartbeatAck(BaseModel):
+    ok: bool
+    server_time: dt.datetime
+
+
+class SelftestRequest(RequestBody):
+    credential_id: Word40
+
+
+class SelftestCreated(BaseModel):
+    selftest_id: str
+    expires_at: dt.datetime
+
+
+class ReadRecord(BaseModel):
+    event_id: str
+    device_id: str
+    time: dt.datetime
+    path: str
+    pid: int | None = None
+    ppid: int | None = None
+    exe: str | None = None
+    cmdline: list[str] = []
+    uid: int | None = None
+    user: str | None = None
+    start_time: dt.datetime | None = None
+    cwd: str | None = None
+    access: str | None = None
+    sensor: str | None = None
+    classification: str | None = None
+    ancestors: list[dict[str, Any]] = []
+
+
+class ReadList(BaseModel):
+    reads: list[ReadRecord]
+
+
+class Health(BaseModel):
+    ok: bool
+    version: str
