@@ -11,6 +11,7 @@ not stall the rest of the agent; callbacks re-acquire it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -41,10 +42,11 @@ class LibbpfError(OSError):
     def __init__(self, call: str, err: int, what: str = "") -> None:
         err = abs(err) or errno.EINVAL
         text = os.strerror(err) if err < 4000 else f"libbpf error {err}"
-        name = errno.errorcode.get(err, str(err))
+        self.errno_name = errno.errorcode.get(err, str(err))
         subject = f" {what}" if what else ""
-        super().__init__(err, f"{call}{subject}: {text} ({name})")
+        super().__init__(err, f"{call}{subject}: {text} ({self.errno_name})")
         self.call = call
+        self.reason = f"{self.errno_name} ({text})"  # the kernel's answer alone, for status lines
 
 
 class LibbpfMissing(OSError):
@@ -154,6 +156,7 @@ _libc.vsnprintf.restype = _c.c_int
 _libc.vsnprintf.argtypes = [_c.c_char_p, _c.c_size_t, _c.c_char_p, _c.c_void_p]
 _print_ref: object = None  # the CFUNCTYPE object must outlive every libbpf call that may print
 _print_lock = threading.Lock()
+_expected_failures = threading.local()
 
 
 def _format(fmt: bytes, args: int | None) -> str:
@@ -169,8 +172,10 @@ def route_messages(logger: logging.Logger = log) -> None:
     def printer(level: int, fmt: bytes, args: int | None) -> int:
         try:
             py_level = _LEVELS.get(level, logging.DEBUG)
+            if getattr(_expected_failures, "depth", 0):  # a probe that may fail: its noise is debug
+                py_level = logging.DEBUG
             if logger.isEnabledFor(py_level):
-                logger.log(py_level, "libbpf: %s", _format(fmt, args))
+                logger.log(py_level, "%s", _format(fmt, args))  # libbpf prefixes "libbpf: " itself
         except Exception:  # an exception must never unwind into C
             pass
         return 0
@@ -181,6 +186,16 @@ def route_messages(logger: logging.Logger = log) -> None:
         callback = _PRINT_FN(printer)
         library().libbpf_set_print(callback)
         _print_ref = callback
+
+
+@contextlib.contextmanager
+def expected_failure() -> Iterator[None]:
+    """libbpf messages inside this block are logged at DEBUG (e.g. trying a hook the kernel may refuse)."""
+    _expected_failures.depth = getattr(_expected_failures, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _expected_failures.depth -= 1
 
 
 # ---- objects, programs, links, maps -----------------------------------------------------------

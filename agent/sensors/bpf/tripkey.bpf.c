@@ -166,16 +166,20 @@ static __always_inline __u32 walk_path(struct dentry *dentry, struct vfsmount *v
 	return w.off;
 }
 
-/* The file behind fd in the current task: current->files->fdt->fd[fd], or NULL. */
+/*
+ * The file behind fd in the current task: current->files->fdt->fd[fd], or NULL. This runs for
+ * every successful open on the host, so the task -> fdtable walk uses direct BTF loads (a few
+ * ns each) rather than probe-read helper calls; only the fd array slot (a pointer to pointers,
+ * which BTF cannot type) needs one.
+ */
 static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 {
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct fdtable *fdt = task->files->fdt;
 	struct file *file = NULL;
 
-	if (fd < 0 || (__u64)fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd < 0 || (__u64)fd >= fdt->max_fds)
 		return NULL;
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
 	return file;
 }
 
@@ -272,6 +276,10 @@ int BPF_PROG(tk_fork, struct task_struct *parent, struct task_struct *child)
 	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
 		return 0;
 	count(TK_C_FORK);
+	/* the child may already have run and exited (this fires after it was woken): no entry for it,
+	 * its exit has passed. A narrower race is left to userspace's periodic sweep. */
+	if (BPF_CORE_READ(child, exit_state))
+		return 0;
 	pkey = proc_key(parent);
 	pe = bpf_map_lookup_elem(&procs, &pkey);
 	if (!pe) {
@@ -436,7 +444,7 @@ static __always_inline int on_open(long ret, __u32 source)
 
 	if (ret < 0 || is_agent(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	task = (struct task_struct *)bpf_get_current_task();
+	task = bpf_get_current_task_btf();
 	file = fd_file(task, ret);
 	if (!file)
 		return 0;
@@ -486,8 +494,15 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(tk_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = BPF_CORE_READ(regs, orig_ax);
+	struct task_struct *task;
 
-	return is_open_nr(nr) ? on_open(ret, nr) : 0;
+	if (!is_open_nr(nr))
+		return 0;
+	/* a 32-bit (ia32) syscall has other numbers: 257 there is not openat (TS_COMPAT = 0x2) */
+	task = (struct task_struct *)bpf_get_current_task();
+	if (BPF_CORE_READ(task, thread_info.status) & 0x2)
+		return 0;
+	return on_open(ret, nr);
 }
 
 /* io_uring: IORING_OP_OPENAT[2] completions. The cqe's res is the new fd, installed in the ring
