@@ -85,14 +85,21 @@ static __always_inline void count(__u32 idx)
 		*slot += 1; /* per-CPU: no other writer */
 }
 
+/*
+ * Task fields are read with direct loads: every task pointer here is BTF-typed (a tp_btf
+ * argument or bpf_get_current_task_btf()), so the verifier turns `t->field` into a guarded
+ * load of a few ns instead of a bpf_probe_read_kernel call; the read record walks up to
+ * TK_MAX_ANC parents, and this is most of its cost. CO-RE relocates these loads like
+ * BPF_CORE_READ (vmlinux.h types carry preserve_access_index).
+ */
+
 /* The key of a task's process: its thread-group leader's pid and start time. */
 static __always_inline struct tk_proc_key proc_key(struct task_struct *task)
 {
 	struct tk_proc_key key = {};
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
 
-	key.tgid = BPF_CORE_READ(task, tgid);
-	key.start_ns = BPF_CORE_READ(leader, start_boottime);
+	key.tgid = task->tgid;
+	key.start_ns = task->group_leader->start_boottime;
 	return key;
 }
 
@@ -187,7 +194,7 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 static __always_inline void read_args(struct task_struct *task, char *buf, __u32 cap, __u16 *len, __u32 *total,
 				      __u32 *flags)
 {
-	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	struct mm_struct *mm = task->mm;
 	unsigned long start, end;
 	__u64 n; /* 64-bit: a u32 would be zero-extended into a copy the verifier does not tie to n */
 
@@ -195,8 +202,8 @@ static __always_inline void read_args(struct task_struct *task, char *buf, __u32
 	*total = 0;
 	if (!mm)
 		return;
-	start = BPF_CORE_READ(mm, arg_start);
-	end = BPF_CORE_READ(mm, arg_end);
+	start = mm->arg_start;
+	end = mm->arg_end;
 	if (end <= start)
 		return;
 	n = end - start;
@@ -220,19 +227,20 @@ static __always_inline void read_args(struct task_struct *task, char *buf, __u32
 
 static __always_inline __u16 exe_of(struct task_struct *task, char *buf, __u32 *flags)
 {
-	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	struct mm_struct *mm = task->mm;
+	struct file *exe = mm ? mm->exe_file : NULL;
 	__u32 cut = 0, len;
 
 	if (!exe) {
 		*flags |= TK_F_NO_EXE;
 		return 0;
 	}
-	struct dentry *dentry = BPF_CORE_READ(exe, f_path.dentry);
+	struct dentry *dentry = exe->f_path.dentry;
 
 	/* an unlinked dentry is unhashed (d_hash.pprev == NULL): /proc appends " (deleted)" */
-	if (!BPF_CORE_READ(dentry, d_hash.pprev))
+	if (!dentry->d_hash.pprev)
 		*flags |= TK_F_EXE_DELETED;
-	len = walk_path(dentry, BPF_CORE_READ(exe, f_path.mnt), buf, &cut);
+	len = walk_path(dentry, exe->f_path.mnt, buf, &cut);
 	if (cut)
 		*flags |= TK_F_EXE_CUT;
 	return len;
@@ -254,7 +262,7 @@ int BPF_PROG(tk_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 	e->exec_ns = bpf_ktime_get_boot_ns();
 	e->exit_ns = 0;
 	e->flags = 0;
-	e->ppid = BPF_CORE_READ(p, group_leader, real_parent, tgid);
+	e->ppid = p->group_leader->real_parent->tgid;
 	/* a process re-executing keeps its pin: a read record may already name it */
 	old = bpf_map_lookup_elem(&procs, &key);
 	e->pinned = old ? old->pinned : 0;
@@ -273,12 +281,12 @@ int BPF_PROG(tk_fork, struct task_struct *parent, struct task_struct *child)
 	struct tk_proc *pe, *e;
 
 	/* threads fire this too; only a new thread group is a new process */
-	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+	if (child->pid != child->tgid)
 		return 0;
 	count(TK_C_FORK);
 	/* the child may already have run and exited (this fires after it was woken): no entry for it,
 	 * its exit has passed. A narrower race is left to userspace's periodic sweep. */
-	if (BPF_CORE_READ(child, exit_state))
+	if (child->exit_state)
 		return 0;
 	pkey = proc_key(parent);
 	pe = bpf_map_lookup_elem(&procs, &pkey);
@@ -294,9 +302,9 @@ int BPF_PROG(tk_fork, struct task_struct *parent, struct task_struct *child)
 	e->flags |= TK_F_FORKED;
 	e->pinned = 0;
 	e->exit_ns = 0;
-	e->ppid = BPF_CORE_READ(parent, tgid);
-	ckey.tgid = BPF_CORE_READ(child, tgid);
-	ckey.start_ns = BPF_CORE_READ(child, start_boottime);
+	e->ppid = parent->tgid;
+	ckey.tgid = child->tgid;
+	ckey.start_ns = child->start_boottime;
 	if (bpf_map_update_elem(&procs, &ckey, e, BPF_ANY) < 0)
 		count(TK_C_CACHE_FULL);
 	return 0;
@@ -310,7 +318,7 @@ int BPF_PROG(tk_exit, struct task_struct *p)
 
 	/* every thread fires this; the process is gone when the last one leaves (signal->live == 0,
 	 * decremented before this tracepoint on every kernel since 2.6) */
-	if (BPF_CORE_READ(p, signal, live.counter) != 0)
+	if (p->signal->live.counter != 0)
 		return 0;
 	key = proc_key(p);
 	e = bpf_map_lookup_elem(&procs, &key);
@@ -333,7 +341,7 @@ int BPF_PROG(tk_exit, struct task_struct *p)
 
 static __always_inline void fill_ancestors(struct task_struct *leader, struct tk_read *r)
 {
-	struct task_struct *t = BPF_CORE_READ(leader, real_parent);
+	struct task_struct *t = leader->real_parent;
 	__u16 n = 0;
 
 	for (int i = 0; i < TK_MAX_ANC; i++) {
@@ -347,7 +355,7 @@ static __always_inline void fill_ancestors(struct task_struct *leader, struct tk
 			break;
 		r->anc[i].tgid = key.tgid;
 		r->anc[i].start_ns = key.start_ns;
-		r->anc[i].uid = BPF_CORE_READ(t, real_cred, uid.val);
+		r->anc[i].uid = t->real_cred->uid.val;
 		e = bpf_map_lookup_elem(&procs, &key);
 		if (e) {
 			r->anc[i].exec_ns = e->exec_ns;
@@ -360,7 +368,7 @@ static __always_inline void fill_ancestors(struct task_struct *leader, struct tk
 		n = i + 1;
 		if (key.tgid == 1)
 			break;
-		t = BPF_CORE_READ(t, group_leader, real_parent);
+		t = t->group_leader->real_parent;
 		if (i == TK_MAX_ANC - 1)
 			r->flags |= TK_F_ANC_CUT;
 	}
@@ -401,16 +409,16 @@ static __always_inline int report_file(struct task_struct *task, struct file *fi
 		count(TK_C_LOST);
 		return 0;
 	}
-	leader = BPF_CORE_READ(task, group_leader);
+	leader = task->group_leader;
 	pkey = proc_key(task);
 	r->time_ns = bpf_ktime_get_boot_ns();
 	r->start_ns = pkey.start_ns;
 	r->dev = fkey.dev;
 	r->ino = fkey.ino;
 	r->tgid = pkey.tgid;
-	r->tid = BPF_CORE_READ(task, pid);
-	r->ppid = BPF_CORE_READ(leader, real_parent, tgid);
-	r->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	r->tid = task->pid;
+	r->ppid = leader->real_parent->tgid;
+	r->uid = task->real_cred->uid.val;
 	r->source = source;
 	r->flags = 0;
 
@@ -426,7 +434,7 @@ static __always_inline int report_file(struct task_struct *task, struct file *fi
 		count(TK_C_READER_MISS);
 		r->exe_len = exe_of(task, r->exe, &r->flags);
 	}
-	r->cwd_len = walk_path(BPF_CORE_READ(task, fs, pwd.dentry), BPF_CORE_READ(task, fs, pwd.mnt), r->cwd, &cut);
+	r->cwd_len = walk_path(task->fs->pwd.dentry, task->fs->pwd.mnt, r->cwd, &cut);
 	if (cut)
 		r->flags |= TK_F_CWD_CUT;
 	read_args(task, r->args, TK_ARGS_LEN, &r->args_len, &r->args_total, &r->flags);
@@ -494,13 +502,10 @@ SEC("tp_btf/sys_exit")
 int BPF_PROG(tk_sys_exit, struct pt_regs *regs, long ret)
 {
 	long nr = BPF_CORE_READ(regs, orig_ax);
-	struct task_struct *task;
-
 	if (!is_open_nr(nr))
 		return 0;
 	/* a 32-bit (ia32) syscall has other numbers: 257 there is not openat (TS_COMPAT = 0x2) */
-	task = (struct task_struct *)bpf_get_current_task();
-	if (BPF_CORE_READ(task, thread_info.status) & 0x2)
+	if (bpf_get_current_task_btf()->thread_info.status & 0x2)
 		return 0;
 	return on_open(ret, nr);
 }
