@@ -4,13 +4,13 @@ The BPF side (agent/sensors/bpf/tripkey.bpf.c) matches opens by inode in the ker
 one ring-buffer record per open of a watched file, with the reader's exe, cwd, argv and its
 ancestors by (pid, start time). This side:
 
-  poll thread  ring_buffer__poll with a 1 s timeout (so an idle agent wakes once a second and
-               stop() returns within a second), decodes each record, names the ancestors from
-               the kernel's process cache or /proc (ProcessCache) and hands one ReadEvent per open
-               to the callback. Every 30 s it sweeps cache entries nobody will read.
-  watches      planted paths -> (s_dev, i_ino) in the `watched` map. A planter replacing a file
-               calls watch_file() on the temp file before the rename, so the new inode is watched
-               before any reader can open it by name.
+  poll thread  ring_buffer__poll with a 1 s timeout (an idle agent wakes once a second, and
+               stop() returns within a second), turns each record into one ReadEvent
+               (EventBuilder) and hands it to the callback at once. Every 30 s it sweeps process
+               cache entries nobody will read any more.
+  watches      planted paths -> (s_dev, i_ino) in the kernel's `watched` map (Watches). A planter
+               replacing a file calls watch_file() on the temp file before the rename, so the new
+               inode is watched before any reader can open it by name.
 
 A full ring buffer is counted by the kernel (lost), never waited on: this sensor cannot hold a
 reader, even when the agent is stopped. The agent's own opens are skipped in the kernel.
@@ -18,11 +18,8 @@ reader, even when the agent is stopped. The agent's own opens are skipped in the
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import datetime as dt
 import logging
-import operator
 import os
 import threading
 import time
@@ -33,41 +30,18 @@ from typing import Any
 from agent import osflags
 from agent.sensors import _ebpf_loader as loader
 from agent.sensors import _libbpf as bpf
-from agent.sensors._ebpf_procs import ProcessCache, read_proc_verified
+from agent.sensors._ebpf_events import EventBuilder
+from agent.sensors._ebpf_procs import ProcessCache
 from agent.sensors._ebpf_records import (
-    COUNTER_SLOTS,
     COUNTERS,
-    F_ANC_CUT,
-    F_ARGS_CUT,
-    F_ARGS_FAULT,
-    F_CWD_CUT,
-    F_EXE_CUT,
-    F_EXE_DELETED,
-    F_NO_EXE,
-    EbpfReadEvent,
-    RawRead,
-    boot_ns_to_utc,
-    decode_path,
+    PROC_SIZE,
     file_key,
     identity_of_fd,
     identity_of_path,
     kernel_dev,
-    parse_cmdline,
-    parse_read,
-    record_identity,
-    record_time_ns,
-    start_time_utc,
 )
-from agent.sensors.base import (
-    AFTER_THE_FACT,
-    ProcessInfo,
-    ReadCallback,
-    Sensor,
-    SensorHealth,
-    SensorUnavailable,
-    user_name,
-)
-from agent.sensors.procinfo import ancestors_of
+from agent.sensors._ebpf_watch import Watches
+from agent.sensors.base import AFTER_THE_FACT, ReadCallback, Sensor, SensorHealth, SensorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +49,6 @@ __all__ = ["EbpfHealth", "EbpfSensor"]
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 BTF_PATH = "/sys/kernel/btf/vmlinux"
-MAX_RETIRED = 1024  # unwatched inodes still named for records already in the ring
-MAX_TEMPLATES = 64  # recent events kept to clone for repeated opens by the same process
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,20 +65,6 @@ class EbpfHealth(SensorHealth):
     detail: str | None = None
 
 
-_FIELDS = tuple(f.name for f in dataclasses.fields(EbpfReadEvent))
-_GET_FIELDS = operator.attrgetter(*_FIELDS)
-
-
-def _clone(template: EbpfReadEvent, time: dt.datetime) -> EbpfReadEvent:
-    """A copy of an already built (already scrubbed) event with another time; 10x cheaper than
-    copy.copy, and unlike dataclasses.replace it does not scrub the same strings again."""
-    event = object.__new__(EbpfReadEvent)
-    for name, value in zip(_FIELDS, _GET_FIELDS(template), strict=True):
-        object.__setattr__(event, name, value)
-    object.__setattr__(event, "time", time)
-    return event
-
-
 def _capabilities() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("CapEff:"):
@@ -115,9 +73,8 @@ def _capabilities() -> int:
 
 
 def _possible_cpus() -> int:
-    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     count = 0
-    for part in text.split(","):
+    for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
         low, _, high = part.partition("-")
         count += int(high or low) - int(low) + 1
     return count
@@ -150,22 +107,17 @@ class EbpfSensor(Sensor):
         self.syscall_hook, self.try_lsm = syscall_hook, try_lsm
         self.poll_ms, self.sweep_interval = poll_ms, sweep_interval
         self.object_path = Path(object_path) if object_path else loader.object_path()
-        self._lock = threading.Lock()  # watch changes; readers use the dicts swapped in whole
-        self._inodes: dict[tuple[int, int], str] = {}  # (s_dev, ino) -> planted path
-        self._explicit: dict[tuple[int, int], str] = {}  # from watch_file/watch_inode
-        self._retired: collections.OrderedDict[tuple[int, int], str] = collections.OrderedDict()
-        self._unwatched: tuple[str, ...] = ()
+        self._watches = Watches()
         self._loaded: loader.Loaded | None = None
         self._ring: bpf.RingBuffer | None = None
-        self._cache = ProcessCache(None)
+        self._events = EventBuilder(ProcessCache(None), self._watches.path_of, self.name)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._started = self._stopped = False
         self._fatal: str | None = None
-        self._reported = self._partial = self._cb_errors = self._decode_errors = 0
+        self._reported = self._cb_errors = self._decode_errors = 0
         self._ncpus = _possible_cpus()
         self._final_counters: dict[str, int] | None = None
-        self._recent: collections.OrderedDict[bytes, EbpfReadEvent] = collections.OrderedDict()
 
     # -- availability -------------------------------------------------------------------------
 
@@ -224,7 +176,7 @@ class EbpfSensor(Sensor):
         if missing:
             raise SensorUnavailable(missing)
         self._started = True
-        self._set_inodes(self._resolve(self.paths))
+        self._watches.set_paths(self.paths)
         bpf.route_messages(log)
         try:
             self._loaded = loader.load(
@@ -233,10 +185,17 @@ class EbpfSensor(Sensor):
                 max_processes=self.max_processes,
                 syscall_hook=self.syscall_hook,
                 try_lsm=self.try_lsm,
-                watched={file_key(*key): 1 for key in self._inodes},
+                watched={file_key(*key): 1 for key in self._watches.inode_keys()},
                 agent_tgid=os.getpid(),
             )
-            self._cache = ProcessCache(self._loaded.obj.map("procs"))
+            procs = self._loaded.obj.map("procs")
+            if procs.value_size != PROC_SIZE:  # an object built from another tripkey.h
+                raise SensorUnavailable(
+                    f"{self.name}: {self.object_path} does not match this agent (process entries of "
+                    f"{procs.value_size} bytes, not {PROC_SIZE}): rebuild it (make -C agent/sensors/bpf)"
+                )
+            self._events.cache = ProcessCache(procs)
+            self._watches.attach(self._loaded.obj.map("watched"))
             self._ring = bpf.RingBuffer(self._loaded.obj.map("events"), self._on_record, self._on_error)
         except bpf.LibbpfError as exc:
             self.stop()
@@ -247,7 +206,7 @@ class EbpfSensor(Sensor):
         self._thread = threading.Thread(target=self._poll_loop, name="tripkey-ebpf-poll", daemon=True)
         self._thread.start()
         log.info("ebpf sensor started (%s syscall hooks) watching %d file(s); hooks: %s; not covered: %s",
-                 self._loaded.syscall_mode, len(self._inodes), self._loaded.hooks,
+                 self._loaded.syscall_mode, len(self._watches), self._loaded.hooks,
                  "; ".join(self._loaded.uncovered))  # fmt: skip
 
     def stop(self) -> None:
@@ -258,9 +217,10 @@ class EbpfSensor(Sensor):
         thread = self._thread
         if thread is not None:
             thread.join(timeout=self.poll_ms / 1000 + 5)
+        self._watches.attach(None)
         if self._loaded is not None:
             self._final_counters = self._read_counters()  # health() after stop still says what was lost
-            self._loaded.close()  # detach first: no new records
+            self._loaded.close()  # detaches every hook, then frees the maps
         if self._ring is not None:
             if thread is not None and thread.is_alive():  # stuck in the callback: freeing would crash it
                 log.error("ebpf poll thread did not stop; its ring buffer is left allocated")
@@ -281,21 +241,30 @@ class EbpfSensor(Sensor):
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.sweep_interval
                 try:
-                    self._cache.sweep()
+                    self._events.cache.sweep()
                 except Exception:
                     log.exception("ebpf: process cache sweep failed")
+
+    def _on_record(self, data: bytes) -> None:
+        event = self._events.event(data)
+        try:
+            self.callback(event)
+        except Exception:
+            self._cb_errors += 1
+            log.exception("ebpf callback failed for pid %d", event.pid)
+            return
+        self._reported += 1
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._decode_errors += 1
+        log.error("ebpf: a read record could not be reported: %s: %s", type(exc).__name__, exc)
 
     # -- watches ------------------------------------------------------------------------------
 
     def set_paths(self, paths: Iterable[str]) -> None:
         self.paths = frozenset(paths)
-        inodes = self._resolve(self.paths)
-        with self._lock:
-            for key, path in self._explicit.items():
-                if path in self.paths:
-                    inodes.setdefault(key, path)
-            self._explicit = {k: p for k, p in self._explicit.items() if p in self.paths}
-            self._apply(inodes)
+        if self._started and not self._stopped:
+            self._watches.set_paths(self.paths)
 
     def watch_file(self, target: str | os.PathLike[str] | int, path: str | None = None) -> tuple[int, int]:
         """Watch the inode of an open fd or a path as planted file `path` (default: target's path).
@@ -309,127 +278,16 @@ class EbpfSensor(Sensor):
         else:
             key = identity_of_path(target)
             path = path or os.fspath(target)
-        self._watch_key(key, path)
+        self._watches.watch(key, path)
         return key
 
     def watch_inode(self, dev: int, ino: int, path: str) -> None:
-        """Watch an inode by its userspace stat (st_dev, st_ino) as planted file `path`."""
-        self._watch_key((kernel_dev(dev), ino), path)
+        """Watch an inode given by its userspace stat (st_dev, st_ino) as planted file `path`."""
+        self._watches.watch((kernel_dev(dev), ino), path)
 
     def unwatch_inode(self, dev: int, ino: int) -> None:
         """Stop watching an inode given by its userspace stat (st_dev, st_ino)."""
-        key = (kernel_dev(dev), ino)
-        with self._lock:
-            self._explicit.pop(key, None)
-            self._apply({k: p for k, p in self._inodes.items() if k != key})
-
-    def _watch_key(self, key: tuple[int, int], path: str) -> None:
-        with self._lock:
-            self._explicit[key] = path
-            self._apply({**self._inodes, key: path})
-
-    def _resolve(self, paths: Iterable[str]) -> dict[tuple[int, int], str]:
-        inodes: dict[tuple[int, int], str] = {}
-        problems: list[str] = []
-        for path in sorted(paths):
-            try:
-                inodes[identity_of_path(path)] = path
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror or exc}")
-        self._unwatched = tuple(problems)
-        return inodes
-
-    def _apply(self, inodes: dict[tuple[int, int], str]) -> None:
-        """Make the kernel's watched map equal `inodes` (caller holds the lock, or before start)."""
-        if self._loaded is not None and not self._stopped:
-            watched = self._loaded.obj.map("watched")
-            for key in inodes.keys() - self._inodes.keys():
-                watched.update(file_key(*key), b"\1\0\0\0")
-            for key in self._inodes.keys() - inodes.keys():
-                watched.delete(file_key(*key))
-        for key in self._inodes.keys() - inodes.keys():
-            self._retired[key] = self._inodes[key]
-            while len(self._retired) > MAX_RETIRED:
-                self._retired.popitem(last=False)
-        self._set_inodes(inodes)
-
-    def _set_inodes(self, inodes: dict[tuple[int, int], str]) -> None:
-        self._inodes = dict(inodes)  # swapped whole: the poll thread reads it without the lock
-
-    # -- records -> events ----------------------------------------------------------------------
-
-    def _on_error(self, exc: BaseException) -> None:
-        self._decode_errors += 1
-        log.error("ebpf: a read record could not be reported: %s: %s", type(exc).__name__, exc)
-
-    def _on_record(self, data: bytes) -> None:
-        # A process opening the file in a loop produces records identical but for the time and
-        # thread: reuse the event built (and scrubbed, which costs ~0.3 ms for a long ancestor
-        # chain) for the first one, with the new time (_clone does not re-run __post_init__).
-        key = record_identity(data)
-        template = self._recent.get(key)
-        if template is None:
-            event = self._build(parse_read(data))
-            self._recent[key] = event
-            if len(self._recent) > MAX_TEMPLATES:
-                self._recent.popitem(last=False)
-        else:
-            event = _clone(template, boot_ns_to_utc(record_time_ns(data)))
-            self._partial += event.partial
-        try:
-            self.callback(event)
-        except Exception:
-            self._cb_errors += 1
-            log.exception("ebpf callback failed for pid %d", event.pid)
-            return
-        self._reported += 1
-
-    def _path_of(self, dev: int, ino: int) -> str:
-        key = (dev, ino)
-        path = self._inodes.get(key) or self._retired.get(key)
-        return path if path is not None else f"<inode {dev >> 20}:{dev & 0xFFFFF}:{ino}>"
-
-    def _build(self, raw: RawRead) -> EbpfReadEvent:
-        partial = False
-        exe = None if raw.flags & F_NO_EXE else decode_path(
-            raw.exe, cut=bool(raw.flags & F_EXE_CUT), deleted=bool(raw.flags & F_EXE_DELETED))  # fmt: skip
-        cmdline = parse_cmdline(raw.args)
-        if raw.flags & (F_ARGS_CUT | F_ARGS_FAULT | F_EXE_CUT | F_NO_EXE):
-            found = read_proc_verified(raw.tgid, raw.start_ns)  # still running: the whole thing
-            if found is not None:
-                self._cache.stats.completed_from_proc += 1
-                exe = found[0].exe if raw.flags & (F_EXE_CUT | F_NO_EXE) else exe
-                cmdline = found[0].cmdline if raw.flags & (F_ARGS_CUT | F_ARGS_FAULT) else cmdline
-            else:
-                partial = True
-        chain: list[ProcessInfo] = []
-        for anc in raw.ancestors:
-            info, complete = self._cache.ancestor(anc)
-            chain.append(info)
-            partial = partial or not complete
-        if raw.flags & F_ANC_CUT and raw.ancestors:  # deeper than the record holds: /proc for the rest
-            last = raw.ancestors[-1]
-            found = read_proc_verified(last.tgid, last.start_ns)
-            chain.extend(ancestors_of(found[1]) if found else ())
-            partial = True
-        if partial:
-            self._partial += 1
-        return EbpfReadEvent(
-            time=boot_ns_to_utc(raw.time_ns),
-            path=self._path_of(raw.dev, raw.ino),
-            pid=raw.tgid,
-            sensor=self.name,
-            access="open",
-            ppid=raw.ppid or None,
-            exe=exe,
-            cmdline=cmdline,
-            uid=raw.uid,
-            user=user_name(raw.uid),
-            start_time=start_time_utc(raw.start_ns),
-            cwd=decode_path(raw.cwd, cut=bool(raw.flags & F_CWD_CUT)),
-            ancestors=tuple(chain),
-            partial=partial,
-        )
+        self._watches.unwatch((kernel_dev(dev), ino))
 
     # -- health ---------------------------------------------------------------------------------
 
@@ -445,7 +303,7 @@ class EbpfSensor(Sensor):
         assert self._loaded is not None
         counters = self._loaded.obj.map("counters")
         out: dict[str, int] = {}
-        for index, name in enumerate(COUNTERS[:COUNTER_SLOTS]):
+        for index, name in enumerate(COUNTERS):
             raw = counters.lookup(index.to_bytes(4, "little"), 8 * self._ncpus) or b""
             out[name] = sum(int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8))
         return out
@@ -453,20 +311,18 @@ class EbpfSensor(Sensor):
     def details(self) -> dict[str, Any]:
         """What status and the heartbeat show: hooks, what is not covered, every counter."""
         loaded = self._loaded
-        kernel = self.kernel_counters()
-        stats = dataclasses.asdict(self._cache.stats)
         return {
             "syscall_hook": loaded.syscall_mode if loaded else None,
             "hooks": dict(loaded.hooks) if loaded else {},
             "uncovered": list(loaded.uncovered) if loaded else [],
-            "watched_inodes": len(self._inodes),
+            "watched_inodes": len(self._watches),
             "ring_bytes": self.ring_bytes,
             "max_processes": self.max_processes,
             "counters": {
-                **kernel,
-                **stats,
+                **self.kernel_counters(),
+                **dataclasses.asdict(self._events.cache.stats),
                 "events_reported": self._reported,
-                "partial_events": self._partial,
+                "partial_events": self._events.partial,
                 "callback_errors": self._cb_errors,
                 "decode_errors": self._decode_errors,
             },
@@ -474,8 +330,9 @@ class EbpfSensor(Sensor):
 
     def health(self) -> EbpfHealth:
         kernel = self.kernel_counters()
+        problems = self._watches.problems
         running = self._started and not self._stopped and self._fatal is None
-        error = self._fatal or ("cannot watch " + "; ".join(self._unwatched) if self._unwatched else None)
+        error = self._fatal or ("cannot watch " + "; ".join(problems) if problems else None)
         if not self._started:
             error = error or "not started"
         elif self._stopped:
@@ -484,18 +341,18 @@ class EbpfSensor(Sensor):
         return EbpfHealth(
             name=self.name,
             mode=self.mode,
-            healthy=running and not self._unwatched,
+            healthy=running and not problems,
             error=error,
             lost_events=kernel["lost"] + self._decode_errors + self._cb_errors,
             weaker=self.capabilities.weaker,
             syscall_hook=loaded.syscall_mode if loaded else "",
             events_reported=self._reported,
-            partial_events=self._partial,
-            unfilled=self._cache.stats.unfilled,
+            partial_events=self._events.partial,
+            unfilled=self._events.cache.stats.unfilled,
             cache_misses=kernel["ancestor_cache_misses"],
             callback_errors=self._cb_errors,
             own_opens_skipped=kernel["own_opens_skipped"],
-            unwatched=self._unwatched,
+            unwatched=problems,
             uncovered=tuple(loaded.uncovered) if loaded else (),
             detail=None if not loaded else "hooks: " + ", ".join(f"{k} {v}" for k, v in loaded.hooks.items()),
         )

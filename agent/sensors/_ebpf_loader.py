@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -198,7 +199,7 @@ def _attach_all(loaded: Loaded, syscall_hook: str, lsm_loaded: bool) -> None:
         loaded.hooks["syscalls/sys_exit_open*"] = "refused: tracefs is not mounted and could not be mounted"
     if not loaded.syscall_mode:
         if syscall_hook == "tracepoint":
-            raise bpf.LibbpfError("attach syscall tracepoints", 2, "(tracefs unavailable; syscall_hook='auto')")
+            raise bpf.LibbpfError("attach", errno.ENOENT, "syscall tracepoints (tracefs unavailable)")
         prog = loaded.obj.program(RAW_SYSCALL)
         loaded.links.append(prog.attach())  # mandatory when the tracepoints are not there: raises
         loaded.hooks[_hook_name(prog)] = "attached"

@@ -142,7 +142,9 @@ class ProcessCache:
         return Known(exe=info.exe, cmdline=info.cmdline, complete=False)
 
     def _from_entry(self, tgid: int, start_ns: int, entry: RawProc) -> Known:
-        exe = decode_path(entry.exe, cut=bool(entry.flags & F_EXE_CUT), deleted=bool(entry.flags & F_EXE_DELETED))
+        exe = decode_path(
+            entry.exe, cut=bool(entry.flags & F_EXE_CUT), deleted=bool(entry.flags & F_EXE_DELETED)
+        )
         cmdline = parse_cmdline(entry.args)
         complete = True
         cut_args = entry.args_total > len(entry.args) or entry.flags & F_ARGS_FAULT

@@ -120,9 +120,7 @@ def parse_read(data: bytes) -> RawRead:
     (t, start, exec_ns, ino, dev, tgid, tid, ppid, uid, flags, source, args_total,
      exe_len, cwd_len, args_len, n_anc) = _HEADER.unpack_from(data)  # fmt: skip
     n_anc = min(n_anc, MAX_ANC)
-    ancestors = tuple(
-        Ancestor(*_ANC.unpack_from(data, _ANC_OFF + i * _ANC.size)) for i in range(n_anc)
-    )
+    ancestors = tuple(Ancestor(*_ANC.unpack_from(data, _ANC_OFF + i * _ANC.size)) for i in range(n_anc))
     return RawRead(
         time_ns=t,
         start_ns=start,
@@ -181,7 +179,8 @@ class RawProc:
 
 
 def parse_proc(data: bytes) -> RawProc:
-    exec_ns, exit_ns, pinned, ppid, flags, _pad, args_total, exe_len, args_len = _PROC_HEADER.unpack_from(data)
+    (exec_ns, exit_ns, pinned, ppid, flags, _pad, args_total,
+     exe_len, args_len) = _PROC_HEADER.unpack_from(data)  # fmt: skip
     base = _PROC_HEADER.size
     return RawProc(
         exec_ns=exec_ns,
@@ -332,7 +331,9 @@ def check_layout(header: str) -> list[str]:
     found.update({m[1]: int(m[2]) for m in re.finditer(r"\b(TK_C_MAX)\s*=\s*(\d+)", header)})
     enum = re.search(r"enum tk_counter \{(.*?)\};", header, re.S)
     names = re.findall(r"^\s*(TK_C_\w+)", enum[1], re.M) if enum else []
-    problems = [f"{k}: header {found.get(k)} != python {v}" for k, v in _HEADER_DEFINES.items() if found.get(k) != v]
+    problems = [
+        f"{k}: header {found.get(k)}, python {v}" for k, v in _HEADER_DEFINES.items() if found.get(k) != v
+    ]
     if len([n for n in names if n != "TK_C_MAX"]) != len(COUNTERS):
         problems.append(f"enum tk_counter has {len(names) - 1} counters, python names {len(COUNTERS)}")
     return problems

@@ -121,6 +121,7 @@ class _Lib:
         _proto(lib, "bpf_map__fd", i32, _PTR)
         _proto(lib, "bpf_map__set_max_entries", i32, _PTR, u32)
         _proto(lib, "bpf_map__max_entries", u32, _PTR)
+        _proto(lib, "bpf_map__value_size", u32, _PTR)
         _proto(lib, "bpf_map_update_elem", i32, i32, _PTR, _PTR, u64)
         _proto(lib, "bpf_map_lookup_elem", i32, i32, _PTR, _PTR)
         _proto(lib, "bpf_map_delete_elem", i32, i32, _PTR)
@@ -257,6 +258,10 @@ class Map:
     @property
     def max_entries(self) -> int:
         return int(library().bpf_map__max_entries(self._ptr))
+
+    @property
+    def value_size(self) -> int:
+        return int(library().bpf_map__value_size(self._ptr))
 
     def set_max_entries(self, entries: int) -> None:
         """Before load(): resize (a ring buffer's size in bytes: a power of 2, a multiple of pages)."""

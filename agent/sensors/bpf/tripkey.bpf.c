@@ -387,7 +387,8 @@ static __always_inline bool is_agent(__u32 tgid)
 	return false;
 }
 
-/* The reader is current; `file` is what it just opened. Report it if its inode is watched. */
+/* The reader is current; `file` is what it just opened. Report it if its inode is watched:
+ * returns 1 when a record was submitted. */
 static __always_inline int report_file(struct task_struct *task, struct file *file, __u32 source)
 {
 	struct tk_file_key fkey = {};
@@ -441,7 +442,7 @@ static __always_inline int report_file(struct task_struct *task, struct file *fi
 	fill_ancestors(leader, r);
 	count(TK_C_READS);
 	bpf_ringbuf_submit(r, 0);
-	return 0;
+	return 1;
 }
 
 /* An open-family syscall returned `ret`: on success it is the new fd in current's table. */
@@ -465,35 +466,41 @@ static __always_inline bool is_open_nr(long nr)
 	       nr == NR_OPEN_BY_HANDLE_AT;
 }
 
-/* Classic syscall tracepoints: they only fire for their own syscall (need tracefs to attach). */
+/* Classic syscall tracepoints: they only fire for their own syscall (need tracefs to attach).
+ * They return 0: for this program type a non-zero return also submits the perf sample. */
 SEC("tracepoint/syscalls/sys_exit_openat")
 int tk_exit_openat(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_open(ctx->ret, NR_OPENAT);
+	on_open(ctx->ret, NR_OPENAT);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_openat2")
 int tk_exit_openat2(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_open(ctx->ret, NR_OPENAT2);
+	on_open(ctx->ret, NR_OPENAT2);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_open")
 int tk_exit_open(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_open(ctx->ret, NR_OPEN);
+	on_open(ctx->ret, NR_OPEN);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_creat")
 int tk_exit_creat(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_open(ctx->ret, NR_CREAT);
+	on_open(ctx->ret, NR_CREAT);
+	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_open_by_handle_at")
 int tk_exit_open_by_handle_at(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_open(ctx->ret, NR_OPEN_BY_HANDLE_AT);
+	on_open(ctx->ret, NR_OPEN_BY_HANDLE_AT);
+	return 0;
 }
 
 /* Fallback when tracefs is unavailable: the raw sys_exit tracepoint (no tracefs needed), which
@@ -507,7 +514,8 @@ int BPF_PROG(tk_sys_exit, struct pt_regs *regs, long ret)
 	/* a 32-bit (ia32) syscall has other numbers: 257 there is not openat (TS_COMPAT = 0x2) */
 	if (bpf_get_current_task_btf()->thread_info.status & 0x2)
 		return 0;
-	return on_open(ret, nr);
+	on_open(ret, nr);
+	return 0;
 }
 
 /* io_uring: IORING_OP_OPENAT[2] completions. The cqe's res is the new fd, installed in the ring
@@ -526,7 +534,9 @@ int BPF_PROG(tk_iouring_complete, void *ring, void *req, struct io_uring_cqe *cq
 		count(TK_C_IOURING_DIRECT);
 		return 0;
 	}
-	return on_open(BPF_CORE_READ(cqe, res), TK_SRC_IOURING | op);
+	if (on_open(BPF_CORE_READ(cqe, res), TK_SRC_IOURING | op))
+		count(TK_C_IOURING);
+	return 0;
 }
 
 /* Optional stronger hook, loaded only where the kernel allows BPF LSM (refused under lockdown on the
