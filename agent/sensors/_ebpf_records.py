@@ -73,8 +73,8 @@ _CWD_OFF = _EXE_OFF + PATH_LEN
 _ARGS_OFF = _CWD_OFF + PATH_LEN
 READ_SIZE = _ARGS_OFF + ARGS_LEN
 
-_PROC_HEADER = struct.Struct("<QQIIIIIHH")  # exec, exit, pinned, ppid, flags, pad, args_total, 2 lens
-PROC_SIZE = _PROC_HEADER.size + PATH_LEN + CACHE_ARGS_LEN
+PROC_HEADER = struct.Struct("<QQIIIIIHH")  # exec, exit, pinned, ppid, flags, pad, args_total, 2 lens
+PROC_SIZE = PROC_HEADER.size + PATH_LEN + CACHE_ARGS_LEN
 PROC_KEY = struct.Struct("<IIQ")  # tgid, pad, start_ns
 FILE_KEY = struct.Struct("<IIQ")  # dev, pad, ino
 CONFIG = struct.Struct("<II")  # agent tgid, pad
@@ -180,8 +180,8 @@ class RawProc:
 
 def parse_proc(data: bytes) -> RawProc:
     (exec_ns, exit_ns, pinned, ppid, flags, _pad, args_total,
-     exe_len, args_len) = _PROC_HEADER.unpack_from(data)  # fmt: skip
-    base = _PROC_HEADER.size
+     exe_len, args_len) = PROC_HEADER.unpack_from(data)  # fmt: skip
+    base = PROC_HEADER.size
     return RawProc(
         exec_ns=exec_ns,
         exit_ns=exit_ns,
