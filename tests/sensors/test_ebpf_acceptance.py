@@ -25,8 +25,13 @@ import pytest
 from agent.sensors import procinfo
 from agent.sensors.base import SensorUnavailable
 from tests.conftest import REPO_ROOT, requires_root
+from tests.sensors import ebpf_support
 from tests.sensors.conftest import FAN_PRELOAD, NOBODY, Collector, fan_run_unprivileged
-from tests.sensors.ebpf_support import ebpf_object, ebpf_sensor_factory, read_with  # noqa: F401
+from tests.sensors.ebpf_support import read_with
+
+# the shared fixtures, made visible to this module (pytest finds fixtures by module attribute)
+ebpf_object = ebpf_support.ebpf_object
+ebpf_sensor_factory = ebpf_support.ebpf_sensor_factory
 
 pytestmark = requires_root
 
@@ -137,7 +142,7 @@ def _state(pid: int) -> str:
     return raw[raw.rindex(")") + 2]
 
 
-def test_stopped_agent_never_holds_a_reader(fan_target: Path, ebpf_object: Path) -> None:  # noqa: F811
+def test_stopped_agent_never_holds_a_reader(fan_target: Path, ebpf_object: Path) -> None:
     agent = subprocess.Popen(
         [sys.executable, "-c", SENSOR_CHILD, str(fan_target)],
         stdout=subprocess.PIPE,
@@ -230,7 +235,7 @@ print("started")
 """
 
 
-def test_without_privilege_a_clear_message(fan_target: Path, ebpf_object: Path) -> None:  # noqa: F811
+def test_without_privilege_a_clear_message(fan_target: Path, ebpf_object: Path) -> None:
     result = fan_run_unprivileged(
         UNPRIVILEGED_START.format(path=fan_target), preload=FAN_PRELOAD + "; import agent.sensors._ebpf"
     )
@@ -242,7 +247,7 @@ def test_without_privilege_a_clear_message(fan_target: Path, ebpf_object: Path) 
 
 
 def test_missing_object_names_make(
-    fan_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ebpf_object: Path  # noqa: F811
+    fan_target: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ebpf_object: Path
 ) -> None:
     from agent.sensors import _ebpf_loader
     from agent.sensors._ebpf import EbpfSensor
