@@ -18,6 +18,7 @@ reader, even when the agent is stopped. The agent's own opens are skipped in the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -32,15 +33,8 @@ from agent.sensors import _ebpf_loader as loader
 from agent.sensors import _libbpf as bpf
 from agent.sensors._ebpf_events import EventBuilder
 from agent.sensors._ebpf_procs import ProcessCache
-from agent.sensors._ebpf_records import (
-    COUNTERS,
-    PROC_SIZE,
-    file_key,
-    identity_of_fd,
-    identity_of_path,
-    kernel_dev,
-)
-from agent.sensors._ebpf_watch import Watches
+from agent.sensors._ebpf_records import COUNTERS, PROC_SIZE, file_key, kernel_dev
+from agent.sensors._ebpf_watch import Watches, pin
 from agent.sensors.base import AFTER_THE_FACT, ReadCallback, Sensor, SensorHealth, SensorUnavailable
 
 log = logging.getLogger(__name__)
@@ -221,6 +215,7 @@ class EbpfSensor(Sensor):
         if self._loaded is not None:
             self._final_counters = self._read_counters()  # health() after stop still says what was lost
             self._loaded.close()  # detaches every hook, then frees the maps
+        self._watches.close()  # unpinned only now that no hook can match a reused inode number
         if self._ring is not None:
             if thread is not None and thread.is_alive():  # stuck in the callback: freeing would crash it
                 log.error("ebpf poll thread did not stop; its ring buffer is left allocated")
@@ -271,19 +266,25 @@ class EbpfSensor(Sensor):
 
         The planter calls this with its temp file's fd BEFORE renaming it over the target, so the
         new inode is watched before any reader can open it. Returns the kernel's (s_dev, i_ino)."""
-        if isinstance(target, int):
-            if path is None:
-                raise ValueError("watch_file(fd) needs the planted path the file will have")
-            key = identity_of_fd(target)
-        else:
-            key = identity_of_path(target)
-            path = path or os.fspath(target)
-        self._watches.watch(key, path)
+        if isinstance(target, int) and path is None:
+            raise ValueError("watch_file(fd) needs the planted path the file will have")
+        key, fd = pin(target)
+        self._watches.watch(key, path or os.fspath(target), fd)
         return key
 
     def watch_inode(self, dev: int, ino: int, path: str) -> None:
-        """Watch an inode given by its userspace stat (st_dev, st_ino) as planted file `path`."""
-        self._watches.watch((kernel_dev(dev), ino), path)
+        """Watch an inode given by its userspace stat (st_dev, st_ino) as planted file `path`.
+
+        Prefer watch_file: it pins the inode. This one pins it only if `path` names it now;
+        otherwise its number could be reused once the file is deleted."""
+        key = (kernel_dev(dev), ino)
+        fd: int | None = None
+        with contextlib.suppress(OSError):
+            found, fd = pin(path)
+            if found != key:
+                os.close(fd)
+                fd = None
+        self._watches.watch(key, path, fd)
 
     def unwatch_inode(self, dev: int, ino: int) -> None:
         """Stop watching an inode given by its userspace stat (st_dev, st_ino)."""
