@@ -117,6 +117,7 @@ class _Lib:
         _proto(lib, "bpf_program__set_autoload", i32, _PTR, b)
         _proto(lib, "bpf_program__autoload", b, _PTR)
         _proto(lib, "bpf_program__attach", _PTR, _PTR)
+        _proto(lib, "bpf_program__attach_tracepoint", _PTR, _PTR, _c.c_char_p, _c.c_char_p)
         _proto(lib, "bpf_link__destroy", i32, _PTR)
         _proto(lib, "bpf_map__fd", i32, _PTR)
         _proto(lib, "bpf_map__set_max_entries", i32, _PTR, u32)
@@ -233,11 +234,22 @@ class Program:
             raise LibbpfError("bpf_program__set_autoload", _errno_of(ret), self.name)
 
     def attach(self) -> Link:
+        """Attach where the section name says (SEC("tp_btf/sched_process_exec"), ...)."""
         ctypes.set_errno(0)
         ptr = library().bpf_program__attach(self._ptr)
         if not ptr:
             raise LibbpfError("bpf_program__attach", _errno_of(), f"{self.name} ({self.section})")
         return Link(ptr, self.name)
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        """Attach to one classic tracepoint (a program may be attached to several)."""
+        ctypes.set_errno(0)
+        ptr = library().bpf_program__attach_tracepoint(self._ptr, category.encode(), name.encode())
+        if not ptr:
+            raise LibbpfError(
+                "bpf_program__attach_tracepoint", _errno_of(), f"{self.name} -> {category}/{name}"
+            )
+        return Link(ptr, f"{self.name}@{category}/{name}")
 
 
 class Map:

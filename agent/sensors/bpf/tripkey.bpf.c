@@ -339,40 +339,68 @@ int BPF_PROG(tk_exit, struct task_struct *p)
 
 /* ---- opens ------------------------------------------------------------------------------- */
 
+/*
+ * The reader's ancestors up to pid 1, parent first, one per bpf_loop step (unrolled, 32 levels
+ * of branches took the verifier ~2 s per program). Each is named by (tgid, start time) as the
+ * live task shows it now, plus the exec stamp of its cache entry; the entry is pinned so that
+ * its exit does not delete it before userspace has read it.
+ */
+struct anc_walk {
+	struct task_struct *t;
+	struct tk_read *r;
+	__u32 n;
+	__u32 done; /* reached pid 1 (or the idle task) */
+};
+
+static long anc_step(__u32 i, void *data)
+{
+	struct anc_walk *w = data;
+	struct task_struct *t = w->t;
+	struct tk_read *r = w->r;
+	struct tk_proc_key key;
+	struct tk_proc *e;
+
+	__u64 k = i; /* 64-bit and opaque to clang: the bound is checked on the register that indexes */
+
+	barrier_var(k);
+	if (!t || k >= TK_MAX_ANC) {
+		w->done = !t;
+		return 1;
+	}
+	key = proc_key(t);
+	if (key.tgid == 0) { /* the idle task: above pid 1 and kthreadd */
+		w->done = 1;
+		return 1;
+	}
+	r->anc[k].tgid = key.tgid;
+	r->anc[k].start_ns = key.start_ns;
+	r->anc[k].uid = t->real_cred->uid.val;
+	r->anc[k].exec_ns = 0;
+	e = bpf_map_lookup_elem(&procs, &key);
+	if (e) {
+		r->anc[k].exec_ns = e->exec_ns;
+		if (!e->pinned)
+			e->pinned = 1;
+	} else {
+		count(TK_C_ANC_MISS);
+	}
+	w->n = k + 1;
+	if (key.tgid == 1) {
+		w->done = 1;
+		return 1;
+	}
+	w->t = t->group_leader->real_parent;
+	return 0;
+}
+
 static __always_inline void fill_ancestors(struct task_struct *leader, struct tk_read *r)
 {
-	struct task_struct *t = leader->real_parent;
-	__u16 n = 0;
+	struct anc_walk w = { .t = leader->real_parent, .r = r };
 
-	for (int i = 0; i < TK_MAX_ANC; i++) {
-		struct tk_proc_key key;
-		struct tk_proc *e;
-
-		if (!t)
-			break;
-		key = proc_key(t);
-		if (key.tgid == 0) /* the idle task: above pid 1 and kthreadd */
-			break;
-		r->anc[i].tgid = key.tgid;
-		r->anc[i].start_ns = key.start_ns;
-		r->anc[i].uid = t->real_cred->uid.val;
-		e = bpf_map_lookup_elem(&procs, &key);
-		if (e) {
-			r->anc[i].exec_ns = e->exec_ns;
-			if (!e->pinned)
-				e->pinned = 1;
-		} else {
-			r->anc[i].exec_ns = 0;
-			count(TK_C_ANC_MISS);
-		}
-		n = i + 1;
-		if (key.tgid == 1)
-			break;
-		t = t->group_leader->real_parent;
-		if (i == TK_MAX_ANC - 1)
-			r->flags |= TK_F_ANC_CUT;
-	}
-	r->n_anc = n;
+	bpf_loop(TK_MAX_ANC, anc_step, &w, 0);
+	r->n_anc = w.n;
+	if (!w.done)
+		r->flags |= TK_F_ANC_CUT;
 }
 
 static __always_inline bool is_agent(__u32 tgid)
@@ -466,40 +494,16 @@ static __always_inline bool is_open_nr(long nr)
 	       nr == NR_OPEN_BY_HANDLE_AT;
 }
 
-/* Classic syscall tracepoints: they only fire for their own syscall (need tracefs to attach).
- * They return 0: for this program type a non-zero return also submits the perf sample. */
-SEC("tracepoint/syscalls/sys_exit_openat")
-int tk_exit_openat(struct trace_event_raw_sys_exit *ctx)
+/*
+ * Classic syscall tracepoints: each fires only for its own syscall (libbpf needs tracefs to find
+ * their ids). One program, attached by the loader to sys_exit_{openat,openat2,open,creat,
+ * open_by_handle_at}: every sys_exit tracepoint has this context, with the syscall number in id.
+ * It returns 0: for this program type a non-zero return also submits the perf sample.
+ */
+SEC("tracepoint")
+int tk_sys_exit_open(struct trace_event_raw_sys_exit *ctx)
 {
-	on_open(ctx->ret, NR_OPENAT);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_openat2")
-int tk_exit_openat2(struct trace_event_raw_sys_exit *ctx)
-{
-	on_open(ctx->ret, NR_OPENAT2);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_open")
-int tk_exit_open(struct trace_event_raw_sys_exit *ctx)
-{
-	on_open(ctx->ret, NR_OPEN);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_creat")
-int tk_exit_creat(struct trace_event_raw_sys_exit *ctx)
-{
-	on_open(ctx->ret, NR_CREAT);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_open_by_handle_at")
-int tk_exit_open_by_handle_at(struct trace_event_raw_sys_exit *ctx)
-{
-	on_open(ctx->ret, NR_OPEN_BY_HANDLE_AT);
+	on_open(ctx->ret, ctx->id);
 	return 0;
 }
 
