@@ -13,11 +13,14 @@
  * the parent's entry to a new child (threads share their leader's), exit deletes it. A read
  * record only names its ancestors; userspace fetches their exe/argv from this cache. An ancestor
  * named by a read is "pinned": if it exits before userspace has looked, its entry is kept (its
- * exit time set) and userspace deletes it after use, so a shell that runs a reader and exits within a
- * millisecond is still named. pid reuse cannot mix two processes: a new process has a new start
- * time, so a new key.
+ * exit time set) and userspace deletes it after use, so a shell that runs a reader and exits
+ * within a millisecond is still named. pid reuse cannot mix two processes: a new process has a
+ * new start time, so a new key.
  *
  * Nothing here ever waits: a full ring buffer or a full cache is counted, never retried.
+ *
+ * Needs Linux >= 6.1 on x86-64 with BTF: bpf_loop (5.17), tp_btf, bpf_get_current_task_btf and a
+ * non-preallocated hash map in tracing programs (6.1).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
