@@ -319,8 +319,8 @@ int BPF_PROG(tk_exit, struct task_struct *p)
 	struct tk_proc_key key;
 	struct tk_proc *e;
 
-	/* every thread fires this; the process is gone when the last one leaves (signal->live == 0,
-	 * decremented before this tracepoint on every kernel since 2.6) */
+	/* every thread fires this; the process is gone when the last one leaves: do_exit() drops
+	 * signal->live before this tracepoint, so 0 here means the whole thread group is dead */
 	if (p->signal->live.counter != 0)
 		return 0;
 	key = proc_key(p);
