@@ -30,7 +30,7 @@ from agent.sensors.procinfo import boot_time
 
 PATH_LEN = 512
 ARGS_LEN = 4096
-CACHE_ARGS_LEN = 512
+CACHE_ARGS_LEN = 384
 MAX_ANC = 32
 
 F_EXE_CUT = 0x1

@@ -150,7 +150,7 @@ def test_sweep_removes_only_what_nobody_will_read() -> None:
 
 def test_layout_matches_the_header_and_decoders() -> None:
     assert check_layout((BPF_DIR / "tripkey.h").read_text()) == []
-    assert (READ_SIZE, PROC_SIZE) == (5960, 1064)  # sizeof(struct tk_read), sizeof(struct tk_proc)
+    assert (READ_SIZE, PROC_SIZE) == (5960, 936)  # sizeof(struct tk_read), sizeof(struct tk_proc)
     assert decode_path(b"cat\0bin\0usr\0") == "/usr/bin/cat"
     assert decode_path(b"x\0", cut=True, deleted=True) == ".../x (deleted)"
     assert decode_path(b"") is None

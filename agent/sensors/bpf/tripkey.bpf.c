@@ -40,6 +40,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* only userspace inserts; lookups cost the same */
 	__uint(max_entries, 4096);            /* planted files (+ temp files being planted) */
 	__type(key, struct tk_file_key);
 	__type(value, __u32);

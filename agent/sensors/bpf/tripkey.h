@@ -13,7 +13,9 @@
 #define TK_PATH_SPAN 256       /* a component starts below this offset, so one more (<= 256) fits */
 #define TK_PATH_DEPTH 40       /* dentries + mount crossings walked per path */
 #define TK_ARGS_LEN 4096       /* the reader's own argv, copied at open time */
-#define TK_CACHE_ARGS_LEN 512  /* an ancestor's argv, copied at exec time into the process cache */
+#define TK_CACHE_ARGS_LEN 384  /* an ancestor's argv, copied at exec time into the process cache;
+                                * 384 keeps a cache element (48 B header + key + value) within
+                                * the kernel allocator's 1 KiB size class instead of 2 KiB */
 #define TK_MAX_ANC 32          /* ancestors (tgid, start, uid) carried in a read record */
 
 /* tk_read.flags and tk_proc.flags */
