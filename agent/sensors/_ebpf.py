@@ -120,6 +120,7 @@ class EbpfSensor(Sensor):
         missing = cls._static_check(loader.object_path())
         if missing:
             return missing
+        bpf.route_messages(log)  # the verifier's complaint goes to the log, not to stderr
         try:  # what the kernel says: load everything, attach the hooks that need no tracefs, undo
             probe = loader.load(loader.object_path(), ring_bytes=4096, max_processes=64,
                                 syscall_hook="raw", try_lsm=False)  # fmt: skip
