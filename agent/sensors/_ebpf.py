@@ -43,6 +43,7 @@ __all__ = ["EbpfHealth", "EbpfSensor"]
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 BTF_PATH = "/sys/kernel/btf/vmlinux"
+ALIVE_CHECK_EVERY = 20  # sweeps (every sweep_interval s) between checks for leaked entries
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ class EbpfSensor(Sensor):
     def _poll_loop(self) -> None:
         assert self._ring is not None
         next_sweep = time.monotonic() + self.sweep_interval
+        sweeps = 0
         while not self._stopping.is_set():
             try:
                 self._ring.poll(self.poll_ms)
@@ -236,8 +238,9 @@ class EbpfSensor(Sensor):
                 return
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.sweep_interval
-                try:
-                    self._events.cache.sweep()
+                sweeps += 1
+                try:  # the /proc liveness check costs a read per cached process: 1 sweep in 20
+                    self._events.cache.sweep(check_alive=sweeps % ALIVE_CHECK_EVERY == 0)
                 except Exception:
                     log.exception("ebpf: process cache sweep failed")
 

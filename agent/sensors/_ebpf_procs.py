@@ -168,10 +168,11 @@ class ProcessCache:
         if self._kernel is not None and self._kernel.delete(proc_key(tgid, start_ns)):
             self.stats.exited_deleted += 1
 
-    def sweep(self, now_ns: int | None = None) -> None:
+    def sweep(self, now_ns: int | None = None, check_alive: bool = True) -> None:
         """Delete kernel entries nobody will read: pinned ones whose process exited more than
-        EXITED_GRACE_NS ago (their records are long consumed), and entries of processes that no
-        longer exist although no exit was seen (a child that exited before its fork was traced)."""
+        EXITED_GRACE_NS ago (their records are long consumed), and, with check_alive (one
+        /proc/<pid>/stat read per entry, so less often), entries of processes that no longer
+        exist although no exit was seen (a child that exited before its fork was traced)."""
         if self._kernel is None:
             return
         now_ns = now_boot_ns() if now_ns is None else now_ns
@@ -184,5 +185,5 @@ class ProcessCache:
             if entry.exit_ns:
                 if now_ns - entry.exit_ns > EXITED_GRACE_NS and self._kernel.delete(key):
                     self.stats.exited_deleted += 1
-            elif not proc_alive(tgid, start_ns) and self._kernel.delete(key):
+            elif check_alive and not proc_alive(tgid, start_ns) and self._kernel.delete(key):
                 self.stats.dead_swept += 1
