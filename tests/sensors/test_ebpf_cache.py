@@ -143,6 +143,8 @@ def test_sweep_removes_only_what_nobody_will_read() -> None:
     procs.put(me, start, pack_proc(1, "/x", ["alive"]))
     procs.put(me, start + 50 * NS_PER_TICK, pack_proc(1, "/x", ["never-seen-exit"]))  # dead, leaked
     cache = ProcessCache(procs)
+    cache.sweep(now, check_alive=False)  # the frequent sweep: map only, no /proc reads
+    assert proc_key(1001, 1) not in procs.entries and len(procs.entries) == 3
     cache.sweep(now)
     assert set(procs.entries) == {proc_key(1002, 2), proc_key(me, start)}
     assert (cache.stats.exited_deleted, cache.stats.dead_swept) == (1, 1)
