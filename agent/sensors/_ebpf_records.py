@@ -226,10 +226,43 @@ def start_ticks(start_ns: int) -> int:
     return start_ns // NS_PER_TICK
 
 
+class _WallClock:
+    """The offset from CLOCK_BOOTTIME to wall-clock time, re-read once a second (NTP slews it).
+
+    Two clocks cannot be read at once: a thread preempted between the reads (a busy host) would
+    shift every time it converts by the length of the preemption. So the wall clock is read
+    between two boot-clock reads, and only a pair taken within 50 us is trusted."""
+
+    refresh_ns = 1_000_000_000
+    max_gap_ns = 50_000
+
+    def __init__(self) -> None:
+        self._offset = 0
+        self._read_at = -self.refresh_ns
+
+    def offset_ns(self) -> int:
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        if now - self._read_at >= self.refresh_ns:
+            best = None
+            for _ in range(20):
+                before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                wall = time.time_ns()
+                after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+                if best is None or after - before < best[0]:
+                    best = (after - before, wall - (before + after) // 2)
+                if after - before <= self.max_gap_ns:
+                    break
+            assert best is not None
+            self._offset, self._read_at = best[1], now
+        return self._offset
+
+
+_wall_clock = _WallClock()
+
+
 def boot_ns_to_utc(boot_ns: int) -> dt.datetime:
-    """A CLOCK_BOOTTIME stamp as UTC, against the clocks now (no drift from a cached boot time)."""
-    now_wall, now_boot = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    return dt.datetime.fromtimestamp((now_wall - (now_boot - boot_ns)) / 1e9, tz=dt.UTC)
+    """A CLOCK_BOOTTIME stamp (what bpf_ktime_get_boot_ns gives) as UTC."""
+    return dt.datetime.fromtimestamp((boot_ns + _wall_clock.offset_ns()) / 1e9, tz=dt.UTC)
 
 
 def now_boot_ns() -> int:

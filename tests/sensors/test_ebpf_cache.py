@@ -150,6 +150,20 @@ def test_sweep_removes_only_what_nobody_will_read() -> None:
     assert (cache.stats.exited_deleted, cache.stats.dead_swept) == (1, 1)
 
 
+def test_wall_clock_offset_ignores_a_preempted_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Converting boot time to UTC must not shift by however long the thread was preempted."""
+    from agent.sensors import _ebpf_records
+
+    true_offset = 1_700_000_000 * 10**9
+    boot = iter([5 * 10**9, 5 * 10**9, 5 * 10**9 + 80_000_000, 6 * 10**9, 6 * 10**9 + 1_000])
+    # wall reads: taken mid-pair; the first pair straddles an 80 ms preemption
+    wall = iter([5 * 10**9 + true_offset, 6 * 10**9 + 500 + true_offset])
+    monkeypatch.setattr(_ebpf_records.time, "clock_gettime_ns", lambda clock: next(boot))
+    monkeypatch.setattr(_ebpf_records.time, "time_ns", lambda: next(wall))
+    clock = _ebpf_records._WallClock()
+    assert clock.offset_ns() == true_offset  # the 1 us pair, not the 80 ms one (40 ms off)
+
+
 def test_layout_matches_the_header_and_decoders() -> None:
     assert check_layout((BPF_DIR / "tripkey.h").read_text()) == []
     assert (READ_SIZE, PROC_SIZE) == (5960, 936)  # sizeof(struct tk_read), sizeof(struct tk_proc)
