@@ -42,6 +42,7 @@ from agent.sensors.base import ProcessInfo, user_name
 from agent.sensors.procinfo import ancestors_of
 
 MAX_TEMPLATES = 64  # recent events kept to clone for repeated opens by the same process
+MAX_CHAINS = 256  # recent ancestor chains kept scrubbed, shared by the readers one parent runs
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(EbpfReadEvent))
 _GET_FIELDS = operator.attrgetter(*_FIELDS)
@@ -65,6 +66,9 @@ class EventBuilder:
         self._path_of = path_of
         self._sensor = sensor
         self._recent: collections.OrderedDict[bytes, EbpfReadEvent] = collections.OrderedDict()
+        self._chains: collections.OrderedDict[tuple[object, ...], tuple[tuple[ProcessInfo, ...], bool]] = (
+            collections.OrderedDict()
+        )
         self.partial = 0  # events marked partial
 
     def event(self, data: bytes) -> EbpfReadEvent:
@@ -97,17 +101,8 @@ class EventBuilder:
                 cmdline = found[0].cmdline if flags & (F_ARGS_CUT | F_ARGS_FAULT) else cmdline
             else:
                 partial = True
-        chain: list[ProcessInfo] = []
-        for anc in raw.ancestors:
-            info, complete = self.cache.ancestor(anc)
-            chain.append(info)
-            partial = partial or not complete
-        if flags & F_ANC_CUT and raw.ancestors:  # deeper than a record holds: /proc for the rest
-            last = raw.ancestors[-1]
-            found = read_proc_verified(last.tgid, last.start_ns)
-            chain.extend(ancestors_of(found[1]) if found else ())
-            partial = True
-        return EbpfReadEvent(
+        chain, chain_partial, scrubbed = self._chain(raw)
+        event = EbpfReadEvent(
             time=boot_ns_to_utc(raw.time_ns),
             path=self._path_of(raw.dev, raw.ino),
             pid=raw.tgid,
@@ -120,6 +115,41 @@ class EventBuilder:
             user=user_name(raw.uid),
             start_time=start_time_utc(raw.start_ns),
             cwd=decode_path(raw.cwd, cut=bool(flags & F_CWD_CUT)),
-            ancestors=tuple(chain),
-            partial=partial,
+            ancestors=() if scrubbed else chain,
+            partial=partial or chain_partial,
         )
+        if scrubbed:  # scrubbed by the ReadEvent that first carried it: not scrubbed twice
+            object.__setattr__(event, "ancestors", chain)
+        else:
+            self._chains[self._chain_key(raw)] = (event.ancestors, chain_partial)
+            if len(self._chains) > MAX_CHAINS:
+                self._chains.popitem(last=False)
+        return event
+
+    @staticmethod
+    def _chain_key(raw: RawRead) -> tuple[object, ...]:
+        return (raw.ancestors, raw.flags & F_ANC_CUT)
+
+    def _chain(self, raw: RawRead) -> tuple[tuple[ProcessInfo, ...], bool, bool]:
+        """(ancestors, partial, already scrubbed).
+
+        Many readers share a chain (the shell or build tool that runs them), and scrubbing it
+        (ReadEvent redacts every ancestor's argv) is most of the cost of an event: a chain seen
+        recently, named by the same (pid, start, exec stamp, uid) tuples, is reused as scrubbed."""
+        key = self._chain_key(raw)
+        known = self._chains.get(key)
+        if known is not None:
+            self._chains.move_to_end(key)
+            return known[0], known[1], True
+        chain: list[ProcessInfo] = []
+        partial = False
+        for anc in raw.ancestors:
+            info, complete = self.cache.ancestor(anc)
+            chain.append(info)
+            partial = partial or not complete
+        if raw.flags & F_ANC_CUT and raw.ancestors:  # deeper than a record holds: /proc for the rest
+            last = raw.ancestors[-1]
+            found = read_proc_verified(last.tgid, last.start_ns)
+            chain.extend(ancestors_of(found[1]) if found else ())
+            partial = True
+        return tuple(chain), partial, False

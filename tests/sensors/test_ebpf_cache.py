@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.sensors import procinfo
+from agent.sensors._ebpf_events import EventBuilder
 from agent.sensors._ebpf_procs import EXITED_GRACE_NS, ProcessCache
 from agent.sensors._ebpf_records import (
     CACHE_ARGS_LEN,
@@ -30,6 +31,7 @@ from agent.sensors._ebpf_records import (
     PROC_SIZE,
     READ_SIZE,
     Ancestor,
+    RawRead,
     check_layout,
     decode_path,
     parse_cmdline,
@@ -148,6 +150,30 @@ def test_sweep_removes_only_what_nobody_will_read() -> None:
     cache.sweep(now)
     assert set(procs.entries) == {proc_key(1002, 2), proc_key(me, start)}
     assert (cache.stats.exited_deleted, cache.stats.dead_swept) == (1, 1)
+
+
+def _raw(tgid: int, ancestors: tuple[Ancestor, ...]) -> RawRead:
+    return RawRead(
+        time_ns=time.clock_gettime_ns(time.CLOCK_BOOTTIME), start_ns=_my_start_ns(), exec_ns=0, dev=1, ino=2,
+        tgid=tgid, tid=tgid, ppid=ancestors[0].tgid, uid=0, flags=0, source=257, args_total=6,
+        exe=b"cat\0bin\0usr\0", cwd=b"tmp\0", args=b"cat\0x\0", ancestors=ancestors,
+    )  # fmt: skip
+
+
+def test_readers_of_one_parent_share_its_scrubbed_chain() -> None:
+    """Scrubbing a chain (redacting every ancestor's argv) is done once per chain, not per reader."""
+    procs, start = FakeProcs(), 3_000_000_000
+    secret = "aws_secret_access_key=" + "Ab1" * 13 + "x"
+    procs.put(500, start, pack_proc(9, "/usr/bin/bash", ["bash", "-c", secret]))
+    builder = EventBuilder(ProcessCache(procs), lambda dev, ino: "/home/u/.aws/credentials", "ebpf")
+    chain = (Ancestor(500, 0, start, 9), Ancestor(os.getpid(), 0, _my_start_ns(), 0))
+    first, second = builder.build(_raw(600, chain)), builder.build(_raw(601, chain))
+    assert first.ancestors[0].cmdline == ("bash", "-c", "aws_secret_access_key=[REDACTED]")
+    assert second.ancestors is first.ancestors and second.pid == 601
+    assert first.partial and second.partial  # our own process came from /proc: partial both times
+    reexec = (Ancestor(500, 0, start, 10), *chain[1:])  # the parent exec'd since: another chain
+    procs.put(500, start, pack_proc(10, "/usr/bin/python3.11", ["python3"]))
+    assert builder.build(_raw(602, reexec)).ancestors[0].exe == "/usr/bin/python3.11"
 
 
 def test_wall_clock_offset_ignores_a_preempted_reading(monkeypatch: pytest.MonkeyPatch) -> None:
