@@ -328,6 +328,7 @@ class EbpfSensor(Sensor):
                 **dataclasses.asdict(self._events.cache.stats),
                 "events_reported": self._reported,
                 "partial_events": self._events.partial,
+                "unresolved_repeats": self._events.unresolved_repeats,
                 "callback_errors": self._cb_errors,
                 "decode_errors": self._decode_errors,
             },

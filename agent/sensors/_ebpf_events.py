@@ -6,9 +6,10 @@ process cache (agent.sensors._ebpf_procs). What the kernel's fixed buffers cut (
 4 KiB, deep paths) is completed from /proc when the process is still the same one; otherwise the
 event keeps what it has and is marked partial.
 
-Repeated opens by one process yield records identical but for time and thread; building and
-scrubbing an event (ReadEvent.__post_init__ redacts every ancestor's argv) costs ~0.3 ms for a long
-chain, so the first event is kept as a template and cloned with the new time.
+A process that opens the file again with nothing changed gets a 56-byte repeat record from the
+kernel, naming its last full record: its event is that record's event (kept here) with the new
+time. Building and scrubbing an event (ReadEvent.__post_init__ redacts every ancestor's argv) is
+the expensive part, and readers run by the same parent share one scrubbed ancestor chain.
 """
 
 from __future__ import annotations
@@ -27,21 +28,24 @@ from agent.sensors._ebpf_records import (
     F_CWD_CUT,
     F_EXE_CUT,
     F_EXE_DELETED,
+    F_NO_CWD,
     F_NO_EXE,
+    REC_REPEAT,
     EbpfReadEvent,
     RawRead,
+    RawRepeat,
     boot_ns_to_utc,
     decode_path,
     parse_cmdline,
     parse_read,
-    record_identity,
-    record_time_ns,
+    parse_repeat,
+    record_kind,
     start_time_utc,
 )
 from agent.sensors.base import ProcessInfo, user_name
 from agent.sensors.procinfo import ancestors_of
 
-MAX_TEMPLATES = 64  # recent events kept to clone for repeated opens by the same process
+MAX_TEMPLATES = 4096  # recent read records' events: more than the kernel's 1024 `last_full` entries
 MAX_CHAINS = 256  # recent ancestor chains kept scrubbed, shared by the readers one parent runs
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(EbpfReadEvent))
@@ -65,26 +69,56 @@ class EventBuilder:
         self.cache = cache
         self._path_of = path_of
         self._sensor = sensor
-        self._recent: collections.OrderedDict[bytes, EbpfReadEvent] = collections.OrderedDict()
+        # the events of recent read records, by (tgid, start, seq): what repeats refer to
+        self._by_seq: collections.OrderedDict[tuple[int, int, int], EbpfReadEvent] = collections.OrderedDict()
         self._chains: collections.OrderedDict[tuple[object, ...], tuple[tuple[ProcessInfo, ...], bool]] = (
             collections.OrderedDict()
         )
         self.partial = 0  # events marked partial
+        self.unresolved_repeats = 0  # repeats whose read record was forgotten: named from /proc
 
     def event(self, data: bytes) -> EbpfReadEvent:
-        """One ring-buffer record -> its event (ValueError for a record of the wrong size)."""
-        key = record_identity(data)
-        template = self._recent.get(key)
-        if template is not None:
-            self._recent.move_to_end(key)
-            event = clone_with_time(template, boot_ns_to_utc(record_time_ns(data)))
+        """One ring-buffer record -> its event (ValueError for a record this agent cannot read)."""
+        if record_kind(data) == REC_REPEAT:
+            event = self.repeat(parse_repeat(data))
         else:
-            event = self.build(parse_read(data))
-            self._recent[key] = event
-            if len(self._recent) > MAX_TEMPLATES:
-                self._recent.popitem(last=False)
+            raw = parse_read(data)
+            event = self.build(raw)
+            self._by_seq[(raw.tgid, raw.start_ns, raw.seq)] = event
+            if len(self._by_seq) > MAX_TEMPLATES:
+                self._by_seq.popitem(last=False)
         self.partial += event.partial
         return event
+
+    def repeat(self, rep: RawRepeat) -> EbpfReadEvent:
+        """The event of the read record the repeat refers to, at the repeat's time.
+
+        The kernel sends a repeat only after that record, so it was built just before; if it has
+        been forgotten since (more than MAX_TEMPLATES other readers in between), the reader is
+        named from /proc, the event marked partial and counted, never dropped."""
+        key = (rep.tgid, rep.start_ns, rep.seq)
+        template = self._by_seq.get(key)
+        if template is not None:
+            self._by_seq.move_to_end(key)
+            return clone_with_time(template, boot_ns_to_utc(rep.time_ns))
+        self.unresolved_repeats += 1
+        found = read_proc_verified(rep.tgid, rep.start_ns)
+        info, ppid = found if found is not None else (ProcessInfo(pid=rep.tgid), None)
+        return EbpfReadEvent(
+            time=boot_ns_to_utc(rep.time_ns),
+            path=self._path_of(rep.dev, rep.ino),
+            pid=rep.tgid,
+            sensor=self._sensor,
+            access="open",
+            ppid=ppid,
+            exe=info.exe,
+            cmdline=info.cmdline,
+            uid=info.uid,
+            user=user_name(info.uid),
+            start_time=start_time_utc(rep.start_ns),
+            ancestors=ancestors_of(ppid) if ppid else (),
+            partial=True,
+        )
 
     def build(self, raw: RawRead) -> EbpfReadEvent:
         flags = raw.flags
@@ -114,7 +148,7 @@ class EventBuilder:
             uid=raw.uid,
             user=user_name(raw.uid),
             start_time=start_time_utc(raw.start_ns),
-            cwd=decode_path(raw.cwd, cut=bool(flags & F_CWD_CUT)),
+            cwd=decode_path(raw.cwd, cut=bool(flags & F_CWD_CUT), empty=None if flags & F_NO_CWD else "/"),
             ancestors=() if scrubbed else chain,
             partial=partial or chain_partial,
         )

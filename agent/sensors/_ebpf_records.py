@@ -42,9 +42,13 @@ F_ANC_CUT = 0x20
 F_EXE_CACHED = 0x40
 F_NO_EXE = 0x80
 F_FORKED = 0x400
+F_NO_CWD = 0x800
 
 SRC_IOURING = 0x10000
 SRC_LSM = 0x20000
+
+REC_READ = 1
+REC_REPEAT = 2
 
 #: enum tk_counter, in order; the per-CPU array has COUNTER_SLOTS entries.
 COUNTERS = (
@@ -62,16 +66,19 @@ COUNTERS = (
     "args_faults",
     "iouring_opens",
     "iouring_direct_opens",
+    "repeats",
 )
 COUNTER_SLOTS = 16
 
-_HEADER = struct.Struct("<4Q8I4H")  # time, start, exec, ino | dev..args_total | 4 lengths
+_HEADER = struct.Struct("<II5Q8I4H")  # kind, flags, time, start, exec, ino, seq | dev..pad | 4 lengths
 _ANC = struct.Struct("<IIQQ")  # tgid, uid, start_ns, exec_ns
 _ANC_OFF = _HEADER.size
 _EXE_OFF = _ANC_OFF + MAX_ANC * _ANC.size
 _CWD_OFF = _EXE_OFF + PATH_LEN
 _ARGS_OFF = _CWD_OFF + PATH_LEN
 READ_SIZE = _ARGS_OFF + ARGS_LEN
+_REPEAT = struct.Struct("<IIQQQQIIII")  # kind, source, time, start, ino, seq, dev, tgid, tid, pad
+REPEAT_SIZE = _REPEAT.size
 
 PROC_HEADER = struct.Struct("<QQIIIIIHH")  # exec, exit, pinned, ppid, flags, pad, args_total, 2 lens
 PROC_SIZE = PROC_HEADER.size + PATH_LEN + CACHE_ARGS_LEN
@@ -112,12 +119,31 @@ class RawRead:
     cwd: bytes
     args: bytes
     ancestors: tuple[Ancestor, ...]
+    seq: int = 0  # names this record for the repeats that refer to it
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RawRepeat:
+    """Another open by the process whose read record `seq` still describes it."""
+
+    time_ns: int
+    start_ns: int
+    dev: int
+    ino: int
+    tgid: int
+    tid: int
+    source: int
+    seq: int
+
+
+def record_kind(data: bytes) -> int:
+    return int.from_bytes(data[:4], "little")
 
 
 def parse_read(data: bytes) -> RawRead:
-    if len(data) != READ_SIZE:
-        raise ValueError(f"read record of {len(data)} bytes, expected {READ_SIZE} (object/agent mismatch)")
-    (t, start, exec_ns, ino, dev, tgid, tid, ppid, uid, flags, source, args_total,
+    if len(data) != READ_SIZE or record_kind(data) != REC_READ:
+        raise ValueError(f"read record of {len(data)} bytes, expected {READ_SIZE} (object/agent differ)")
+    (_kind, flags, t, start, exec_ns, ino, seq, dev, tgid, tid, ppid, uid, source, args_total, _pad,
      exe_len, cwd_len, args_len, n_anc) = _HEADER.unpack_from(data)  # fmt: skip
     n_anc = min(n_anc, MAX_ANC)
     ancestors = tuple(Ancestor(*_ANC.unpack_from(data, _ANC_OFF + i * _ANC.size)) for i in range(n_anc))
@@ -138,30 +164,15 @@ def parse_read(data: bytes) -> RawRead:
         cwd=data[_CWD_OFF : _CWD_OFF + min(cwd_len, PATH_LEN)],
         args=data[_ARGS_OFF : _ARGS_OFF + min(args_len, ARGS_LEN)],
         ancestors=ancestors,
+        seq=seq,
     )
 
 
-_LENGTHS = struct.Struct("<4H")
-_LENGTHS_OFF = _HEADER.size - _LENGTHS.size
-_TIME_END, _TID_OFF, _TID_END = 8, 40, 44
-
-
-def record_identity(data: bytes) -> bytes:
-    """Everything a record says except its time and thread id: equal for repeated opens by one process.
-    Only the used part of each buffer counts (the rest of a ring-buffer record is left unwritten)."""
-    exe_len, cwd_len, args_len, n_anc = _LENGTHS.unpack_from(data, _LENGTHS_OFF)
-    return b"".join((
-        data[_TIME_END:_TID_OFF],
-        data[_TID_END:_ANC_OFF],
-        data[_ANC_OFF : _ANC_OFF + min(n_anc, MAX_ANC) * _ANC.size],
-        data[_EXE_OFF : _EXE_OFF + min(exe_len, PATH_LEN)],
-        data[_CWD_OFF : _CWD_OFF + min(cwd_len, PATH_LEN)],
-        data[_ARGS_OFF : _ARGS_OFF + min(args_len, ARGS_LEN)],
-    ))  # fmt: skip
-
-
-def record_time_ns(data: bytes) -> int:
-    return int.from_bytes(data[:_TIME_END], "little")
+def parse_repeat(data: bytes) -> RawRepeat:
+    if len(data) != REPEAT_SIZE or record_kind(data) != REC_REPEAT:
+        raise ValueError(f"repeat record of {len(data)} bytes, expected {REPEAT_SIZE} (object/agent differ)")
+    _kind, source, t, start, ino, seq, dev, tgid, tid, _pad = _REPEAT.unpack_from(data)
+    return RawRepeat(time_ns=t, start_ns=start, dev=dev, ino=ino, tgid=tgid, tid=tid, source=source, seq=seq)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -194,11 +205,12 @@ def parse_proc(data: bytes) -> RawProc:
     )
 
 
-def decode_path(raw: bytes, cut: bool = False, deleted: bool = False) -> str | None:
-    """Leaf-first NUL-terminated components -> "/usr/bin/cat"; a cut path starts with ".../"."""
-    if not raw:
-        return None
+def decode_path(raw: bytes, cut: bool = False, deleted: bool = False, empty: str | None = None) -> str | None:
+    """Leaf-first NUL-terminated components -> "/usr/bin/cat"; a cut path starts with ".../".
+    No components at all is `empty` (None: unknown; "/" for a walk that reached the root at once)."""
     parts = [p for p in raw.split(b"\0") if p]
+    if not parts:
+        return None if cut else empty
     parts.reverse()
     text = ("..." if cut else "") + "/" + "/".join(os.fsdecode(p) for p in parts)
     return text + " (deleted)" if deleted else text
@@ -352,8 +364,11 @@ _HEADER_DEFINES = {
     "TK_F_EXE_CACHED": F_EXE_CACHED,
     "TK_F_NO_EXE": F_NO_EXE,
     "TK_F_FORKED": F_FORKED,
+    "TK_F_NO_CWD": F_NO_CWD,
     "TK_SRC_IOURING": SRC_IOURING,
     "TK_SRC_LSM": SRC_LSM,
+    "TK_REC_READ": REC_READ,
+    "TK_REC_REPEAT": REC_REPEAT,
     "TK_C_MAX": COUNTER_SLOTS,
 }
 

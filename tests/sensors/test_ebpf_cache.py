@@ -30,6 +30,7 @@ from agent.sensors._ebpf_records import (
     PROC_HEADER,
     PROC_SIZE,
     READ_SIZE,
+    REPEAT_SIZE,
     Ancestor,
     RawRead,
     check_layout,
@@ -192,10 +193,12 @@ def test_wall_clock_offset_ignores_a_preempted_reading(monkeypatch: pytest.Monke
 
 def test_layout_matches_the_header_and_decoders() -> None:
     assert check_layout((BPF_DIR / "tripkey.h").read_text()) == []
-    assert (READ_SIZE, PROC_SIZE) == (5960, 936)  # sizeof(struct tk_read), sizeof(struct tk_proc)
+    assert (READ_SIZE, REPEAT_SIZE, PROC_SIZE) == (5976, 56, 936)  # sizeof the C structs
     assert decode_path(b"cat\0bin\0usr\0") == "/usr/bin/cat"
     assert decode_path(b"x\0", cut=True, deleted=True) == ".../x (deleted)"
     assert decode_path(b"") is None
+    assert decode_path(b"", empty="/") == "/"  # a cwd walk that starts at the root
+    assert decode_path(b"", cut=True, empty="/") is None  # a walk that failed at once: unknown
     assert parse_cmdline(b"sh\0-c\0\0") == ("sh", "-c", "")  # a trailing empty argument survives
     assert parse_cmdline(b"\xff\0") == ("\udcff",)  # undecodable bytes reach ReadEvent's printable()
 
@@ -277,8 +280,8 @@ def test_ring_buffer_overflow_is_counted_never_silent(
     fan_target: Path, fan_collector: Collector, ebpf_sensor_factory: SensorFactory
 ) -> None:
     gate = Gate(fan_collector)
-    sensor = ebpf_sensor_factory([fan_target], gate, ring_bytes=16384)  # room for two records
-    opens = 200
+    sensor = ebpf_sensor_factory([fan_target], gate, ring_bytes=16384)  # ~2 full or ~250 repeat records
+    opens = 2000
     try:
         read_with(["cat", str(fan_target)])
         assert gate.entered.wait(10)

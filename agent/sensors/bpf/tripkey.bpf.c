@@ -73,6 +73,16 @@ struct {
 	__type(value, struct tk_config);
 } tk_config SEC(".maps");
 
+/* Per process, what its last full read record was built from: a process opening the file in a
+ * loop sends a 56-byte tk_repeat instead of a 6 KiB tk_read while nothing changed (LRU: a
+ * process that stops reading ages out; a missing entry only means the next record is full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct tk_proc_key);
+	__type(value, struct tk_last);
+} last_full SEC(".maps");
+
 /* A tk_proc is too big for the 512-byte BPF stack: exec builds it in this per-CPU slot. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -419,17 +429,74 @@ static __always_inline bool is_agent(__u32 tgid)
 	return false;
 }
 
+/* What a full record of this open would be built from (pointers compared, never followed). */
+static __always_inline void snapshot(struct task_struct *task, struct task_struct *leader,
+				     struct tk_file_key *fkey, struct tk_last *now)
+{
+	struct task_struct *parent = leader->real_parent;
+	struct mm_struct *mm = task->mm;
+
+	now->ino = fkey->ino;
+	now->dev = fkey->dev;
+	now->pwd_dentry = (__u64)task->fs->pwd.dentry;
+	now->pwd_mnt = (__u64)task->fs->pwd.mnt;
+	now->parent = (__u64)parent;
+	now->parent_mm = (__u64)parent->mm;
+	now->mm = (__u64)mm;
+	now->arg_start = mm ? mm->arg_start : 0;
+	now->arg_end = mm ? mm->arg_end : 0;
+	now->uid = task->real_cred->uid.val;
+}
+
+/* A repeat: the same process opens the same file with the same cwd, argv area, uid, parent
+ * and parent image as in its last full record, sent less than TK_REPEAT_WINDOW_NS ago. What a
+ * repeat cannot see (argv rewritten in place, a grandparent replaced) is at most a second old. */
+static __always_inline bool same_as_last(struct tk_last *last, struct tk_last *now, __u64 t)
+{
+	return t - last->seq < TK_REPEAT_WINDOW_NS && last->ino == now->ino && last->dev == now->dev &&
+	       last->pwd_dentry == now->pwd_dentry && last->pwd_mnt == now->pwd_mnt &&
+	       last->parent == now->parent && last->parent_mm == now->parent_mm && last->mm == now->mm &&
+	       last->arg_start == now->arg_start && last->arg_end == now->arg_end && last->uid == now->uid;
+}
+
+static __always_inline int report_repeat(struct task_struct *task, struct tk_proc_key *pkey,
+					 struct tk_last *last, __u64 t, __u32 source)
+{
+	struct tk_repeat *rp = bpf_ringbuf_reserve(&events, sizeof(*rp), 0);
+
+	if (!rp) {
+		count(TK_C_LOST);
+		return 0;
+	}
+	rp->kind = TK_REC_REPEAT;
+	rp->source = source;
+	rp->time_ns = t;
+	rp->start_ns = pkey->start_ns;
+	rp->ino = last->ino;
+	rp->seq = last->seq;
+	rp->dev = last->dev;
+	rp->tgid = pkey->tgid;
+	rp->tid = task->pid;
+	rp->pad = 0;
+	count(TK_C_READS);
+	count(TK_C_REPEATS);
+	bpf_ringbuf_submit(rp, 0);
+	return 1;
+}
+
 /* The reader is current; `file` is what it just opened. Report it if its inode is watched:
  * returns 1 when a record was submitted. */
 static __always_inline int report_file(struct task_struct *task, struct file *file, __u32 source)
 {
 	struct tk_file_key fkey = {};
 	struct task_struct *leader;
+	struct tk_last now = {}, *last;
 	struct tk_proc_key pkey;
 	struct tk_proc *own;
 	struct inode *inode;
 	struct tk_read *r;
 	__u32 cut = 0;
+	__u64 t;
 
 	inode = BPF_CORE_READ(file, f_inode);
 	fkey.ino = BPF_CORE_READ(inode, i_ino);
@@ -437,23 +504,32 @@ static __always_inline int report_file(struct task_struct *task, struct file *fi
 	if (!bpf_map_lookup_elem(&watched, &fkey))
 		return 0; /* every other open on the host ends here */
 
+	t = bpf_ktime_get_boot_ns();
+	leader = task->group_leader;
+	pkey = proc_key(task);
+	snapshot(task, leader, &fkey, &now);
+	last = bpf_map_lookup_elem(&last_full, &pkey);
+	if (last && same_as_last(last, &now, t))
+		return report_repeat(task, &pkey, last, t, source);
+
 	r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
 	if (!r) {
 		count(TK_C_LOST);
 		return 0;
 	}
-	leader = task->group_leader;
-	pkey = proc_key(task);
-	r->time_ns = bpf_ktime_get_boot_ns();
+	r->kind = TK_REC_READ;
+	r->time_ns = t;
+	r->seq = t;
 	r->start_ns = pkey.start_ns;
 	r->dev = fkey.dev;
 	r->ino = fkey.ino;
 	r->tgid = pkey.tgid;
 	r->tid = task->pid;
 	r->ppid = leader->real_parent->tgid;
-	r->uid = task->real_cred->uid.val;
+	r->uid = now.uid;
 	r->source = source;
 	r->flags = 0;
+	r->pad = 0;
 
 	/* exe: the cached copy from exec time when there is one, else walk mm->exe_file now */
 	own = bpf_map_lookup_elem(&procs, &pkey);
@@ -467,13 +543,21 @@ static __always_inline int report_file(struct task_struct *task, struct file *fi
 		count(TK_C_READER_MISS);
 		r->exe_len = exe_of(task, r->exe, &r->flags);
 	}
-	r->cwd_len = walk_path(task->fs->pwd.dentry, task->fs->pwd.mnt, r->cwd, &cut);
-	if (cut)
-		r->flags |= TK_F_CWD_CUT;
+	if (task->fs) { /* an empty walk is the root directory itself */
+		r->cwd_len = walk_path(task->fs->pwd.dentry, task->fs->pwd.mnt, r->cwd, &cut);
+		if (cut)
+			r->flags |= TK_F_CWD_CUT;
+	} else {
+		r->cwd_len = 0;
+		r->flags |= TK_F_NO_CWD;
+	}
 	read_args(task, r->args, TK_ARGS_LEN, &r->args_len, &r->args_total, &r->flags);
 	fill_ancestors(leader, r);
 	count(TK_C_READS);
 	bpf_ringbuf_submit(r, 0);
+	/* only now: a repeat must never refer to a record that was not sent */
+	now.seq = t;
+	bpf_map_update_elem(&last_full, &pkey, &now, BPF_ANY);
 	return 1;
 }
 

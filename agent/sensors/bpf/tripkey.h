@@ -28,6 +28,7 @@
 #define TK_F_EXE_CACHED 0x40    /* reader's exe came from its process-cache entry */
 #define TK_F_NO_EXE 0x80        /* no mm / no exe_file (kernel thread, exiting task) */
 #define TK_F_FORKED 0x400       /* entry copied from the parent at fork, no exec since */
+#define TK_F_NO_CWD 0x800       /* no fs_struct (an exiting task): an empty cwd is unknown, not "/" */
 
 /* tk_read.source: the x86-64 syscall number that opened the file, or one of these */
 #define TK_SRC_IOURING 0x10000   /* | the io_uring opcode */
@@ -49,6 +50,7 @@ enum tk_counter {
 	TK_C_ARGS_FAULT,
 	TK_C_IOURING,          /* io_uring opens of watched files */
 	TK_C_IOURING_DIRECT,   /* io_uring direct (fixed-file) opens: not resolvable, counted */
+	TK_C_REPEATS,          /* opens sent as a tk_repeat (included in TK_C_READS) */
 	TK_C_MAX = 16,
 };
 
@@ -85,19 +87,27 @@ struct tk_anc {        /* one ancestor, as seen from the live task at open time 
 	__u64 exec_ns;     /* its cache entry's exec_ns, 0 when it had none */
 };
 
+/* Ring-buffer records start with their kind. */
+#define TK_REC_READ 1          /* struct tk_read: one open, with everything about its reader */
+#define TK_REC_REPEAT 2        /* struct tk_repeat: another open by the same process, nothing changed */
+#define TK_REPEAT_WINDOW_NS 1000000000ULL /* a full record at least once a second per process */
+
 struct tk_read {       /* one open of a watched file */
+	__u32 kind;        /* TK_REC_READ */
+	__u32 flags;
 	__u64 time_ns;     /* CLOCK_BOOTTIME at the open's return */
 	__u64 start_ns;    /* reader's start_boottime */
 	__u64 exec_ns;     /* reader's cache entry exec_ns, 0 when it had none */
 	__u64 ino;
+	__u64 seq;         /* names this record for the repeats that refer to it (its time_ns) */
 	__u32 dev;
 	__u32 tgid;
 	__u32 tid;
 	__u32 ppid;
 	__u32 uid;         /* real uid */
-	__u32 flags;
 	__u32 source;
 	__u32 args_total;
+	__u32 pad;
 	__u16 exe_len;
 	__u16 cwd_len;
 	__u16 args_len;
@@ -106,6 +116,33 @@ struct tk_read {       /* one open of a watched file */
 	char exe[TK_PATH_LEN];
 	char cwd[TK_PATH_LEN];
 	char args[TK_ARGS_LEN];
+};
+
+struct tk_repeat {     /* an open by a process whose last tk_read (seq) still describes it */
+	__u32 kind;        /* TK_REC_REPEAT */
+	__u32 source;
+	__u64 time_ns;
+	__u64 start_ns;
+	__u64 ino;
+	__u64 seq;
+	__u32 dev;
+	__u32 tgid;
+	__u32 tid;
+	__u32 pad;
+};
+
+struct tk_last {       /* per process: what its last tk_read was built from (kernel only) */
+	__u64 seq;
+	__u64 ino;
+	__u64 pwd_dentry;  /* cwd */
+	__u64 pwd_mnt;
+	__u64 parent;      /* the parent task, and its image */
+	__u64 parent_mm;
+	__u64 mm;          /* its own image and argv area */
+	__u64 arg_start;
+	__u64 arg_end;
+	__u32 dev;
+	__u32 uid;
 };
 
 struct tk_config {
