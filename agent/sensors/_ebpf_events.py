@@ -45,7 +45,7 @@ from agent.sensors._ebpf_records import (
 from agent.sensors.base import ProcessInfo, user_name
 from agent.sensors.procinfo import ancestors_of
 
-MAX_TEMPLATES = 4096  # recent read records' events: more than the kernel's 1024 `last_full` entries
+MAX_TEMPLATES = 2048  # events of recent read records: a repeat names one sent at most 1 s before
 MAX_CHAINS = 256  # recent ancestor chains kept scrubbed, shared by the readers one parent runs
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(EbpfReadEvent))

@@ -2,7 +2,7 @@
 
 Mirrors agent/sensors/bpf/tripkey.h (sizes, flags, counter order): change both together.
 `check_layout()` compares these constants with the header when the C source is at hand (tests),
-and the sensor refuses a ring-buffer record whose size is not READ_SIZE.
+and a ring-buffer record of another size than READ_SIZE or REPEAT_SIZE is refused (and counted).
 
 Kernel identity of a file: the BPF program compares `inode->i_sb->s_dev` (kernel encoding
 MAJOR << 20 | MINOR) and `inode->i_ino`. Userspace `st_dev` is glibc's encoding of the same
