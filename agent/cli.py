@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     unplant.add_argument("--no-revoke", action="store_true", help="only clean the files")
     add("plant-once", "one plant/repair/refresh pass over every target, then exit (MDM scripts, tests)")
     add("check", "inspect every target without changing anything; exit 3 unless all are planted")
+    sensors = add("sensors", "which read sensors can run here, and which one the config picks and why")
+    sensors.add_argument(
+        "--live", action="store_true", help="also start it on a scratch file and have a child `cat` read it"
+    )
     trigger = add("trigger", "self-test: tell the issuer, then use this device's canary against AWS")
     trigger.add_argument("--target", metavar="PATH", help="which planted file (default: the first)")
     tray = add(
@@ -127,12 +131,14 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     for item in args.set:
         key, value = parse_assignment(item)
         overrides[key] = value
-    overrides.update(
-        state_dir=args.state_dir,
-        issuer_url=args.issuer_url,
-        profile=args.profile,
-        sensor=getattr(args, "sensor", None),
-    )
+    flags = {
+        "state_dir": args.state_dir,
+        "issuer_url": args.issuer_url,
+        "profile": args.profile,
+        "sensor": getattr(args, "sensor", None),
+    }
+    # A flag given wins over --set; a flag not given must not erase a --set of the same key.
+    overrides.update({key: value for key, value in flags.items() if value is not None})
     return load_config(args.config, overrides=overrides)
 
 
@@ -290,6 +296,30 @@ def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
     return EXIT_OK if found and all(s == "ours" for s in found.values()) else EXIT_PARTIAL
 
 
+def cmd_sensors(args: argparse.Namespace, config: AgentConfig) -> int:
+    from agent.sensors.selfcheck import availability, live_check
+
+    data = availability(config.sensor)
+    lines = [
+        f"{name:16} {'available' if why is None else 'unavailable: ' + why}"
+        for name, why in data["sensors"].items()
+    ]
+    lines.append(f"sensor = {config.sensor!r} -> {data['pick'] or 'none'}: {data['reason']}")
+    code = EXIT_OK if data["pick"] else EXIT_FAILURE
+    if args.live and data["pick"]:
+        data["live"] = live = live_check(config.sensor)
+        if live["ok"]:
+            read = live["read"]
+            lines.append(
+                f"live: {live['sensor']} recorded {read['exe']} (pid {read['pid']}) in {live['seconds']} s"
+            )
+        else:
+            lines.append(f"live: FAILED: {live['error']}")
+            code = EXIT_FAILURE
+    _emit(args, data, "\n".join(lines))
+    return code
+
+
 def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.planting.planter import Planter, resolve_targets
 
@@ -383,6 +413,7 @@ COMMANDS = {
     "unplant": cmd_unplant,
     "plant-once": cmd_plant_once,
     "check": cmd_check,
+    "sensors": cmd_sensors,
     "trigger": cmd_trigger,
 }
 

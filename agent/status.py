@@ -111,6 +111,10 @@ def format_status(data: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"sensor:     {sensor.get('name')} NOT WORKING: {sensor.get('error')}")
+    if sensor and sensor.get("detail"):
+        lines.append(f"            {sensor['detail']}")
+    for gap in (sensor or {}).get("uncovered") or ():
+        lines.append(f"            not covered: {gap}")
     spool = data["spool"]
     lines.append(
         "spool:      "

@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.support.pg",
     "tests.support.issuer",
     "tests.support.sensors",
+    "tests.support.ebpf",
     "tests.support.detection",
     "tests.support.client",
     "tests.support.e2e",

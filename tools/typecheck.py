@@ -28,6 +28,7 @@ LINUX_ONLY = (
     "agent/sensors/_audit",
     "agent/sensors/_procinfo",
     "agent/sensors/_ebpf",
+    "agent/sensors/_libbpf",
 )
 
 

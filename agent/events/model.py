@@ -60,6 +60,7 @@ READER_FIELDS = (
     "access",
     "sensor",
     "ancestors",
+    "partial",
 )
 
 
@@ -80,6 +81,9 @@ class ReadEvent:
     start_time: dt.datetime | None = None
     cwd: str | None = None
     ancestors: tuple[ProcessInfo, ...] = ()  # parent first, up to pid 1
+    # Part of the context was not captured when the read happened (filled from /proc later, or
+    # missing), like osquery's `partial` column: the alert then says its context may be incomplete.
+    partial: bool = False
 
     def __post_init__(self) -> None:
         # A command line may carry a secret (`aws configure set aws_secret_access_key X`). Every
@@ -111,6 +115,7 @@ class ReadEvent:
             "access": self.access,
             "sensor": self.sensor,
             "ancestors": [a.to_dict() for a in self.ancestors],
+            "partial": self.partial,
         }
 
 

@@ -32,7 +32,9 @@ from agent.clock import utcnow
 from agent.events.model import READER_FIELDS, ReadEvent
 from agent.events.secrets import KnownSecrets, known
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+# Upgrades of an existing log, by the version they start from (new logs get _SCHEMA whole).
+_MIGRATIONS = {1: ("ALTER TABLE reads ADD COLUMN partial INTEGER NOT NULL DEFAULT 0",)}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reads (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS reads (
     access         TEXT NOT NULL,
     sensor         TEXT NOT NULL,
     ancestors      TEXT NOT NULL,
-    classification TEXT NOT NULL
+    classification TEXT NOT NULL,
+    partial        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS reads_by_time ON reads (time_epoch);
 CREATE INDEX IF NOT EXISTS reads_by_path ON reads (path, time_epoch);
@@ -85,6 +88,7 @@ class ReadLog:
         self._lock = threading.Lock()
         self._since_prune = 0
         self.readonly = readonly
+        self._version = _SCHEMA_VERSION
         if readonly:
             self._db = self._open_readonly()
         else:
@@ -106,9 +110,10 @@ class ReadLog:
             version = db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise ReadLogError(f"cannot open the read log {self.path}: {exc}") from exc
-        if version != _SCHEMA_VERSION:
+        if not 1 <= version <= _SCHEMA_VERSION:
             db.close()
-            raise ReadLogError(f"{self.path} has schema {version}, this Tripkey reads {_SCHEMA_VERSION}")
+            raise ReadLogError(f"{self.path} has schema {version}, this Tripkey reads 1 to {_SCHEMA_VERSION}")
+        self._version = version  # an older log (read-only: not upgraded) lacks the newer columns
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -126,6 +131,10 @@ class ReadLog:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # must precede the first table
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
+            for start in range(max(version, 1), _SCHEMA_VERSION):
+                if version:  # an existing log of an older Tripkey: upgrade it in place
+                    for statement in _MIGRATIONS[start]:
+                        db.execute(statement)
             db.executescript(_SCHEMA)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
@@ -166,12 +175,13 @@ class ReadLog:
             event.sensor,
             json.dumps(ancestors),
             classification,
+            int(event.partial),
         )
         with self._lock:
             self._db.execute(
                 "INSERT INTO reads (event_id, time, time_epoch, path, pid, ppid, exe, cmdline, uid, user,"
-                " start_time, cwd, access, sensor, ancestors, classification)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_time, cwd, access, sensor, ancestors, classification, partial)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             self._since_prune += 1
@@ -194,7 +204,8 @@ class ReadLog:
         if path is not None:
             where.append("path = ?")
             args.append(path)
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM reads"
+        columns = [c if c != "partial" or self._version >= 2 else "0 AS partial" for c in _COLUMNS]
+        sql = f"SELECT {', '.join(columns)} FROM reads"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY time_epoch DESC, seq DESC"
@@ -208,6 +219,7 @@ class ReadLog:
             item = dict(zip(_COLUMNS, row, strict=True))
             item["cmdline"] = json.loads(item["cmdline"])
             item["ancestors"] = json.loads(item["ancestors"])
+            item["partial"] = bool(item["partial"])
             out.append(item)
         return out
 

@@ -85,6 +85,9 @@ def heartbeat_payload(
         "healthy": bool(sensor_health.get("healthy")),
         "error": bound_optional(sensor_health.get("error"), TEXT_BUDGET),
         "lost_events": int(sensor_health.get("lost_events") or 0),
+        # What the sensor attached and what it cannot see (eBPF: hooks; io_uring direct opens...).
+        "detail": bound_optional(sensor_health.get("detail"), TEXT_BUDGET),
+        "uncovered": [bound_text(str(gap), TEXT_BUDGET) for gap in sensor_health.get("uncovered") or ()][:32],
     }
     payload = {
         "agent_version": agent_version,

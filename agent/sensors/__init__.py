@@ -37,6 +37,7 @@ class _Entry:
 def _registry() -> dict[str, _Entry]:
     # Built on call (not at import) so tests and tools see the OS flags as they are now.
     return {
+        "ebpf": _Entry("agent.sensors._ebpf", "EbpfSensor", osflags.LINUX, "Linux"),
         "fanotify": _Entry("agent.sensors._fanotify", "FanotifySensor", osflags.LINUX, "Linux"),
         "fanotify-notify": _Entry("agent.sensors._fanotify", "FanotifyNotifySensor", osflags.LINUX, "Linux"),
         "audit": _Entry("agent.sensors._audit", "AuditSensor", osflags.LINUX, "Linux"),
@@ -48,11 +49,13 @@ def _registry() -> dict[str, _Entry]:
 def auto_order() -> tuple[str, ...]:
     """`auto`'s preference on this OS, strongest first.
 
-    Linux: permission fanotify (context captured while the reader is held) > audit (synchronous
-    pid/uid/exe in the syscall record) > notification fanotify (reader may be gone).
+    Linux: eBPF (context captured in the kernel at open time, keyed by inode; the reader never
+    waits) > permission fanotify (context captured while the reader is held, with an external
+    deadman) > audit (synchronous pid/uid/exe in the syscall record) > notification fanotify (the
+    reader may be gone before its context is read).
     """
     if osflags.LINUX:
-        return ("fanotify", "audit", "fanotify-notify")
+        return ("ebpf", "fanotify", "audit", "fanotify-notify")
     if osflags.MACOS:
         return ("eslogger",)
     if osflags.WINDOWS:

@@ -57,6 +57,7 @@ def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:
         "classification": event.classification or read.get("classification"),
         "sensor": read.get("sensor"),
         "ancestors": read.get("ancestors") or [],
+        "partial": bool(read.get("partial")),
         "after_first_use": as_utc(event.time) > first_use,
     }
 
@@ -142,6 +143,7 @@ def build_context(
             exe=record["exe"],
             cmdline=tuple(record["cmdline"]),
             pid=record["pid"],
+            partial=record["partial"],
         )
         for row, record in zip(rows, reads, strict=True)
         if as_utc(row.time) <= leak_end

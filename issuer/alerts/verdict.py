@@ -47,6 +47,7 @@ class ReadFact:
     exe: str | None
     cmdline: tuple[str, ...] = ()
     pid: int | None = None
+    partial: bool = False  # the sensor could not capture all of this read's context when it happened
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -192,6 +193,16 @@ def decide(facts: VerdictInput) -> Verdict:
                 "context_incomplete",
                 f"the agent lost {facts.lost_events} read event(s)"
                 " (sensor queue, full spool or refused upload)",
+            )
+        )
+
+    partial = [read for read in facts.reads if read.partial]
+    if partial:
+        fired.append(
+            (
+                "context_incomplete",
+                f"{len(partial)} read(s) were only partly captured (e.g. {describe_process(partial[0])}: "
+                "started before the agent, or part of its parent chain could not be named)",
             )
         )
 

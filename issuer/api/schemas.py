@@ -158,6 +158,7 @@ class ReadInfo(RequestBody):
     sensor: Word40
     classification: Text40 | None = None
     ancestors: Annotated[list[Ancestor], Field(max_length=64)] = []
+    partial: bool = False  # part of the context was filled after the fact or is missing
     # ReadEvent.to_dict() also carries these; accepted so the agent can send it as is.
     time: UtcTime | None = None
     path: Text4096 | None = None
@@ -213,6 +214,8 @@ class SensorHealth(RequestBody):
     healthy: bool
     error: LongText | None = None
     lost_events: Annotated[int, Field(ge=0)] = 0
+    detail: LongText | None = None  # e.g. which kernel hooks are attached
+    uncovered: Annotated[list[LongText], Field(max_length=32)] = []  # what the sensor cannot see
 
 
 class TargetHealth(RequestBody):
@@ -265,6 +268,7 @@ class ReadRecord(BaseModel):
     sensor: str | None = None
     classification: str | None = None
     ancestors: list[dict[str, Any]] = []
+    partial: bool = False
 
 
 class ReadList(BaseModel):

@@ -17,7 +17,7 @@ from agent.cli import main
 from agent.events.model import ReadEvent
 from tests.support.agent import SEED, make_users, seed
 from tests.support.net import free_port
-from tests.support.paths import REPO_ROOT
+from tests.support.paths import REPO_ROOT, requires_root
 
 
 @pytest.fixture
@@ -314,3 +314,37 @@ def test_trigger_never_follows_a_users_symlink(
     seed(alice, planted.replace(b"aws_access_key_id = ", b"aws_access_key_id = AKIAUSERREAL"))
     code, _, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials))
     assert code == 1 and "not the planted canary" in err
+
+
+def _sensor_args(tmp_path: Path, *extra: str) -> list[str]:
+    target = f'target=[{{path="{tmp_path}/c", owner="root"}}]'
+    return [
+        "sensors",
+        "--json",
+        "--state-dir",
+        str(tmp_path / "s"),
+        "--set",
+        "all_users=false",
+        "--set",
+        target,
+        *extra,
+    ]
+
+
+@requires_root
+def test_sensors_command_says_what_auto_picks_and_proves_it_live(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _err = run(capsys, *_sensor_args(tmp_path, "--live"))
+    report = json.loads(out)
+    assert code == 0 and report["pick"] == "ebpf" and "strongest" in report["reason"]
+    assert report["sensors"]["ebpf"] is None  # available here
+    assert report["live"]["ok"] and report["live"]["read"]["exe"].endswith("/cat")
+
+
+def test_sensors_command_names_what_is_missing_for_an_explicit_sensor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _err = run(capsys, *_sensor_args(tmp_path, "--set", "sensor=eventlog"))
+    report = json.loads(out)
+    assert code == 1 and report["pick"] is None and "exists only on Windows" in report["reason"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.packaging import LINUX, shell_syntax_ok
-from tests.support.paths import REPO_ROOT
+from tests.support.paths import REPO_ROOT, is_root
 
 SPEC = LINUX / "tripkey-agent.spec"
 
@@ -172,6 +173,8 @@ def test_pyinstaller_builds_a_working_agent_and_a_deb(tmp_path: Path) -> None:
     ).stdout
     modules = {line.strip() for line in listing.splitlines()}
     assert {
+        "agent.sensors._ebpf",
+        "agent.sensors._libbpf",
         "agent.sensors._fanotify",
         "agent.sensors._audit",
         "agent.sensors._eslogger",
@@ -179,7 +182,25 @@ def test_pyinstaller_builds_a_working_agent_and_a_deb(tmp_path: Path) -> None:
         "agent.cli",
     } <= modules
     assert not {"fastapi", "sqlalchemy", "boto3", "issuer"} & modules
+    # The eBPF sensor travels with its object and its own libbpf, and the bundled agent loads it.
+    bundled_bpf = next(dist.glob("tripkey-agent/**/agent/sensors/bpf"))
+    assert (bundled_bpf / "tripkey.bpf.o").is_file() and (bundled_bpf / "libbpf.so.1").is_file()
+    if is_root():
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'state_dir = "{tmp_path / "state"}"\nall_users = false\nsensor = "ebpf"\n'
+            f'[[target]]\npath = "{tmp_path / "t" / "credentials"}"\nowner = "root"\n'
+        )
+        live = subprocess.run(
+            [str(exe), "sensors", "--live", "--json", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert live.returncode == 0, live.stdout + live.stderr
+        report = json.loads(live.stdout)
+        assert report["pick"] == "ebpf" and report["live"]["ok"] and report["live"]["sensor"] == "ebpf"
     if shutil.which("dpkg-deb"):
         command = [str(LINUX / "build-deb.sh"), str(dist / "tripkey-agent"), "0.0.1", str(tmp_path)]
         deb = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout.strip()
         assert Path(deb).stat().st_size > 1_000_000
+        contents = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+        assert "agent/sensors/bpf/tripkey.bpf.o" in contents and "agent/sensors/bpf/libbpf.so.1" in contents

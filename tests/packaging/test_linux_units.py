@@ -40,7 +40,8 @@ def test_agent_unit_is_hardened_but_keeps_what_the_sensors_need() -> None:
     }.items():
         assert service.get(key) == [value], key
     caps = set(service["CapabilityBoundingSet"][0].split())
-    assert {"CAP_SYS_ADMIN", "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_CHOWN", "CAP_FOWNER"} <= caps
+    assert {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN", "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ"} <= caps
+    assert {"CAP_CHOWN", "CAP_FOWNER"} <= caps
     assert not caps & {"CAP_NET_ADMIN", "CAP_SYS_MODULE", "CAP_SETUID", "CAP_SYS_BOOT"}
     assert service["ProtectHome"] == ["no"]  # the planted files live in home directories
     families = set(service["RestrictAddressFamilies"][0].split())

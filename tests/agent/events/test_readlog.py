@@ -81,6 +81,7 @@ def test_record_and_query_round_trip(log: ReadLog):
             {"pid": 9, "exe": None, "cmdline": [], "uid": None},  # exited before it could be read
         ],
         "classification": "shell_utility",
+        "partial": False,
     }
 
 
@@ -255,3 +256,24 @@ def test_table_and_json_lines(log: ReadLog):
     assert table[2].endswith("/home/alice/.aws/credentials")
     lines = format_jsonl(rows).splitlines()
     assert [json.loads(line)["pid"] for line in lines] == [8, 7]
+
+
+def test_a_version_1_log_is_read_as_is_and_upgraded_in_place(tmp_path: Path) -> None:
+    """An agent upgraded over an existing read log: nothing of it is lost, `partial` is added."""
+    path = tmp_path / "reads.db"
+    with ReadLog(path) as current:
+        current.record(event(), "shell_utility")
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE reads DROP COLUMN partial")  # the layout Tripkey wrote before
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with ReadLog(path, readonly=True) as old:
+        (row,) = old.query()  # a reader of a not-yet-upgraded log sees every read
+        assert row["partial"] is False and row["pid"] == 100
+    with ReadLog(path) as upgraded:
+        upgraded.record(event(pid=101, partial=True), "shell_utility")
+        rows = {r["pid"]: r["partial"] for r in upgraded.query()}
+    assert rows == {100: False, 101: True}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -10,6 +10,7 @@ import pytest
 import agent.sensors as sensors
 from agent import osflags
 from agent.sensors import SENSOR_NAMES, create_sensor, select_sensor, unavailable_reason
+from agent.sensors._ebpf import EbpfSensor
 from agent.sensors._fanotify import FanotifyNotifySensor, FanotifySensor
 from agent.sensors.base import Sensor, SensorUnavailable
 from tests.support.paths import requires_root
@@ -21,15 +22,33 @@ def _noop(event: object) -> None:
 
 
 @requires_root
-def test_auto_on_linux_as_root_is_permission_fanotify(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_on_this_kernel_as_root_is_ebpf_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="agent.sensors")
     sensor = create_sensor("auto", ["/tmp/x/credentials"], _noop)
-    assert isinstance(sensor, FanotifySensor) and not isinstance(sensor, FanotifyNotifySensor)
-    assert (sensor.name, sensor.mode) == ("fanotify", "permission")
+    assert isinstance(sensor, EbpfSensor)
+    assert (sensor.name, sensor.mode) == ("ebpf", "tracepoints")
     selection = sensor.selection  # type: ignore[attr-defined]
     assert selection.requested == "auto" and selection.skipped == ()
     assert "strongest" in selection.reason
-    assert any("sensor fanotify (mode permission) selected" in r.getMessage() for r in caplog.records)
+    assert any("sensor ebpf (mode tracepoints) selected" in r.getMessage() for r in caplog.records)
+
+
+@requires_root
+def test_auto_without_ebpf_is_permission_fanotify(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(EbpfSensor, "check_available", classmethod(lambda cls: "no BTF in this kernel"))
+    sensor = create_sensor("auto", ["/tmp/x/credentials"], _noop)
+    assert isinstance(sensor, FanotifySensor) and not isinstance(sensor, FanotifyNotifySensor)
+    assert (sensor.name, sensor.mode) == ("fanotify", "permission")
+    assert sensor.selection.skipped == (("ebpf", "no BTF in this kernel"),)  # type: ignore[attr-defined]
+
+
+@requires_root
+def test_explicit_ebpf_that_cannot_load_is_loud_and_never_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        EbpfSensor, "check_available", classmethod(lambda cls: "the BPF object is not built: run make")
+    )
+    with pytest.raises(SensorUnavailable, match="the BPF object is not built: run make"):
+        create_sensor("ebpf", ["/tmp/x/credentials"], _noop)
 
 
 @requires_root
@@ -67,7 +86,15 @@ def test_other_os_sensors_refuse_on_linux(name: str, os_name: str) -> None:
 def test_unknown_name_lists_the_choices() -> None:
     with pytest.raises(ValueError, match=r"unknown sensor 'fanotfy'.*fanotify-notify"):
         create_sensor("fanotfy", [], _noop)
-    assert set(SENSOR_NAMES) == {"auto", "fanotify", "fanotify-notify", "audit", "eslogger", "eventlog"}
+    assert set(SENSOR_NAMES) == {
+        "auto",
+        "ebpf",
+        "fanotify",
+        "fanotify-notify",
+        "audit",
+        "eslogger",
+        "eventlog",
+    }
 
 
 @requires_root
@@ -75,14 +102,14 @@ def test_options_explicit_unknown_is_an_error_auto_drops_foreign() -> None:
     with pytest.raises(TypeError):
         create_sensor("fanotify", [], _noop, key="cfgread")  # an audit option
     sensor = create_sensor("auto", [], _noop, key="cfgread", budget=0.3)
-    assert sensor.name == "fanotify" and sensor.budget == 0.3  # type: ignore[attr-defined]
+    assert sensor.name == "ebpf"  # neither option is the eBPF sensor's: both dropped, no error
 
 
 def test_auto_falls_back_loudly_in_order(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The fallback logic itself, with availability forced: fanotify refused, audit refused."""
-    refusals = {"fanotify": "no permission events here", "audit": "no auditctl"}
+    """The fallback logic itself, with availability forced: ebpf, fanotify and audit refused."""
+    refusals = {"ebpf": "no BTF", "fanotify": "no permission events here", "audit": "no auditctl"}
     real = sensors.unavailable_reason
     monkeypatch.setattr(sensors, "unavailable_reason", lambda n: refusals.get(n) or real(n))
     monkeypatch.setattr(FanotifyNotifySensor, "check_available", classmethod(lambda cls: None))
@@ -90,7 +117,11 @@ def test_auto_falls_back_loudly_in_order(
     sensor = create_sensor("auto", [], _noop)
     assert sensor.name == "fanotify-notify"
     selection = sensor.selection  # type: ignore[attr-defined]
-    assert selection.skipped == (("fanotify", refusals["fanotify"]), ("audit", refusals["audit"]))
+    assert selection.skipped == (
+        ("ebpf", refusals["ebpf"]),
+        ("fanotify", refusals["fanotify"]),
+        ("audit", refusals["audit"]),
+    )
     assert "no permission events here" in selection.reason and "no auditctl" in selection.reason
     (record,) = [r for r in caplog.records if "selected" in r.getMessage()]
     assert record.levelno == logging.WARNING  # weaker than the best: loud

@@ -17,6 +17,7 @@ def read(
     exe: str = "/usr/bin/aws",
     minutes_before: int = 30,
     cmdline: tuple[str, ...] = ("aws", "s3", "ls"),
+    partial: bool = False,
 ) -> ReadFact:
     return ReadFact(
         time=USE - dt.timedelta(minutes=minutes_before),
@@ -25,6 +26,7 @@ def read(
         exe=exe,
         cmdline=cmdline,
         pid=4242,
+        partial=partial,
     )
 
 
@@ -70,6 +72,7 @@ CASES = [
     ("agent_stale_no_reads", dict(reads=(), agent_stale=True), "context_incomplete"),
     ("sensor_unhealthy", dict(reads=(read("aws_tool"),), sensor_healthy=False), "context_incomplete"),
     ("lost_events", dict(reads=(read("aws_tool"),), lost_events=3), "context_incomplete"),
+    ("partial_read", dict(reads=(read("aws_tool", partial=True),)), "context_incomplete"),
     # several rules: the most severe wins, all are listed
     (
         "scanner_and_shell",
