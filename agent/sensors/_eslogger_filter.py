@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MIN_NEEDLE = 4
+_OPEN_TYPES = (b"10,", b"10}")  # ES_EVENT_TYPE_NOTIFY_OPEN as compact JSON writes it
 _PLAIN = re.compile(r"[\x20-\x7e]+")  # printable ASCII: JSON writes it as is (but for " and \)
 
 
@@ -42,6 +43,16 @@ def peek_int(line: bytes, key: bytes) -> int | None:
     while end < len(line) and 0x30 <= line[end] <= 0x39:
         end += 1
     return int(line[start:end]) if end > start else None
+
+
+def is_event_type(line: bytes, key: bytes, code: bytes) -> bool:
+    """Whether the integer after `key` is exactly `code` (b"10"): peek_int without building an int."""
+    at = line.find(key)
+    if at < 0:
+        return False
+    start = at + len(key)
+    end = start + len(code)
+    return line.startswith(code, start) and (end == len(line) or line[end] in b",} \r")
 
 
 def _tail(path: str) -> str:
@@ -78,21 +89,48 @@ def needles_for(paths: Iterable[str], *, case_sensitive: bool) -> tuple[bytes, .
 
 
 class OpenFilter:
-    """`may_match(line)`: False only if the open in `line` cannot be of a planted path."""
+    """`skip(line)`: True only for an open that cannot be of a planted path (the parser's hot
+    path); `may_match(line)`: the path test alone."""
 
     def __init__(self, paths: Iterable[str], *, case_sensitive: bool = False) -> None:
         self.case_sensitive = case_sensitive
         self.needles = needles_for(paths, case_sensitive=case_sensitive)
+        # One scan for what every spelling of a needle shares (the part after its last slash);
+        # only a line that has it is searched for the needles themselves.
+        self.anchors = tuple(sorted({n.rsplit(b"/", 1)[-1] for n in self.needles or ()}))
+        self.skip: Callable[[bytes], bool] = self._make_skip()
 
     @property
     def active(self) -> bool:
         return self.needles is not None
 
+    def _make_skip(self) -> Callable[[bytes], bool]:
+        """`skip(line)`: True when `line` is an open (event_type 10, compact JSON) of a file that
+        is not planted. The hot path, called for nearly every line: one closure over locals."""
+        needles, anchors, lower = self.needles, self.anchors, not self.case_sensitive
+        if needles is None:
+            return lambda line: False
+        key, types, width = b'"event_type":', _OPEN_TYPES, 13
+
+        def skip(line: bytes) -> bool:
+            at = line.find(key)
+            if at < 0 or line[at + width : at + width + 3] not in types:
+                return False
+            haystack = line.lower() if lower else line
+            for anchor in anchors:
+                if anchor in haystack:
+                    return not any(needle in haystack for needle in needles)
+            return True
+
+        return skip
+
     def may_match(self, line: bytes) -> bool:
         if self.needles is None:
             return True
         haystack = line if self.case_sensitive else line.lower()
+        if not any(anchor in haystack for anchor in self.anchors):
+            return False
         return any(needle in haystack for needle in self.needles)
 
 
-__all__ = ["OpenFilter", "needles_for", "peek_int"]
+__all__ = ["OpenFilter", "is_event_type", "needles_for", "peek_int"]

@@ -46,7 +46,7 @@ from typing import Any
 
 from agent.events.bounds import MAX_ANCESTORS
 from agent.events.model import ProcessInfo, ReadEvent, parse_utc
-from agent.sensors._eslogger_filter import OpenFilter, peek_int
+from agent.sensors._eslogger_filter import OpenFilter, is_event_type
 
 SENSOR_NAME = "eslogger"
 EVENT_EXEC, EVENT_OPEN, EVENT_FORK, EVENT_EXIT = 9, 10, 11, 15
@@ -54,7 +54,7 @@ FREAD = 0x1  # es_event_open_t.fflag carries kernel FFLAGS (FREAD/FWRITE), not O
 MAX_LINE_BYTES = 8 << 20  # an exec with a huge environment is big; a longer line is corrupt
 _PRIVATE_ROOTS = ("/var", "/tmp", "/etc")
 _EVENT_TYPE_KEY = b'"event_type":'
-_SEQ_KEY = b'"global_seq_num":'
+_OPEN_CODE = str(EVENT_OPEN).encode()
 # audit_token_t as eslogger's schema version 10 (macOS 26) writes it: a list of its eight words.
 _TOKEN_PID, _TOKEN_RUID, _TOKEN_PIDVERSION, _TOKEN_WORDS = 5, 3, 7, 8
 
@@ -206,14 +206,17 @@ class EsloggerParser:
         user_name: Callable[[int], str | None] | None = None,
         fallback: Fallback | None = None,
         table: ProcessTable | None = None,
+        prefilter: bool = True,
     ) -> None:
         self.case_sensitive = case_sensitive
+        self.prefilter = prefilter  # False: decode every line (the benchmark's baseline)
         self.skip_pids = frozenset(skip_pids)
         self.user_name = user_name
         self.fallback = fallback
         self.table = table or ProcessTable()
         self._buffer = b""
         self._last_seq: int | None = None
+        self._skipped_since_seq = 0  # lines skipped undecoded since the last sequence number seen
         self.lines = 0
         self.skipped_opens = 0  # opens discarded by the byte-level filter, never JSON-decoded
         self.malformed = 0  # lines that were not usable eslogger messages (skipped and counted)
@@ -232,7 +235,7 @@ class EsloggerParser:
         self._targets = {canonical_path(p, self.case_sensitive): p for p in paths}
         # Most of the system's opens are discarded from their bytes, never decoded (see
         # eslogger_filter for why that is safe and how JSON escaping is handled).
-        self._filter = OpenFilter(paths, case_sensitive=self.case_sensitive)
+        self._filter = OpenFilter(paths, case_sensitive=self.case_sensitive) if self.prefilter else None
 
     # ---- streaming ------------------------------------------------------------------------------
 
@@ -249,7 +252,15 @@ class EsloggerParser:
             self._bad(f"line longer than {MAX_LINE_BYTES} bytes without a newline; discarded")
             self._buffer = b""
         reads = []
+        skip = self._filter.skip if self._filter is not None else None
         for line in complete:
+            if skip is not None and skip(line):
+                # An open of some other file, never decoded. It still counts in the sequence, or
+                # the next decoded message would report it as dropped by the kernel.
+                self.lines += 1
+                self.skipped_opens += 1
+                self._skipped_since_seq += 1
+                continue
             event = self.parse_line(line)
             if event is not None:
                 assert self.last_reader is not None
@@ -260,6 +271,7 @@ class EsloggerParser:
         """A new eslogger process: a new ES client, whose global_seq_num starts again at 1."""
         self._buffer = b""
         self._last_seq = None
+        self._skipped_since_seq = 0
 
     def finish(self) -> list[ReadEvent]:
         """End of stream: a trailing partial line is parsed if complete JSON, else counted."""
@@ -279,11 +291,15 @@ class EsloggerParser:
         if not raw:
             return None
         self.lines += 1
-        if peek_int(raw, _EVENT_TYPE_KEY) == EVENT_OPEN and not self._filter.may_match(raw):
-            # An open of some other file: not decoded. Its sequence number still counts, or the
-            # next decoded message would report the skipped ones as dropped by the kernel.
-            self._check_sequence(peek_int(raw, _SEQ_KEY))
+        if (
+            self._filter is not None
+            and is_event_type(raw, _EVENT_TYPE_KEY, _OPEN_CODE)
+            and not self._filter.may_match(raw)
+        ):
+            # An open of some other file: not decoded. It still counts in the sequence, or the
+            # next decoded message would report it as dropped by the kernel (_check_sequence).
             self.skipped_opens += 1
+            self._skipped_since_seq += 1
             return None
         try:
             message = json.loads(raw)
@@ -328,11 +344,14 @@ class EsloggerParser:
         return None  # other event kinds: not subscribed; ignored
 
     def _check_sequence(self, seq: Any) -> None:
+        """A gap in global_seq_num, less the lines we skipped undecoded (eslogger writes messages
+        in sequence, so those filled part of the gap), is what the kernel dropped."""
         seq = _int(seq)
         if seq is None:
             return
+        skipped, self._skipped_since_seq = self._skipped_since_seq, 0
         if self._last_seq is not None and seq > self._last_seq + 1:
-            self.dropped += seq - self._last_seq - 1
+            self.dropped += max(0, seq - self._last_seq - 1 - skipped)
         if self._last_seq is None or seq > self._last_seq:
             self._last_seq = seq
 
