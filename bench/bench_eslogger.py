@@ -56,6 +56,7 @@ def _with_pid(process: dict[str, Any], pid: int) -> dict[str, Any]:
 
 
 SENTINEL = 999_999_999
+PROCESS_KINDS = ("exec", "exec", "exec", "fork", "fork", "fork", "exit", "exit")
 
 
 def _variants(kind: str, count: int = 64) -> list[bytes]:
@@ -81,9 +82,8 @@ def _variants(kind: str, count: int = 64) -> list[bytes]:
             if kind != "exit":
                 path = CRED if kind == "planted" else OTHER_FILES[n % len(OTHER_FILES)]
                 message["event_type"] = 10
-                message["event"] = {
-                    "open": {"fflag": 1, "file": {"path_truncated": False, "path": path, "stat": {"st_mode": 33188}}}
-                }
+                file = {"path_truncated": False, "path": path, "stat": {"st_mode": 33188}}
+                message["event"] = {"open": {"fflag": 1, "file": file}}
         message["global_seq_num"] = SENTINEL
         lines.append(_write(message))
     return lines
@@ -97,7 +97,7 @@ def stream(process_pct: int, lines: int = LINES) -> bytes:
     process_slots = process_pct * 4
     cycle = ["open"] * 400
     for i in range(process_slots):
-        cycle[i * 400 // process_slots] = ("exec", "exec", "exec", "fork", "fork", "fork", "exit", "exit")[i % 8]
+        cycle[i * 400 // process_slots] = PROCESS_KINDS[i % 8]
     marker = b'"global_seq_num":%d' % SENTINEL
     out = []
     for seq in range(1, lines + 1):

@@ -40,17 +40,20 @@ def test_every_recorded_line_is_compact_json_with_escaped_slashes(name: str) -> 
 def test_process_identity_in_each_schema_version() -> None:
     exit_v9 = process_record(recorded_message("exit-v9")["process"])
     assert (exit_v9.pid, exit_v9.uid, exit_v9.pidversion, exit_v9.ppid) == (11221, 0, 170692, 532)
-    assert (exit_v9.exe, exit_v9.signing_id, exit_v9.team_id) == ("/usr/sbin/ipconfig", "com.apple.ipconfig", None)
+    assert exit_v9.exe == "/usr/sbin/ipconfig"
+    assert (exit_v9.signing_id, exit_v9.team_id) == ("com.apple.ipconfig", None)
 
     fork_v10 = recorded_message("fork-v10")
-    parent = process_record(fork_v10["process"])  # audit_token: [auid, euid, egid, ruid, rgid, pid, asid, pidversion]
+    # audit_token: [auid, euid, egid, ruid, rgid, pid, asid, pidversion]
+    parent = process_record(fork_v10["process"])
     child = process_record(fork_v10["event"]["fork"]["child"])
     assert (parent.pid, parent.uid, parent.pidversion) == (19745, 501, 35165)
     assert (child.pid, child.ppid, child.pidversion) == (21497, 19745, 38282)
     assert (child.signing_id, child.team_id) == ("net.mullvad.vpn", "CKG9MXH72F")
 
     exec_v11 = process_record(recorded_message("exec-v11")["event"]["exec"]["target"])
-    assert (exec_v11.pid, exec_v11.uid, exec_v11.signing_id) == (11085, 501, "com.apple.localizationswitcherd")
+    assert (exec_v11.pid, exec_v11.uid) == (11085, 501)
+    assert exec_v11.signing_id == "com.apple.localizationswitcherd"
 
 
 def test_recorded_exec_then_open_gives_argv_cwd_and_signing_identity() -> None:
@@ -80,7 +83,7 @@ def test_opens_of_other_files_are_never_decoded_and_their_sequence_numbers_still
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     process = recorded_message("exit-v9")["process"]
-    other = [recorded_open(process, f"/System/Library/Frameworks/F{n}.framework/F{n}", seq=n) for n in range(1, 50)]
+    other = [recorded_open(process, f"/System/Library/F{n}.framework/F{n}", seq=n) for n in range(1, 50)]
     planted = recorded_open(process, CRED, seq=50)
     decoded: list[bytes] = []
     real_loads = json.loads
@@ -99,7 +102,8 @@ def test_filter_sees_through_json_escaping_and_case() -> None:
     process = recorded_message("exit-v9")["process"]
     parser = EsloggerParser([CRED])
     upper = recorded_open(process, "/Users/alice/.AWS/Credentials", seq=1)  # APFS: the same file
-    plain = json.dumps(json.loads(recorded_open(process, CRED, seq=2)), separators=(",", ":")).encode() + b"\n"
+    message = json.loads(recorded_open(process, CRED, seq=2))
+    plain = json.dumps(message, separators=(",", ":")).encode() + b"\n"
     assert b"\\/" not in plain  # a writer that does not escape slashes
     assert [e.path for e in parser.feed(upper + plain)] == [CRED, CRED]
     sensitive = EsloggerParser([CRED], case_sensitive=True)
@@ -111,7 +115,8 @@ def test_filter_handles_non_ascii_planted_paths_in_either_json_spelling() -> Non
     path = "/Users/zoë/Clés/clés"
     message = json.loads(recorded_open(process, path, seq=1))
     raw_utf8 = as_eslogger_writes(message)
-    escaped = json.dumps(message, separators=(",", ":"), ensure_ascii=True).replace("/", "\\/").encode() + b"\n"
+    compact = json.dumps(message, separators=(",", ":"), ensure_ascii=True)
+    escaped = compact.replace("/", "\\/").encode() + b"\n"
     assert "é".encode() in raw_utf8 and b"\\u00e9" in escaped
     for line in (raw_utf8, escaped):
         assert [e.path for e in EsloggerParser([path]).feed(line)] == [path]
