@@ -1,0 +1,303 @@
+"""A fake of the Win32 surface the Windows agent uses, for contract tests on Linux.
+
+Only the OS boundary is faked: the pywin32 modules (win32evtlog, win32event, win32security,
+win32api, ntsecuritycon, pywintypes.error), advapi32's audit policy and the registry values, with
+the behaviour their documentation gives (EvtNext returning nothing or ERROR_NO_MORE_ITEMS, a stale
+result after a clear, AdjustTokenPrivileges leaving ERROR_NOT_ALL_ASSIGNED in GetLastError, ACEs
+with the SUCCESSFUL_ACCESS flag set by AddAuditAccessAceEx, ...). Everything above it is the
+agent's real code.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import types
+from typing import Any
+
+from tests.support.eventlog import event_xml
+
+
+class Win32Error(Exception):
+    """pywintypes.error: (winerror, funcname, strerror)."""
+
+    def __init__(self, winerror: int, funcname: str, strerror: str) -> None:
+        super().__init__(winerror, funcname, strerror)
+        self.winerror, self.funcname, self.strerror = winerror, funcname, strerror
+
+
+class Sid:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sid) and other.text == self.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+
+class Acl:
+    """PyACL: ACEs as GetAce returns them, ((type, flags), mask, sid)."""
+
+    def __init__(self, aces: list[tuple[tuple[int, int], int, Sid]] | None = None) -> None:
+        self.aces = list(aces or [])
+
+    def AddAuditAccessAceEx(
+        self, revision: int, flags: int, mask: int, sid: Sid, success: bool, failure: bool
+    ) -> None:
+        flags |= (0x40 if success else 0) | (0x80 if failure else 0)
+        self.aces.append(((0x2, flags), mask, sid))
+
+    def GetAceCount(self) -> int:
+        return len(self.aces)
+
+    def GetAce(self, index: int) -> tuple[tuple[int, int], int, Sid]:
+        return self.aces[index]
+
+    def DeleteAce(self, index: int) -> None:
+        del self.aces[index]
+
+
+class Signal:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.closed = False
+
+    def Close(self) -> None:
+        self.closed = True
+
+
+def _wait(signal: Signal, timeout_ms: int) -> int:
+    """WaitForSingleObject on an auto-reset event: WAIT_OBJECT_0 (0) or WAIT_TIMEOUT (258)."""
+    if signal.event.wait(timeout_ms / 1000):
+        signal.event.clear()
+        return 0
+    return 258
+
+
+class EventHandle:
+    def __init__(self, record_id: int, xml: str) -> None:
+        self.record_id, self.xml = record_id, xml
+
+
+class Bookmark:
+    def __init__(self, record_id: int | None) -> None:
+        self.record_id = record_id
+
+
+class Results:
+    """An EvtQuery result set or an EvtSubscribe subscription over the fake log."""
+
+    def __init__(
+        self, log: SecurityLog, ids: set[int], after: int, *, reverse: bool = False, signal: Any = None
+    ):
+        self.log, self.ids, self.after, self.reverse, self.signal = log, ids, after, reverse, signal
+        self.stale = False
+        self.closed = False
+        self.snapshot = [r for r in log.records if r[1] in ids] if reverse else None
+
+    def next(self, count: int) -> tuple[EventHandle, ...]:
+        if self.stale:
+            raise Win32Error(15011, "EvtNext", "The query result is stale or invalid.")
+        if self.snapshot is not None:  # a reverse query: newest first, then ERROR_NO_MORE_ITEMS
+            if not self.snapshot:
+                raise Win32Error(259, "EvtNext", "No more data is available.")
+            taken = [self.snapshot.pop() for _ in range(min(count, len(self.snapshot)))]
+            return tuple(EventHandle(rid, xml) for rid, _eid, xml in taken)
+        new = [r for r in self.log.records if r[0] > self.after and r[1] in self.ids][:count]
+        if new:
+            self.after = new[-1][0]
+        return tuple(EventHandle(rid, xml) for rid, _eid, xml in new)
+
+    def Close(self) -> None:
+        self.closed = True
+
+
+class SecurityLog:
+    """The Security channel: (record id, event id, XML) in order, and its subscribers."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, int, str]] = []
+        self.next_id = 1
+        self.subscriptions: list[Results] = []
+        self.lock = threading.Lock()
+
+    def append(self, event_id: int, xml_for_id: Any) -> int:
+        """Append an event; `xml_for_id(record_id)` renders it (the builders take the record id)."""
+        with self.lock:
+            record_id = self.next_id
+            self.next_id += 1
+            self.records.append((record_id, event_id, xml_for_id(record_id)))
+            for sub in self.subscriptions:
+                if sub.signal is not None and event_id in sub.ids:
+                    sub.signal.event.set()
+            return record_id
+
+    def clear(self, *, by: str = "dadmin", stale: bool = False) -> None:
+        """What wevtutil cl / Clear-EventLog does: every record goes, a 1102 naming who is written
+        first; `stale` also invalidates open result sets (ERROR_EVT_QUERY_RESULT_STALE)."""
+        with self.lock:
+            self.records.clear()
+            for sub in self.subscriptions:
+                sub.stale = stale
+        self.append(1102, lambda rid: cleared_xml(rid, by))
+
+
+def cleared_xml(record_id: int, user: str) -> str:
+    body = event_xml(1102, record_id, {})
+    user_data = (
+        '<UserData><LogFileCleared xmlns="http://manifests.microsoft.com/win/2004/08/windows/eventlog">'
+        f"<SubjectUserName>{user}</SubjectUserName><SubjectDomainName>CONTOSO</SubjectDomainName>"
+        "</LogFileCleared></UserData>"
+    )
+    return body.replace("<EventData></EventData>", user_data)
+
+
+class FakeWindows:
+    """The whole faked surface plus the state it acts on (token, SACLs, audit policy, registry)."""
+
+    def __init__(self) -> None:
+        self.log = SecurityLog()
+        self.sacls: dict[str, Acl | None] = {}
+        self.held_privileges = {"SeSecurityPrivilege"}
+        self.enabled_privileges: set[str] = set()
+        self.last_error = 0
+        self.audit: dict[str, int] = {}
+        self.gpo_forced_off: set[str] = set()  # subcategories a Group Policy keeps off
+        self.dwords: dict[tuple[str, str], int] = {}
+        self.set_calls: list[str] = []
+        self.evtlog = self._evtlog()
+        self.event = types.SimpleNamespace(
+            CreateEvent=lambda sa, manual, initial, name: Signal(), WaitForSingleObject=_wait
+        )
+        self.security = self._security()
+        self.api = types.SimpleNamespace(GetCurrentProcess=lambda: -1, GetLastError=lambda: self.last_error)
+        self.ntsecuritycon = types.SimpleNamespace(
+            TOKEN_ADJUST_PRIVILEGES=0x20, TOKEN_QUERY=0x8, SE_PRIVILEGE_ENABLED=0x2
+        )
+        self.pywintypes = types.SimpleNamespace(error=Win32Error)
+        self.audit_policy = types.SimpleNamespace(query=self._audit_query, set=self._audit_set)
+        self.registry = types.SimpleNamespace(read_dword=self._read_dword, write_dword=self._write_dword)
+
+    # -- win32evtlog
+    def _evtlog(self) -> Any:
+        def ids_of(query: str) -> set[int]:
+            return {int(i) for i in re.findall(r"EventID=(\d+)", query)}
+
+        def evt_query(path: str, flags: int, query: str) -> Results:
+            assert path == "Security" and flags & 0x1 and flags & 0x200  # channel path, newest first
+            return Results(self.log, ids_of(query), 0, reverse=True)
+
+        def evt_subscribe(
+            channel: str,
+            flags: int,
+            SignalEvent: Any = None,
+            Query: Any = None,
+            Bookmark: Any = None,
+            **_: Any,
+        ) -> Results:
+            assert channel == "Security" and SignalEvent is not None
+            if flags == 3:  # EvtSubscribeStartAfterBookmark (not strict: resumes at what is left)
+                after = Bookmark.record_id or 0
+            else:
+                assert flags == 1  # EvtSubscribeToFutureEvents
+                after = self.log.records[-1][0] if self.log.records else 0
+            sub = Results(self.log, ids_of(Query), after, signal=SignalEvent)
+            self.log.subscriptions.append(sub)
+            return sub
+
+        def evt_render(handle: Any, flags: int) -> str:
+            if flags == 2:
+                mark = f'<Bookmark Channel="Security" RecordId="{handle.record_id}"/>'
+                return f"<BookmarkList>{mark}</BookmarkList>"
+            assert flags == 1
+            return str(handle.xml)
+
+        def create_bookmark(xml: str | None = None) -> Bookmark:
+            match = re.search(r'RecordId="(\d+)"', xml or "")
+            return Bookmark(int(match.group(1)) if match else None)
+
+        def update_bookmark(bookmark: Bookmark, event: EventHandle) -> Bookmark:
+            bookmark.record_id = event.record_id
+            return bookmark
+
+        return types.SimpleNamespace(
+            EvtQuery=evt_query,
+            EvtNext=lambda results, count, timeout=-1, flags=0: results.next(count),
+            EvtRender=evt_render,
+            EvtSubscribe=evt_subscribe,
+            EvtCreateBookmark=create_bookmark,
+            EvtUpdateBookmark=update_bookmark,
+            EvtQueryChannelPath=0x1,
+            EvtQueryReverseDirection=0x200,
+            EvtSubscribeToFutureEvents=1,
+            EvtSubscribeStartAfterBookmark=3,
+            EvtRenderEventXml=1,
+            EvtRenderBookmark=2,
+        )
+
+    # -- win32security
+    def _security(self) -> Any:
+        def adjust(token: Any, disable_all: bool, privileges: list[tuple[str, int]]) -> tuple[()]:
+            self.last_error = 0
+            for luid, _attributes in privileges:
+                if luid in self.held_privileges:
+                    self.enabled_privileges.add(luid)
+                else:
+                    self.last_error = 1300  # ERROR_NOT_ALL_ASSIGNED: the call "succeeds"
+            return ()
+
+        def get_named(path: str, kind: int, info: int) -> Any:
+            assert "SeSecurityPrivilege" in self.enabled_privileges, "SACL read without SeSecurityPrivilege"
+            assert (kind, info) == (1, 0x8)  # SE_FILE_OBJECT, SACL_SECURITY_INFORMATION
+            if path not in self.sacls:
+                raise Win32Error(2, "GetNamedSecurityInfo", "The system cannot find the file specified.")
+            acl = self.sacls[path]
+            copy = Acl(acl.aces) if acl is not None else None
+            return types.SimpleNamespace(GetSecurityDescriptorSacl=lambda: copy)
+
+        def set_named(path: str, kind: int, info: int, owner: Any, group: Any, dacl: Any, sacl: Acl) -> None:
+            assert "SeSecurityPrivilege" in self.enabled_privileges
+            assert (kind, info, owner, group, dacl) == (1, 0x8, None, None, None)  # only the SACL
+            self.sacls[path] = Acl(sacl.aces)
+
+        return types.SimpleNamespace(
+            OpenProcessToken=lambda process, access: "token",
+            LookupPrivilegeValue=lambda system, name: name,
+            AdjustTokenPrivileges=adjust,
+            GetNamedSecurityInfo=get_named,
+            SetNamedSecurityInfo=set_named,
+            ACL=Acl,
+            ConvertStringSidToSid=Sid,
+            ConvertSidToStringSid=lambda sid: sid.text,
+            SE_FILE_OBJECT=1,
+            SACL_SECURITY_INFORMATION=0x8,
+        )
+
+    # -- advapi32 audit policy and the registry
+    def _audit_query(self, guid: str) -> int:
+        return 0 if guid in self.gpo_forced_off else self.audit.get(guid, 0)
+
+    def _audit_set(self, guid: str, flags: int) -> None:
+        self.set_calls.append(guid)
+        self.audit[guid] = flags
+
+    def _read_dword(self, key: str, name: str) -> int | None:
+        return self.dwords.get((key, name))
+
+    def _write_dword(self, key: str, name: str, value: int) -> None:
+        self.dwords[(key, name)] = value
+
+    def install(self, monkeypatch: Any, module: Any) -> None:
+        """Put this surface in place of the real one in `module` (agent.sensors._eventlog_win32)."""
+        for name in ("win32evtlog", "win32event", "win32security", "win32api", "ntsecuritycon", "pywintypes"):
+            attr = {
+                "win32evtlog": "evtlog",
+                "win32event": "event",
+                "win32security": "security",
+                "win32api": "api",
+            }
+            monkeypatch.setattr(module, name, getattr(self, attr.get(name, name)), raising=False)
+        monkeypatch.setattr(module, "audit_policy", self.audit_policy)
+        monkeypatch.setattr(module, "registry", self.registry)
