@@ -301,3 +301,88 @@ class FakeWindows:
             monkeypatch.setattr(module, name, getattr(self, attr.get(name, name)), raising=False)
         monkeypatch.setattr(module, "audit_policy", self.audit_policy)
         monkeypatch.setattr(module, "registry", self.registry)
+
+
+# ---- the service control surface (win32serviceutil, win32service, servicemanager) -----------------
+
+
+class FakeServiceModules:
+    """What a pywin32 service sees of the SCM: ServiceFramework's status reports, the event-log
+    messages of servicemanager, and a dispatcher that runs the service like the SCM would."""
+
+    SERVICE_STOPPED, SERVICE_START_PENDING, SERVICE_STOP_PENDING, SERVICE_RUNNING = 1, 2, 3, 4
+    SERVICE_ACCEPT_STOP, SERVICE_ACCEPT_SHUTDOWN = 0x1, 0x4
+
+    def __init__(self, *, console: bool = False) -> None:
+        self.statuses: list[tuple[int, dict[str, int]]] = []
+        self.messages: list[tuple[str, str]] = []
+        self.console = console
+        self.hosted: Any = None
+        fake = self
+
+        class ServiceFramework:
+            def __init__(self, args: Any) -> None:
+                self.args = args
+                self.checkPoint = 0
+                fake.statuses.append((fake.SERVICE_START_PENDING, {}))
+
+            def GetAcceptedControls(self) -> int:
+                return fake.SERVICE_ACCEPT_STOP
+
+            def ReportServiceStatus(
+                self, status: int, waitHint: int = 5000, win32ExitCode: int = 0, svcExitCode: int = 0
+            ) -> None:
+                self.checkPoint = (
+                    0 if status in (fake.SERVICE_RUNNING, fake.SERVICE_STOPPED) else self.checkPoint + 1
+                )
+                details = {"waitHint": waitHint, "win32ExitCode": win32ExitCode, "svcExitCode": svcExitCode}
+                fake.statuses.append((status, dict(details, checkPoint=self.checkPoint)))
+
+        self.win32serviceutil = types.SimpleNamespace(ServiceFramework=ServiceFramework)
+        self.service_config: dict[int, Any] = {}
+        self.open_handles: set[str] = set()
+
+        def open_manager(machine: Any, database: Any, access: int) -> str:
+            assert access == 0x1  # SC_MANAGER_CONNECT: nothing more is needed
+            self.open_handles.add("manager")
+            return "manager"
+
+        def open_service(manager: str, name: str, access: int) -> str:
+            assert manager in self.open_handles and name == "TripkeyAgent"
+            assert access & 0x2 and access & 0x10  # SERVICE_CHANGE_CONFIG, SERVICE_START (restart actions)
+            self.open_handles.add("service")
+            return "service"
+
+        def change(handle: str, level: int, info: Any) -> None:
+            assert handle == "service"
+            self.service_config[level] = info
+
+        self.win32service = types.SimpleNamespace(
+            SERVICE_STOPPED=1, SERVICE_START_PENDING=2, SERVICE_STOP_PENDING=3, SERVICE_RUNNING=4,
+            SERVICE_ACCEPT_STOP=0x1, SERVICE_ACCEPT_SHUTDOWN=0x4,
+            SC_MANAGER_CONNECT=0x1, SERVICE_QUERY_CONFIG=0x1, SERVICE_CHANGE_CONFIG=0x2, SERVICE_START=0x10,
+            SC_ACTION_RESTART=1, SERVICE_CONFIG_FAILURE_ACTIONS=2, SERVICE_CONFIG_FAILURE_ACTIONS_FLAG=4,
+            OpenSCManager=open_manager, OpenService=open_service, ChangeServiceConfig2=change,
+            QueryServiceConfig2=lambda handle, level: self.service_config[level],
+            CloseServiceHandle=self.open_handles.discard,
+        )  # fmt: skip
+        self.servicemanager = types.SimpleNamespace(
+            Initialize=lambda: None,
+            PrepareToHostSingle=self._prepare,
+            StartServiceCtrlDispatcher=self._dispatch,
+            LogInfoMsg=lambda text: self.messages.append(("info", text)),
+            LogWarningMsg=lambda text: self.messages.append(("warning", text)),
+            LogErrorMsg=lambda text: self.messages.append(("error", text)),
+        )
+
+    def _prepare(self, cls: type) -> None:
+        self.hosted = cls
+
+    def _dispatch(self) -> None:
+        if self.console:  # not started by the SCM
+            raise Win32Error(1063, "StartServiceCtrlDispatcher", "The service process could not connect.")
+        service = self.hosted(["TripkeyAgent"])
+        service.SvcDoRun()
+
+    def status_names(self) -> list[int]:
+        return [status for status, _ in self.statuses]
