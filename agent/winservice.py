@@ -76,8 +76,9 @@ def service_class(modules: Modules, make_agent: Callable[[], Agent]) -> type:
     """The ServiceFramework subclass the dispatcher instantiates; `make_agent()` loads the
     configuration and builds the AgentService (a failure there stops the service with an error)."""
     win32service, servicemanager = modules.win32service, modules.servicemanager
+    framework: Any = modules.win32serviceutil.ServiceFramework
 
-    class TripkeyService(modules.win32serviceutil.ServiceFramework):  # type: ignore[misc, name-defined]
+    class TripkeyService(framework):  # type: ignore[misc, unused-ignore]
         _svc_name_ = SERVICE_NAME
         _svc_display_name_ = DISPLAY_NAME
         _svc_description_ = DESCRIPTION
