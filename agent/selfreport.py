@@ -143,6 +143,8 @@ class SelfReportServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if osflags.WINDOWS and self._sock:  # a pipe's accept() waits for a client: close() wakes it
+            self._sock.close()
         if self._thread:
             self._thread.join(timeout=5)
         if self._sock:

@@ -15,6 +15,8 @@ The same promises as safefs, with Windows' means:
   an error.
 
 The owner is named by a uid from winacl.uid_for_sid (planting.users gives Windows users those).
+Paths are the OS's own (pathlib.Path), so the file handling runs as is in the Linux contract tests,
+where only winacl's Win32 calls are faked.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable
-from pathlib import PureWindowsPath
+from pathlib import Path
 
 from agent.credfile import winacl
 from agent.credfile.errors import ConcurrentChangeError, MissingDirectoryError, UnsafePathError
@@ -41,7 +43,7 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _refuse_reparse(st: os.stat_result, where: PureWindowsPath, what: str) -> None:
+def _refuse_reparse(st: os.stat_result, where: Path, what: str) -> None:
     if getattr(st, "st_file_attributes", 0) & FILE_ATTRIBUTE_REPARSE_POINT or stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(f"the {what} is a symlink or junction; refusing to follow it").at(where)
 
@@ -50,10 +52,12 @@ def _fingerprint(st: os.stat_result | None) -> Fingerprint:
     return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _check_folder(path: PureWindowsPath, owner_sid: str, *, create: bool) -> bool:
+def _check_folder(path: Path, owner_sid: str, *, create: bool) -> bool:
     """The `.aws` folder exists (or was made the owner's) and is no reparse point."""
     folder = path.parent
     if _lstat(str(folder.parent)) is None:
+        if not create:
+            return False  # no profile, so no file
         raise MissingDirectoryError("the profile folder does not exist").at(folder.parent)
     st = _lstat(str(folder))
     if st is None:
@@ -72,7 +76,7 @@ def _check_folder(path: PureWindowsPath, owner_sid: str, *, create: bool) -> boo
     return True
 
 
-def _read(path: PureWindowsPath) -> tuple[bytes | None, Fingerprint]:
+def _read(path: Path) -> tuple[bytes | None, Fingerprint]:
     st = _lstat(str(path))
     if st is None:
         return None, None
@@ -89,7 +93,7 @@ def _read(path: PureWindowsPath) -> tuple[bytes | None, Fingerprint]:
 
 
 def read_file(path: os.PathLike[str] | str, *, owner_uid: int) -> bytes | None:
-    pure = PureWindowsPath(os.fspath(path))
+    pure = Path(os.fspath(path))
     if not _check_folder(pure, winacl.sid_for_uid(owner_uid), create=False):
         return None
     return _read(pure)[0]
@@ -104,7 +108,7 @@ def update_file(
     attempts: int = 3,
 ) -> bool:
     """Read, edit, write atomically and owner-only (see the module docstring); True if written."""
-    pure = PureWindowsPath(os.fspath(path))
+    pure = Path(os.fspath(path))
     if not pure.is_absolute() or pure.name in ("", ".", ".."):
         raise UnsafePathError("need an absolute path to a file").at(pure)
     owner_sid = winacl.sid_for_uid(owner_uid)
@@ -121,7 +125,7 @@ def update_file(
     raise ConcurrentChangeError(f"the file changed during each of {attempts} attempts").at(pure)
 
 
-def _replace(path: PureWindowsPath, data: bytes, owner_sid: str, expected: Fingerprint) -> bool:
+def _replace(path: Path, data: bytes, owner_sid: str, expected: Fingerprint) -> bool:
     temp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     moved = False

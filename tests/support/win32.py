@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import types
 from typing import Any
 
@@ -386,3 +387,167 @@ class FakeServiceModules:
 
     def status_names(self) -> list[int]:
         return [status for status, _ in self.statuses]
+
+
+# ---- named pipes (win32pipe, win32file) and tokens, for the self-report transport -------------------
+
+
+class _Handle:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def Close(self) -> None:
+        self.closed = True
+
+
+class _PipeEnd(_Handle):
+    def __init__(self, pipe: _PipeInstance, server: bool) -> None:
+        super().__init__()
+        self.pipe, self.server = pipe, server
+
+    def Close(self) -> None:
+        super().Close()
+        with self.pipe.lock:
+            if self.server:
+                self.pipe.server_closed = True
+            else:
+                self.pipe.client_closed = True
+
+
+class _PipeInstance:
+    def __init__(self, name: str, server_pid: int) -> None:
+        self.name, self.server_pid = name, server_pid
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client_pid: int | None = None
+        self.client_sid: str | None = None
+        self.to_server = bytearray()
+        self.to_client = bytearray()
+        self.client_closed = self.server_closed = False
+
+
+class FakePipes:
+    """Named pipes between "processes" of this test: the server runs as `server_sid`, each client
+    connects as the account and pid the test gives (`client_sid`, `client_pid`)."""
+
+    def __init__(self, server_sid: str = "S-1-5-18", server_pid: int = 4242) -> None:
+        self.server_sid, self.server_pid = server_sid, server_pid
+        self.client_sid, self.client_pid = "S-1-5-21-1-2-3-1109", 7777
+        self.accounts = {"S-1-5-21-1-2-3-1109": ("alice", "CONTOSO"), "S-1-5-18": ("SYSTEM", "NT AUTHORITY")}
+        self.instances: dict[str, list[_PipeInstance]] = {}
+        self.foreign_names: set[str] = set()  # created by another process before the agent
+        self.security_attributes: list[Any] = []
+        self.impersonating = threading.local()
+        self.reverted = 0
+        self.win32pipe = types.SimpleNamespace(
+            CreateNamedPipe=self._create, ConnectNamedPipe=self._connect, PeekNamedPipe=self._peek,
+            DisconnectNamedPipe=lambda h: None, WaitNamedPipe=lambda name, ms: time.sleep(ms / 1000),
+            GetNamedPipeClientProcessId=lambda h: h.pipe.client_pid,
+            GetNamedPipeServerProcessId=lambda h: h.pipe.server_pid,
+            PIPE_ACCESS_DUPLEX=0x3, PIPE_TYPE_BYTE=0, PIPE_READMODE_BYTE=0, PIPE_WAIT=0,
+            PIPE_REJECT_REMOTE_CLIENTS=0x8, PIPE_UNLIMITED_INSTANCES=255,
+        )  # fmt: skip
+        self.win32file = types.SimpleNamespace(
+            CreateFile=self._open, ReadFile=self._read, WriteFile=self._write,
+            FlushFileBuffers=lambda h: None,
+            GENERIC_READ=0x80000000, GENERIC_WRITE=0x40000000, OPEN_EXISTING=3,
+        )  # fmt: skip
+        self.win32security = types.SimpleNamespace(
+            SECURITY_ATTRIBUTES=lambda: types.SimpleNamespace(SECURITY_DESCRIPTOR=None),
+            ConvertStringSecurityDescriptorToSecurityDescriptor=lambda sddl, rev: ("SD", sddl),
+            SDDL_REVISION_1=1,
+            ImpersonateNamedPipeClient=self._impersonate,
+            OpenThreadToken=self._thread_token,
+            OpenProcessToken=lambda process, access: ("token", process.sid),
+            GetTokenInformation=lambda token, cls: (Sid(token[1]), 0),
+            RevertToSelf=self._revert,
+            ConvertSidToStringSid=lambda sid: sid.text,
+            LookupAccountSid=self._lookup,
+            TokenUser=1,
+        )  # fmt: skip
+        self.win32api = types.SimpleNamespace(
+            GetCurrentThread=lambda: -2, OpenProcess=self._open_process, CloseHandle=lambda h: None
+        )
+        self.ntsecuritycon = types.SimpleNamespace(TOKEN_QUERY=0x8)
+        self.pywintypes = types.SimpleNamespace(error=Win32Error)
+
+    def install(self, monkeypatch: Any, module: Any) -> None:
+        for name in ("win32pipe", "win32file", "win32security", "win32api", "ntsecuritycon", "pywintypes"):
+            monkeypatch.setattr(module, name, getattr(self, name), raising=False)
+
+    # server side
+    def _create(
+        self, name: str, mode: int, kind: int, count: int, out: int, inp: int, timeout: int, sa: Any
+    ) -> Any:
+        if mode & 0x00080000 and (name in self.foreign_names or self.instances.get(name)):
+            raise Win32Error(5, "CreateNamedPipe", "Access is denied.")
+        self.security_attributes.append(sa)
+        pipe = _PipeInstance(name, self.server_pid)
+        self.instances.setdefault(name, []).append(pipe)
+        return _PipeEnd(pipe, server=True)
+
+    def _connect(self, handle: _PipeEnd, overlapped: Any) -> int:
+        handle.pipe.connected.wait()
+        return 0
+
+    # client side
+    def _open(
+        self, name: str, access: int, share: int, sa: Any, disposition: int, flags: int, template: Any
+    ) -> Any:
+        for pipe in self.instances.get(name, []):
+            if not pipe.connected.is_set() and not pipe.server_closed:
+                pipe.client_pid, pipe.client_sid = self.client_pid, self.client_sid
+                pipe.client_flags = flags
+                pipe.connected.set()
+                return _PipeEnd(pipe, server=False)
+        if self.instances.get(name):
+            raise Win32Error(231, "CreateFile", "All pipe instances are busy.")
+        raise Win32Error(2, "CreateFile", "The system cannot find the file specified.")
+
+    def _peek(self, handle: _PipeEnd, size: int) -> tuple[str, int, int]:
+        pipe = handle.pipe
+        with pipe.lock:
+            buffer = pipe.to_server if handle.server else pipe.to_client
+            other_closed = pipe.client_closed if handle.server else pipe.server_closed
+            if not buffer and other_closed:
+                raise Win32Error(109, "PeekNamedPipe", "The pipe has been ended.")
+            return "", len(buffer), 0
+
+    def _read(self, handle: _PipeEnd, size: int) -> tuple[int, bytes]:
+        pipe = handle.pipe
+        with pipe.lock:
+            buffer = pipe.to_server if handle.server else pipe.to_client
+            data = bytes(buffer[:size])
+            del buffer[:size]
+        return 0, data
+
+    def _write(self, handle: _PipeEnd, data: bytes) -> tuple[int, int]:
+        pipe = handle.pipe
+        with pipe.lock:
+            (pipe.to_client if handle.server else pipe.to_server).extend(data)
+        return 0, len(data)
+
+    # tokens
+    def _impersonate(self, handle: _PipeEnd) -> None:
+        self.impersonating.sid = handle.pipe.client_sid
+
+    def _thread_token(self, thread: int, access: int, as_self: bool) -> tuple[str, str]:
+        sid = getattr(self.impersonating, "sid", None)
+        assert sid is not None, "OpenThreadToken without impersonation"
+        return ("token", sid)
+
+    def _revert(self) -> None:
+        self.impersonating.sid = None
+        self.reverted += 1
+
+    def _lookup(self, system: Any, sid: Sid) -> tuple[str, str, int]:
+        if sid.text not in self.accounts:
+            raise Win32Error(
+                1332, "LookupAccountSid", "No mapping between account names and security IDs was done."
+            )
+        name, domain = self.accounts[sid.text]
+        return name, domain, 1
+
+    def _open_process(self, access: int, inherit: bool, pid: int) -> Any:
+        assert pid == self.server_pid
+        return types.SimpleNamespace(sid=self.server_sid)
