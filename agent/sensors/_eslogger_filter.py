@@ -7,16 +7,17 @@ the raw bytes which lines must be decoded:
 * `peek_int(line, b'"event_type":')` reads a top-level integer without decoding the message.
   A JSON string cannot contain the bytes `"event_type":` (a quote inside a string is written `\"`),
   so the first match is the key itself; a reader cannot forge it through a file name or argv.
-* `OpenFilter.may_match(line)` is a necessary condition for "this open is of a planted file": the
-  line contains the planted path's last two components (`.aws/credentials`) as JSON writes them.
+* `OpenFilter.skip(line)` is True only for an open of another file: it finds the open's file
+  path in the raw bytes (see _make_skip) and looks in it for the planted path's last two
+  components (`.aws/credentials`) as JSON writes them; `may_match` is the same test on a whole line.
 
 JSON escaping is the trap. eslogger (NSJSONSerialization) writes `/` as `\/`
 (`"path":"\/Users\/alice\/.aws\/credentials"`, as in the recorded samples under
 tests/data/eslogger/), and a JSON writer may also write non-ASCII characters as `\uXXXX`. So each
 needle is searched in both slash spellings; a tail that is not plain ASCII falls back to its
 longest plain-ASCII run (at least 4 bytes); a path without one disables the filter (every open is
-decoded: correct, only slower). Paths compare case-insensitively by default (APFS), so the line is
-lower-cased before the search. The filter only ever lets too much through: the exact comparison
+decoded: correct, only slower). Paths compare case-insensitively by default (APFS), so the path
+is lower-cased before the search. The filter only ever lets too much through: the exact comparison
 after decoding (eslogger_parse.canonical_path) decides.
 """
 
@@ -27,7 +28,6 @@ import re
 from collections.abc import Callable, Iterable
 
 MIN_NEEDLE = 4
-_OPEN_TYPES = (b"10,", b"10}")  # ES_EVENT_TYPE_NOTIFY_OPEN as compact JSON writes it
 _PLAIN = re.compile(r"[\x20-\x7e]+")  # printable ASCII: JSON writes it as is (but for " and \)
 
 
@@ -53,6 +53,14 @@ def is_event_type(line: bytes, key: bytes, code: bytes) -> bool:
     start = at + len(key)
     end = start + len(code)
     return line.startswith(code, start) and (end == len(line) or line[end] in b",} \r")
+
+
+def _escaped(line: bytes, at: int) -> bool:
+    """Whether the quote at `at` is escaped (preceded by an odd number of backslashes)."""
+    count = 0
+    while at - count - 1 >= 0 and line[at - count - 1] == 0x5C:
+        count += 1
+    return count % 2 == 1
 
 
 def _tail(path: str) -> str:
@@ -95,9 +103,6 @@ class OpenFilter:
     def __init__(self, paths: Iterable[str], *, case_sensitive: bool = False) -> None:
         self.case_sensitive = case_sensitive
         self.needles = needles_for(paths, case_sensitive=case_sensitive)
-        # One scan for what every spelling of a needle shares (the part after its last slash);
-        # only a line that has it is searched for the needles themselves.
-        self.anchors = tuple(sorted({n.rsplit(b"/", 1)[-1] for n in self.needles or ()}))
         self.skip: Callable[[bytes], bool] = self._make_skip()
 
     @property
@@ -105,21 +110,34 @@ class OpenFilter:
         return self.needles is not None
 
     def _make_skip(self) -> Callable[[bytes], bool]:
-        """`skip(line)`: True when `line` is an open (event_type 10, compact JSON) of a file that
-        is not planted. The hot path, called for nearly every line: one closure over locals."""
-        needles, anchors, lower = self.needles, self.anchors, not self.case_sensitive
+        """`skip(line)`: True when `line` is an open of a file that is not planted. The hot path,
+        called for nearly every line, so it reads only what it must: an open message's `event`
+        object has exactly one key, so `"event":{"open":{` marks an open (a string cannot hold
+        those bytes: its quotes are escaped); the first `"path":"` after its `"file":{` is the
+        opened file's path (es_file_t: path, path_truncated, stat, and stat has no path), and only
+        that string is lower-cased and searched."""
+        needles, lower = self.needles, not self.case_sensitive
         if needles is None:
             return lambda line: False
-        key, types, width = b'"event_type":', _OPEN_TYPES, 13
 
         def skip(line: bytes) -> bool:
-            at = line.find(key)
-            if at < 0 or line[at + width : at + width + 3] not in types:
+            at = line.find(b'"event":{"open":{')
+            if at < 0:
+                return False  # exec, fork, exit (or something unexpected): decode it
+            at = line.find(b'"file":{', at)
+            at = line.find(b'"path":"', at) if at >= 0 else -1
+            if at < 0:
                 return False
-            haystack = line.lower() if lower else line
-            for anchor in anchors:
-                if anchor in haystack:
-                    return not any(needle in haystack for needle in needles)
+            start = at + 8
+            end = line.find(b'"', start)
+            while end > 0 and _escaped(line, end):
+                end = line.find(b'"', end + 1)
+            if end < 0:
+                return False  # a cut line: let the decoder count it
+            value = line[start:end].lower() if lower else line[start:end]
+            for needle in needles:  # a plain loop: a generator costs more than the search
+                if needle in value:
+                    return False
             return True
 
         return skip
@@ -128,8 +146,6 @@ class OpenFilter:
         if self.needles is None:
             return True
         haystack = line if self.case_sensitive else line.lower()
-        if not any(anchor in haystack for anchor in self.anchors):
-            return False
         return any(needle in haystack for needle in self.needles)
 
 

@@ -46,15 +46,13 @@ from typing import Any
 
 from agent.events.bounds import MAX_ANCESTORS
 from agent.events.model import ProcessInfo, ReadEvent, parse_utc
-from agent.sensors._eslogger_filter import OpenFilter, is_event_type
+from agent.sensors._eslogger_filter import OpenFilter
 
 SENSOR_NAME = "eslogger"
 EVENT_EXEC, EVENT_OPEN, EVENT_FORK, EVENT_EXIT = 9, 10, 11, 15
 FREAD = 0x1  # es_event_open_t.fflag carries kernel FFLAGS (FREAD/FWRITE), not O_* flags
 MAX_LINE_BYTES = 8 << 20  # an exec with a huge environment is big; a longer line is corrupt
 _PRIVATE_ROOTS = ("/var", "/tmp", "/etc")
-_EVENT_TYPE_KEY = b'"event_type":'
-_OPEN_CODE = str(EVENT_OPEN).encode()
 # audit_token_t as eslogger's schema version 10 (macOS 26) writes it: a list of its eight words.
 _TOKEN_PID, _TOKEN_RUID, _TOKEN_PIDVERSION, _TOKEN_WORDS = 5, 3, 7, 8
 
@@ -291,11 +289,7 @@ class EsloggerParser:
         if not raw:
             return None
         self.lines += 1
-        if (
-            self._filter is not None
-            and is_event_type(raw, _EVENT_TYPE_KEY, _OPEN_CODE)
-            and not self._filter.may_match(raw)
-        ):
+        if self._filter is not None and self._filter.skip(raw):
             # An open of some other file: not decoded. It still counts in the sequence, or the
             # next decoded message would report it as dropped by the kernel (_check_sequence).
             self.skipped_opens += 1

@@ -143,3 +143,21 @@ def test_peek_int_on_malformed_bytes() -> None:
     assert peek_int(b'{"event_type": 15}', b'"event_type":') == 15
     assert peek_int(b"not json", b'"event_type":') is None
     assert peek_int(b'{"event_type":10', b'"event_type":') == 10  # cut line: decoded later, counted there
+
+
+def test_the_filter_reads_the_opened_file_path_whatever_the_key_order_and_escapes() -> None:
+    process = recorded_message("exit-v9")["process"]
+    planted = '/Users/o"brien/.aws/credentials'  # a quote in a folder name: JSON writes \"
+    parser = EsloggerParser([planted])
+    message = json.loads(recorded_open(process, planted, seq=1))
+    file = message["event"]["open"]["file"]
+    message["event"]["open"] = {
+        "file": {"stat": file["stat"], "path": file["path"]},
+        "fflag": 1,
+    }  # other order
+    [read] = parser.feed(as_eslogger_writes(message))
+    assert read.path == planted
+    other = as_eslogger_writes(json.loads(recorded_open(process, '/tmp/x"y', seq=2)))
+    cut = recorded_open(process, CRED, seq=3)[:-40] + b"\n"  # a line cut inside: never skipped
+    assert parser.feed(other + cut) == []
+    assert parser.skipped_opens == 1 and parser.malformed == 1
