@@ -184,3 +184,12 @@ def test_wixl_builds_an_msi_with_service_recovery_policy_values_and_kept_setting
     files = {row[2]: row[3] for row in table("File")}
     assert files["tripkey-agent.exe"] == "4096"
     assert {"python311.dll", "base_library.zip", "servicemanager.pyd"} <= set(files)  # the onedir runtime
+
+
+def test_the_bundle_carries_the_service_host_on_windows() -> None:
+    # PyInstaller cannot see the lazily imported pywin32 modules; the spec names them for Windows,
+    # with win32timezone, which pywin32's service host imports at run time.
+    spec = (WINDOWS.parent / "linux" / "tripkey-agent.spec").read_text()
+    block = spec[spec.index('if sys.platform == "win32":') :]
+    for module in ("servicemanager", "win32serviceutil", "win32evtlog", "win32pipe", "win32timezone"):
+        assert f'"{module}"' in block, module
