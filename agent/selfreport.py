@@ -3,6 +3,8 @@
 The tray app runs as the user; the agent runs as root and holds the device token. The tray never
 talks to the issuer: it writes one JSON line to the agent's socket, and the agent reads the caller's
 uid from the kernel (SO_PEERCRED), so a self-report cannot claim to come from another user.
+Windows has no SO_PEERCRED: there the transport is a named pipe and the caller is identified by
+impersonating it (agent.winpipe); the server loop below is the same.
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import datetime as dt
 import json
 import logging
 import os
-import pwd
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent import osflags
 from agent.clock import utcnow
@@ -56,6 +58,9 @@ _XUCRED = struct.Struct("IIh16I")  # cr_version, cr_uid, cr_ngroups, cr_groups[1
 
 def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the connected process, as the kernel knows them."""
+    if osflags.WINDOWS:  # an agent.winpipe.PipeConnection: the client's token, by impersonation
+        pipe: Any = conn
+        return pipe.peer_credentials()  # type: ignore[no-any-return, unused-ignore]
     if osflags.LINUX:
         raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, gid = struct.unpack("3i", raw)
@@ -70,8 +75,14 @@ def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
 
 
 def _user_name(uid: int) -> str:
+    if osflags.WINDOWS:
+        from agent import winpipe
+
+        return winpipe.account_name(uid) or str(uid)
+    import pwd
+
     try:
-        return pwd.getpwuid(uid).pw_name
+        return pwd.getpwuid(uid).pw_name  # type: ignore[attr-defined, unused-ignore]
     except KeyError:
         return str(uid)
 
@@ -101,11 +112,21 @@ class SelfReportServer:
     def __init__(self, socket_path: Path, on_report: Callable[[SelfReport], None]) -> None:
         self.socket_path = Path(socket_path)
         self.on_report = on_report
-        self._sock: socket.socket | None = None
+        self._sock: Any = None  # a Unix socket, or on Windows an agent.winpipe.PipeListener
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
+        if osflags.WINDOWS:
+            from agent import winpipe
+
+            path = str(self.socket_path)
+            listener = winpipe.PipeListener(path if winpipe.is_pipe_name(path) else winpipe.DEFAULT_PIPE)
+            listener.listen()  # fails loudly if another process holds the pipe name
+            self._sock = listener
+            self._thread = threading.Thread(target=self._serve, name="selfreport", daemon=True)
+            self._thread.start()
+            return
         self.socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
         with contextlib.suppress(FileNotFoundError):
             if self.socket_path.is_socket():
@@ -122,13 +143,16 @@ class SelfReportServer:
 
     def stop(self) -> None:
         self._stop.set()
+        if osflags.WINDOWS and self._sock:  # a pipe's accept() waits for a client: close() wakes it
+            self._sock.close()
         if self._thread:
             self._thread.join(timeout=5)
         if self._sock:
             self._sock.close()
             self._sock = None
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
+        if not osflags.WINDOWS:  # a pipe disappears with its last handle
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -171,6 +195,15 @@ def send_self_report(
 ) -> None:
     """Tell the local agent that this user opened the planted file on purpose or by mistake."""
     request = json.dumps({"note": note, "path": path} if path else {"note": note}).encode() + b"\n"
+    if osflags.WINDOWS:
+        from agent import winpipe
+
+        name = str(socket_path) if winpipe.is_pipe_name(str(socket_path)) else winpipe.DEFAULT_PIPE
+        try:
+            answer = winpipe.request(name, request, timeout)
+        except OSError as exc:
+            raise SelfReportError(f"the Tripkey agent is not reachable at {name}: {exc}") from None
+        return _check_answer(answer)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -179,6 +212,10 @@ def send_self_report(
             answer = sock.recv(4096)
     except OSError as exc:
         raise SelfReportError(f"the Tripkey agent is not reachable at {socket_path}: {exc}") from None
+    _check_answer(answer)
+
+
+def _check_answer(answer: bytes) -> None:
     try:
         reply = json.loads(answer.decode())
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -8,13 +8,17 @@ so the credentials-file editor recognises our sections even after a rotation or 
 
 Writes are atomic (temp file in the same directory, fsync, rename) and serialised by a lock, so
 the service's threads and a concurrent `tripkey-agent status` never see a torn file.
+
+Windows: the state directory gets a protected DACL (SYSTEM and Administrators only, owner SYSTEM)
+instead of mode 0700, files inherit it instead of being chmod'ed 0600, os.replace is the rename
+(there is no directory to fsync), and the one-agent lock is msvcrt.locking on a byte of agent.lock
+instead of flock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import secrets
@@ -24,7 +28,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent import osflags
 from agent.clock import from_iso, to_iso, utcnow
+
+if osflags.POSIX:
+    import fcntl
+if osflags.WINDOWS:
+    import msvcrt
 
 STATE_FILE = "state.json"
 LOCK_FILE = "agent.lock"
@@ -126,6 +136,14 @@ def ensure_private_dir(path: Path) -> None:
         raise StateError(f"state directory {path} exists and is not a directory") from None
     except PermissionError:
         raise StateError(f"cannot create the state directory {path}: permission denied") from None
+    if osflags.WINDOWS:
+        from agent.credfile import winacl
+
+        try:
+            winacl.protect_private_dir(path)
+        except Exception as exc:  # pywintypes.error: refuse rather than keep secrets readable
+            raise StateError(f"cannot make the state directory {path} private: {exc}") from None
+        return
     st = path.stat()
     euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
     if st.st_uid != euid:
@@ -141,7 +159,8 @@ def atomic_write_private(path: Path, data: bytes) -> None:
     """Write 0600 via temp file + fsync + rename in the same directory."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
+        if osflags.POSIX:  # Windows: the file inherits the state directory's private DACL
+            os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -151,6 +170,8 @@ def atomic_write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if not osflags.POSIX:
+        return  # a directory cannot be opened for fsync on Windows; NTFS journals the rename
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -205,7 +226,13 @@ class StateStore:
 
 
 class DirLock:
-    """An exclusive flock on <state_dir>/agent.lock: one resident agent (or one-shot pass) at a time."""
+    """An exclusive lock on <state_dir>/agent.lock: one resident agent (or one-shot pass) at a time.
+
+    POSIX: flock on the file. Windows: msvcrt.locking on one byte far past the end (locking beyond
+    the end is allowed there), so the pid written at the start stays readable by the next comer.
+    """
+
+    WINDOWS_LOCK_OFFSET = 1 << 20
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / LOCK_FILE
@@ -215,8 +242,9 @@ class DirLock:
         ensure_private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock(fd)
+        except (BlockingIOError, PermissionError):  # flock / msvcrt.locking: someone holds it
+            os.lseek(fd, 0, os.SEEK_SET)
             holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise AgentBusy(
@@ -224,12 +252,24 @@ class DirLock:
                 "stop the service first (systemctl stop tripkey-agent)"
             ) from None
         os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    def _lock(self, fd: int) -> None:
+        if osflags.WINDOWS:
+            os.lseek(fd, self.WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
     def release(self) -> None:
         if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if osflags.WINDOWS:
+                os.lseek(self._fd, self.WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+                msvcrt.locking(self._fd, msvcrt.LK_UNLCK, 1)
+            else:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
 

@@ -6,9 +6,9 @@
 mypy reads its settings from pyproject.toml. Each pass sets agent/osflags.py's flags (LINUX, MACOS,
 WINDOWS, POSIX) to what that OS has, so mypy treats `if osflags.WINDOWS:` branches as live or dead
 there, and `--platform` gives it that OS's standard library (winreg on win32, no fcntl, ...). The
-Linux pass checks the whole project; the macOS and Windows passes check the modules that exist for
-those systems, with imported modules read for their types but not reported (their own OS pass
-reports them).
+Linux pass checks the whole project; the macOS and Windows passes check the whole agent but the
+Linux kernel sensors, and the client, with imported modules read for their types but not reported
+(their own OS pass reports them).
 """
 
 from __future__ import annotations
@@ -59,17 +59,8 @@ PASSES = {
     "linux": Pass("linux", ("LINUX", "POSIX")),
     # The macOS agent runs everything of the agent but the Linux kernel sensors.
     "darwin": Pass("darwin", ("MACOS", "POSIX"), (*agent_modules(exclude=LINUX_ONLY), "server_api_client")),
-    "win32": Pass(
-        "win32",
-        ("WINDOWS",),
-        (
-            "agent/sensors/_eventlog.py",
-            "agent/sensors/_eventlog_parse.py",
-            "agent/config/mdm.py",
-            "agent/tray",
-            "server_api_client",
-        ),
-    ),
+    # The Windows agent: the same, with its service entry, Win32 sensor, pipe and ACL writers.
+    "win32": Pass("win32", ("WINDOWS",), (*agent_modules(exclude=LINUX_ONLY), "server_api_client")),
 }
 
 

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent.osflags import WINDOWS
 from agent.sensors.names import SENSOR_NAMES
 
 DEFAULT_CONFIG_FILE = "/etc/tripkey/agent.toml"
@@ -37,6 +38,8 @@ class TargetSpec:
 
 
 def default_state_dir() -> str:
+    if WINDOWS:  # the service runs as LocalSystem; ProgramData is where machine-wide state lives
+        return os.path.join(os.environ.get("PROGRAMDATA", "C:\\ProgramData"), "Tripkey")
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return "/var/lib/tripkey"
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")

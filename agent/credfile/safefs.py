@@ -38,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from agent.credfile.errors import ConcurrentChangeError, MissingDirectoryError, UnsafePathError
-from agent.osflags import POSIX
+from agent.osflags import POSIX, WINDOWS
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 MAX_FILE_BYTES = 4 * 1024 * 1024  # credentials files are a few KiB; refuse to slurp a huge file
 _MAX_SYMLINKS = 40
 # getattr: these flags do not exist on Windows, where the module still imports (credfile's pure
-# functions are portable) but refuses to write; Windows placements need their own ACL-aware writer.
+# functions are portable) and read_file/update_file hand over to the ACL-aware safefs_win.
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
@@ -67,6 +67,10 @@ def temp_name_pattern(name: str) -> re.Pattern[str]:
 
 def read_file(path: os.PathLike[str] | str, *, owner_uid: int) -> bytes | None:
     """The file's bytes, or None if it (or a directory above it) does not exist."""
+    if WINDOWS:  # ACL-based owner-only writes, no dir fds: safefs_win
+        from agent.credfile import safefs_win
+
+        return safefs_win.read_file(path, owner_uid=owner_uid)
     path = _check_path(path)
     parent = _open_parent(path, owner_uid, create=False, owner_gid=-1)
     if parent is None:
@@ -92,6 +96,12 @@ def update_file(
     With ``create_parent`` the last directory is created if missing (a missing file is then
     created); without it a missing directory means "no file". Returns True if it wrote.
     """
+    if WINDOWS:  # owner_gid has no meaning there: the owner's SID comes from owner_uid
+        from agent.credfile import safefs_win
+
+        return safefs_win.update_file(
+            path, edit, owner_uid=owner_uid, create_parent=create_parent, attempts=attempts
+        )
     path = _check_path(path)
     parent = _open_parent(path, owner_uid, create=create_parent, owner_gid=owner_gid)
     if parent is None:
@@ -195,6 +205,8 @@ def _open_parent(path: PurePosixPath, owner_uid: int, *, create: bool, owner_gid
 
 
 def _make_dir(parent_fd: int, name: str, owner_uid: int, owner_gid: int, where: PurePosixPath) -> int:
+    if not POSIX:
+        raise UnsafePathError("directory file descriptors are POSIX only").at(where)
     created = True
     try:
         os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
@@ -274,6 +286,8 @@ def _replace(
     expected: Fingerprint,
 ) -> bool:
     """Atomically put ``data`` at ``path.name``; False if the file is no longer ``expected``."""
+    if not POSIX:
+        raise UnsafePathError("directory file descriptors are POSIX only").at(path)
     name = path.name
     temp = f".{name}.tmp-{secrets.token_hex(6)}"
     fd = os.open(temp, _TEMP_FLAGS, FILE_MODE, dir_fd=parent_fd)

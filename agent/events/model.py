@@ -124,10 +124,12 @@ def user_name(uid: int | None) -> str | None:
     """The account name of `uid`, None if unknown. pwd is imported late: Windows has none."""
     if uid is None:
         return None
-    import pwd
-
     try:
-        return pwd.getpwuid(uid).pw_name
+        import pwd
+    except ImportError:  # Windows: its sensor names users itself
+        return None
+    try:
+        return pwd.getpwuid(uid).pw_name  # type: ignore[attr-defined, unused-ignore]
     except KeyError:
         return None
 

@@ -5,15 +5,21 @@ a login shell that is not nologin/false, and an existing home directory. Their t
 `<home>/.aws/credentials`: AWS_SHARED_CREDENTIALS_FILE is a per-process setting, not a system one,
 so it is deliberately not consulted.
 
-Everything reads either the system database (`pwd`) or, for tests, a passwd-format file.
+Everything reads either the system database (`pwd`) or, for tests, a passwd-format file. On
+Windows the system database is the profile list (planting.winusers): users get a uid from their
+SID (credfile.winacl.uid_for_sid), no gid (0) and no shell.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 from collections.abc import Iterator
+
+from agent import osflags
+
+if osflags.POSIX:
+    import pwd
 
 DEFAULT_UID_MIN = 1000
 DEFAULT_UID_MAX = 60000
@@ -57,8 +63,11 @@ def read_uid_range(login_defs: str = "/etc/login.defs") -> tuple[int, int]:
 def iter_passwd(passwd_file: str | None = None) -> Iterator[LocalUser]:
     """Every account, from the system database or a passwd-format file (malformed lines skipped)."""
     if passwd_file is None:
-        for entry in pwd.getpwall():
-            yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
+        if osflags.WINDOWS:
+            yield from _windows_accounts()
+        else:
+            for entry in pwd.getpwall():
+                yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
         return
     with open(passwd_file, encoding="utf-8", errors="replace") as fh:
         for line in fh:
@@ -71,7 +80,16 @@ def iter_passwd(passwd_file: str | None = None) -> Iterator[LocalUser]:
             yield LocalUser(name, int(uid), int(gid), home, shell)
 
 
+def _windows_accounts() -> Iterator[LocalUser]:
+    from agent.planting.winusers import RegistryProfiles, windows_users
+
+    for user in windows_users(RegistryProfiles()):
+        yield LocalUser(user.name, user.uid, 0, user.home, "")
+
+
 def is_human(user: LocalUser, uid_min: int, uid_max: int) -> bool:
+    if osflags.WINDOWS and not user.shell:  # the profile list: winusers already chose the people
+        return True
     if not uid_min <= user.uid <= uid_max:
         return False
     if os.path.basename(user.shell or "") in NO_LOGIN_SHELLS or not user.shell:
@@ -99,11 +117,19 @@ def discover_human_users(
 def lookup_user(name: str, passwd_file: str | None = None) -> LocalUser:
     """The account of a target's owner; UnknownUser when it does not exist."""
     if passwd_file is None:
-        try:
-            entry = pwd.getpwnam(name)
-        except KeyError:
-            raise UnknownUser(f"owner {name!r} is not a user on this host") from None
-        return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
+        if osflags.WINDOWS:
+            from agent.planting.winusers import RegistryProfiles, find_user
+
+            found = find_user(RegistryProfiles(), name)
+            if found is None:
+                raise UnknownUser(f"owner {name!r} is not an account with a profile on this host")
+            return LocalUser(found.name, found.uid, 0, found.home, "")
+        else:
+            try:
+                entry = pwd.getpwnam(name)
+            except KeyError:
+                raise UnknownUser(f"owner {name!r} is not a user on this host") from None
+            return LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_shell)
     for user in iter_passwd(passwd_file):
         if user.name == name:
             return user

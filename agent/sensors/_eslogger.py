@@ -9,6 +9,13 @@ a reader thread, a stderr collector, restart with back-off if eslogger dies, lou
 
 Notification only: the reader is not held, so processes that exit at once are only known by
 what eslogger itself carried (exe, pid, ppid, uid, start time, and argv if their exec was seen).
+
+Full Disk Access: when Endpoint Security refuses eslogger (ES_NEW_CLIENT_RESULT_ERR_NOT_PERMITTED,
+the TCC refusal), the sensor does not give up: it reports "Full Disk Access is missing" with the fix
+in its health (so in `tripkey-agent status` and the heartbeat) and keeps retrying, with back-off up
+to MAX_RESTART_DELAY, so a PPPC profile that MDM delivers after the package takes effect without
+a restart. eslogger exiting for any other reason is restarted the same way and reported until it
+has run for `startup_grace` seconds again. Any other failure to start at all is SensorUnavailable.
 """
 
 from __future__ import annotations
@@ -45,11 +52,18 @@ log = logging.getLogger(__name__)
 ESLOGGER = "/usr/bin/eslogger"
 EVENTS = ("open", "exec", "fork", "exit")
 UNAVAILABLE_OS = "eslogger is only available on macOS 13+ (this host is not macOS)"
+MAX_RESTART_DELAY = 300.0
+REFUSED_MARKERS = ("NOT_PERMITTED", "TCC", "Full Disk Access")
 FDA_HINT = (
     "grant Full Disk Access to the Tripkey agent (MDM: install the PPPC profile "
     "packaging/macos/tripkey-agent-pppc.mobileconfig; by hand: System Settings > Privacy & "
     "Security > Full Disk Access)"
 )
+
+
+def refused_by_tcc(detail: str) -> bool:
+    """Whether eslogger's stderr says Endpoint Security refused it for want of Full Disk Access."""
+    return any(marker in detail for marker in REFUSED_MARKERS)
 
 
 def eslogger_command(eslogger: str = ESLOGGER) -> list[str]:
@@ -178,7 +192,9 @@ class EsloggerSensor(Sensor):
         self._watcher: threading.Thread | None = None
         self._error: str | None = None
         self._started = False
+        self._launched_at = 0.0
         self.restarts = 0
+        self.full_disk_access: bool | None = None  # None until eslogger has been tried
 
     @classmethod
     def check_available(cls, eslogger: str = ESLOGGER) -> str | None:
@@ -210,23 +226,37 @@ class EsloggerSensor(Sensor):
         self._watcher.start()
 
     def _launch_checked(self) -> None:
-        """Start eslogger; if it dies within the grace period, say why (usually Full Disk Access)."""
+        """Start eslogger; if it dies within the grace period, say why. A Full Disk Access refusal
+        leaves the sensor started and unhealthy (the watcher retries); anything else raises."""
         with self._lock:
             self.parser.new_stream()
         try:
             self.stream.start()
         except OSError as exc:
             raise SensorUnavailable(f"cannot run {self.eslogger}: {exc}") from exc
-        deadline = time.monotonic() + self.startup_grace
+        self._launched_at = time.monotonic()
+        deadline = self._launched_at + self.startup_grace
         while time.monotonic() < deadline and self.stream.exited() is None:
             time.sleep(0.05)
         code = self.stream.exited()
-        if code is not None:
-            self.stream.wait_output_done(2.0)
-            detail = "; ".join(self.stream.stderr_tail) or f"exit status {code}"
-            self.stream.stop()
-            hint = f" — {FDA_HINT}" if "NOT_PERMITTED" in detail or "TCC" in detail else ""
-            raise SensorUnavailable(f"eslogger exited at start: {detail}{hint}")
+        if code is None:
+            self.full_disk_access = True
+            return
+        self.stream.wait_output_done(2.0)
+        detail = "; ".join(self.stream.stderr_tail) or f"exit status {code}"
+        self.stream.stop()
+        if refused_by_tcc(detail):
+            self._note_refusal(detail, self.restart_delay)
+            return
+        raise SensorUnavailable(f"eslogger exited at start: {detail}")
+
+    def _note_refusal(self, detail: str, retry_in: float) -> None:
+        self.full_disk_access = False
+        self._error = (
+            f"Full Disk Access is missing: Endpoint Security refused eslogger ({detail}) — {FDA_HINT}; "
+            f"retrying every {retry_in:.0f} s or less"
+        )
+        log.error("%s", self._error)
 
     def _on_data(self, chunk: bytes) -> None:
         with self._lock:
@@ -238,28 +268,39 @@ class EsloggerSensor(Sensor):
                 log.exception("read callback failed")
 
     def _watch(self) -> None:
+        delay = self.restart_delay
         while not self._stop.wait(0.5):
             code = self.stream.exited()
-            if code is None:
+            if code is None and self.stream.proc is not None:
+                if self._error is not None and time.monotonic() - self._launched_at >= self.startup_grace:
+                    self._error, self.full_disk_access, delay = None, True, self.restart_delay  # recovered
                 continue
-            self.stream.wait_output_done(2.0)
-            with self._lock:
-                tail = self.parser.finish()
-            for event in tail:
-                self.callback(event)
-            self._error = f"eslogger exited with status {code}: " + "; ".join(self.stream.stderr_tail)
-            log.error("%s; restarting in %.0fs", self._error, self.restart_delay)
-            self.stream.stop()
-            if self._stop.wait(self.restart_delay):
+            detail = f"exit status {code}"
+            if self.stream.proc is not None:  # it ran and exited: deliver what it wrote, then restart
+                self.stream.wait_output_done(2.0)
+                with self._lock:
+                    tail = self.parser.finish()
+                for event in tail:
+                    self.callback(event)
+                detail = "; ".join(self.stream.stderr_tail) or detail
+                self.stream.stop()
+            if refused_by_tcc(detail):
+                self._note_refusal(detail, delay)
+            elif self.full_disk_access is not False or self._error is None:
+                self._error = f"eslogger exited with {detail}; restarting in {delay:.0f} s"
+                log.error("%s", self._error)
+            if self._stop.wait(delay):
                 return
+            delay = min(delay * 2, MAX_RESTART_DELAY)
             try:
                 with self._lock:
                     self.parser.new_stream()
                 self.stream.start()
+                self._launched_at = time.monotonic()
                 self.restarts += 1
-                self._error = None
             except OSError as exc:
                 self._error = f"cannot restart eslogger: {exc}"
+                log.error("%s", self._error)
 
     def stop(self) -> None:
         self._stop.set()
@@ -290,4 +331,4 @@ class EsloggerSensor(Sensor):
         )
 
 
-__all__ = ["EsloggerSensor", "EsloggerStream", "eslogger_command", "psutil_fallback"]
+__all__ = ["EsloggerSensor", "EsloggerStream", "eslogger_command", "psutil_fallback", "refused_by_tcc"]

@@ -21,8 +21,9 @@ root with `/e:Events`) or by EvtRender; both are accepted:
     </Event>
 
 Paths compare case-insensitively (NTFS) after stripping `\\\\?\\` / `\\??\\` prefixes and
-normalising separators. Pids are reused quickly on Windows, so a 4663 is joined to a 4688 only
-when the executable names agree.
+normalising separators. Pids are reused quickly on Windows, so a 4663 is joined to a 4688 by
+process id and time: only when the executable names agree and the process started before the read.
+1102 ("The audit log was cleared") carries its fields in <UserData>, which are read too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from agent.events.model import ProcessInfo, ReadEvent, parse_utc
 SENSOR_NAME = "eventlog"
 EVENT_ACCESS, EVENT_PROCESS_START, EVENT_PROCESS_EXIT = 4663, 4688, 4689
 READ_DATA = 0x1  # FILE_READ_DATA (ListDirectory on a folder)
+EVENT_LOG_CLEARED = 1102
+# Events are stamped by one clock, but a 4688 and the 4663 of its first read can share a tick.
+CLOCK_SLACK = dt.timedelta(milliseconds=1)
 _NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
 _ROOT_OPEN_RE = re.compile(r"^\s*(<\?xml[^>]*\?>)?\s*<(?!Event[\s>])[A-Za-z]")
 
@@ -155,6 +159,12 @@ def _element_to_event(element: ET.Element) -> WinEvent:
             name = item.get("Name")
             if name:
                 data[name] = (item.text or "").strip()
+    # Some events carry their fields as <UserData><Wrapper xmlns="..."><Name>value</Name>...
+    # (1102 "The audit log was cleared": <LogFileCleared><SubjectUserName>...).
+    user_data = element.find(f"{_NS}UserData")
+    for wrapper in user_data if user_data is not None else ():
+        for item in wrapper:
+            data.setdefault(item.tag.rsplit("}", 1)[-1], (item.text or "").strip())
     return WinEvent(
         event_id=event_id,
         record_id=hex_int(system.findtext(f"{_NS}EventRecordID")),
@@ -196,6 +206,10 @@ class EventLogCorrelator:
         self.max_processes = max_processes
         self.processes: collections.OrderedDict[int, WinProcess] = collections.OrderedDict()
         self.malformed = 0
+        # 4688s without a command line: "Include command line in process creation events" is off
+        # (or a Group Policy turned it off again); the sensor reports it.
+        self.starts = 0
+        self.starts_without_cmdline = 0
         self.set_paths(paths)
 
     def set_paths(self, paths: Iterable[str]) -> None:
@@ -221,6 +235,9 @@ class EventLogCorrelator:
         # The new process runs as the Target user when there is one (runas), else as the Subject.
         user = _user(event.data, "Target") or _user(event.data, "Subject")
         raw = event.data.get("CommandLine") or ""
+        self.starts += 1
+        if not raw:
+            self.starts_without_cmdline += 1
         self.processes.pop(pid, None)
         self.processes[pid] = WinProcess(
             pid=pid,
@@ -253,6 +270,8 @@ class EventLogCorrelator:
         known = self.processes.get(pid)
         if known is not None and not _same_exe(known.exe, exe):
             known = None  # the pid was reused and we missed the new 4688
+        if known is not None and known.start_time is not None and known.start_time > event.time + CLOCK_SLACK:
+            known = None  # that process started after this read: a later holder of the pid
         return ReadEvent(
             time=event.time,
             path=planted,
@@ -296,11 +315,6 @@ def _user(data: dict[str, str], prefix: str) -> str | None:
     return f"{domain}\\{name}" if domain and domain != "-" else name
 
 
-def parse_log_info(text: str) -> dict[str, str]:
-    """`wevtutil gli Security` output ('name: value' lines) to a dict."""
-    info = {}
-    for raw in text.splitlines():
-        key, sep, value = raw.partition(":")
-        if sep:
-            info[key.strip()] = value.strip()
-    return info
+def subject_user(event: WinEvent) -> str | None:
+    """DOMAIN\\user of an event's subject (who cleared the log, who opened the file)."""
+    return _user(event.data, "Subject")

@@ -1,16 +1,26 @@
 """The per-user tray icon: explains the canary and lets the user say "I opened it by mistake".
 
 Runs as the logged-in user (never as the service). Clicking the icon (the default action on every
-pystray backend, including plain X11 where menus are unavailable) opens a small window with the
-explanation and the self-report button; backends with menus also get the same actions there.
+pystray backend, including plain X11 where menus are unavailable) opens the explanation with the
+self-report button; backends with menus also get the same actions there.
+
+Two shapes, by platform:
+* Linux (X11, AppIndicator, GTK): a Tk window on the main thread, pystray on its own thread.
+* macOS and Windows (NativeTrayApp): pystray's darwin / win32 backend owns the main thread, as
+  AppKit and the Win32 message loop require, and the explanation is the system's own dialog shown
+  from a worker thread (agent.tray.native: osascript on macOS, MessageBoxW on Windows). No Tk is
+  loaded in that process.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from agent import osflags
 from agent.selfreport import DEFAULT_SOCKET, SelfReportError, send_self_report
 from agent.tray import text
 from agent.tray.backend import select_backend
@@ -132,7 +142,85 @@ class TrayApp:
             self.icon.notify(message, text.TITLE)
 
 
+class Dialogs(Protocol):
+    def ask_mistake(self) -> bool: ...
+
+    def tell(self, message: str) -> None: ...
+
+
+class NativeTrayApp:
+    """pystray on the main thread, native dialogs on worker threads (macOS, Windows)."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        dialogs: Dialogs,
+        *,
+        show_now: bool = False,
+        report: Callable[..., None] = send_self_report,
+    ) -> None:
+        self.socket_path = socket_path
+        self.dialogs = dialogs
+        self.show_now = show_now
+        self.send = report
+        self.icon: Any = None
+        self._dialog_open = threading.Lock()  # one dialog at a time, however often the icon is clicked
+        self.workers: list[threading.Thread] = []
+
+    def run(self) -> None:
+        select_backend()
+        import pystray
+
+        menu = pystray.Menu(
+            pystray.MenuItem("What is this?", lambda: self.spawn(self.explain), default=True),
+            pystray.MenuItem(text.MISTAKE_BUTTON, lambda: self.spawn(self.report)),
+            pystray.MenuItem("Quit", lambda: self.icon.stop()),
+        )
+        self.icon = pystray.Icon("security-tripwire", make_image(), text.TOOLTIP, menu=menu)
+        if self.show_now:
+            self.spawn(self.explain)
+        self.icon.run()  # the main thread, until Quit
+
+    def spawn(self, action: Callable[[], None]) -> None:
+        worker = threading.Thread(target=action, name="tray-dialog", daemon=True)
+        self.workers.append(worker)
+        worker.start()
+
+    def explain(self) -> None:
+        if not self._dialog_open.acquire(blocking=False):
+            return  # already on screen
+        try:
+            mistake = self.dialogs.ask_mistake()
+        finally:
+            self._dialog_open.release()
+        if mistake:
+            self.report()
+
+    def report(self) -> None:
+        try:
+            self.send(self.socket_path, note=text.MISTAKE_BUTTON)
+            message = text.REPORT_SENT
+        except SelfReportError as exc:
+            message = text.REPORT_FAILED.format(error=exc)
+        self.dialogs.tell(message)
+
+
+def native_dialogs() -> Dialogs | None:
+    """This platform's native dialogs, or None where the Tk window is used (Linux)."""
+    from agent.tray import native
+
+    if osflags.MACOS:
+        return native.MacDialogs()
+    if osflags.WINDOWS:
+        return native.WindowsDialogs()
+    return None
+
+
 def main(socket_path: Path = DEFAULT_SOCKET, *, show_now: bool = False) -> int:
     """Run the tray until Quit. `show_now` opens the explanation at once (e.g. a first-login notice)."""
-    TrayApp(socket_path, show_now=show_now).run()
+    dialogs = native_dialogs()
+    if dialogs is not None:
+        NativeTrayApp(socket_path, dialogs, show_now=show_now).run()
+    else:
+        TrayApp(socket_path, show_now=show_now).run()
     return 0

@@ -23,6 +23,7 @@ AGENT_TOP = (
     "agent.trigger",
     "agent.selfreport",
     "agent.tray",
+    "agent.winservice",
 )
 
 RULES = (

@@ -126,3 +126,55 @@ def open_msg(process: dict[str, Any], path: str, fflag: int = 1, **kw: Any) -> d
 def line(msg: dict[str, Any]) -> bytes:
     # eslogger writes compact JSON, one message per line.
     return json.dumps(msg, separators=(",", ":")).encode() + b"\n"
+
+
+# ---- recorded output -----------------------------------------------------------------------------
+# Real eslogger lines, recorded on macOS and published in mullvad/mullvadvpn-app
+# (talpid-core/src/split_tunnel/macos/process.rs, test_deserialize_esmessage, at commit
+# 9380a8076bc0511937477989a80ebca89cb334d9): exit and exec from macOS 15 (schema version 9),
+# fork from macOS 26 (version 10: audit tokens as lists), exec from macOS 27 beta (version 11).
+# Only the data lines are stored (tests/data/eslogger/), one message per file, byte for byte.
+RECORDED_SOURCE = (
+    "mullvad/mullvadvpn-app talpid-core/src/split_tunnel/macos/process.rs "
+    "@ 9380a8076bc0511937477989a80ebca89cb334d9"
+)
+RECORDED = {
+    "exit-v9": "mullvad-macos15-v9-exit.json",
+    "exec-v9": "mullvad-macos15-v9-exec.json",
+    "fork-v10": "mullvad-macos26-v10-fork.json",
+    "exec-v11": "mullvad-macos27beta-v11-exec.json",
+}
+
+
+def recorded(name: str) -> bytes:
+    """One recorded line (with its newline), as eslogger wrote it."""
+    from tests.support.paths import REPO_ROOT
+
+    data = (REPO_ROOT / "tests" / "data" / "eslogger" / RECORDED[name]).read_bytes()
+    assert data.count(b"\n") == 1 and data.endswith(b"\n")
+    return data
+
+
+def recorded_message(name: str) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(recorded(name))
+    return message
+
+
+def as_eslogger_writes(message: dict[str, Any]) -> bytes:
+    """Compact JSON with `/` escaped as `\\/`, as the recorded lines show NSJSONSerialization does
+    (a `/` occurs only inside strings in JSON text, so escaping every one is exact)."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/").encode() + b"\n"
+
+
+def recorded_open(process: dict[str, Any], path: str, *, seq: int, fflag: int = 1) -> bytes:
+    """An open message around a recorded process object. No public recording of an open event
+    was found; its body follows es_event_open_t ({"fflag", "file": es_file_t}) and the envelope is
+    the recorded exit message's (same keys, same order), so only the event differs."""
+    message = recorded_message("exit-v9")
+    message["process"] = process
+    message["event_type"] = 10
+    message["global_seq_num"] = seq
+    message["event"] = {
+        "open": {"fflag": fflag, "file": {"path_truncated": False, "path": path, "stat": {"st_mode": 33152}}}
+    }
+    return as_eslogger_writes(message)

@@ -102,3 +102,24 @@ CMD = r"C:\Windows\System32\cmd.exe"
 
 
 PS = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"
+
+
+# ---- Microsoft's documented events ---------------------------------------------------------------
+# The "Event XML" of Microsoft's security auditing reference, stored as published in
+# MicrosoftDocs/windows-itpro-docs, windows/security/threat-protection/auditing/:
+#   event-4663.md @ 69ce1e60ca363dfd63a8f2b0bd8f378a2165bcf7
+#   event-4688.md @ 5320d4e2b36e1c01e041fa37634329950043916d
+#   event-1102.md @ 3028533f93bbc00cab8e6e36933a8bf2fcd2e127
+# (learn.microsoft.com/en-us/previous-versions/windows/it-pro/windows-10/security/threat-protection/
+# auditing/event-4663 and siblings). They are Event Viewer's XML view of real events: each
+# collapsible element starts with "- " and backslashes are shown doubled; `documented_event_xml`
+# undoes exactly those two things and nothing else.
+DOCUMENTED = {4663: "ms-docs-event-4663.txt", 4688: "ms-docs-event-4688.txt", 1102: "ms-docs-event-1102.txt"}
+
+
+def documented_event_xml(event_id: int) -> str:
+    from tests.support.paths import REPO_ROOT
+
+    text = (REPO_ROOT / "tests" / "data" / "eventlog" / DOCUMENTED[event_id]).read_text(encoding="utf-8")
+    lines = [line[2:] if line.startswith("- ") else line for line in text.splitlines()]
+    return "\n".join(lines).replace("\\\\", "\\")

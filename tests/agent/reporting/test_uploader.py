@@ -138,7 +138,8 @@ def test_heartbeat_payload_matches_the_contract(
         "spool_dropped",
         "spool_rejected",
     }
-    assert set(payload["sensor"]) == {"name", "mode", "healthy", "error", "lost_events", "detail", "uncovered"}
+    sensor_keys = {"name", "mode", "healthy", "error", "lost_events", "detail", "uncovered"}
+    assert set(payload["sensor"]) == sensor_keys
     assert payload["spool_pending"] == 1 and payload["spool_dropped"] == 1
     assert client.heartbeat(device_id, payload).ok
     token = live_issuer.create_token("responder")

@@ -106,19 +106,37 @@ def pretend_macos(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("pretend_macos")
-def test_eslogger_refused_by_tcc_is_reported_with_the_full_disk_access_fix(tmp_path: Path) -> None:
+def test_missing_full_disk_access_is_reported_and_recovers_when_mdm_grants_it(tmp_path: Path) -> None:
+    refused = tmp_path / "tcc-refuses"
+    refused.touch()
     script = _stand_in(
         tmp_path,
-        "sys.stderr.write('Failed to create ES client: ES_NEW_CLIENT_RESULT_ERR_NOT_PERMITTED\\n')\n"
-        "sys.exit(71)\n",
+        f"if __import__('os').path.exists({str(refused)!r}):\n"
+        "    sys.stderr.write('Failed to create ES client: ES_NEW_CLIENT_RESULT_ERR_NOT_PERMITTED\\n')\n"
+        "    sys.exit(71)\n"
+        "time.sleep(60)\n",
     )
-    sensor = EsloggerSensor([CRED], lambda e: None, eslogger=str(script), startup_grace=5)
-    with pytest.raises(SensorUnavailable) as raised:
-        sensor.start()
-    message = str(raised.value)
-    assert "NOT_PERMITTED" in message and "Full Disk Access" in message
-    assert "tripkey-agent-pppc.mobileconfig" in message
-    assert not sensor.health().healthy
+    sensor = EsloggerSensor(
+        [CRED], lambda e: None, eslogger=str(script), startup_grace=0.5, restart_delay=0.2
+    )
+    sensor.start()  # refused: started, unhealthy, retrying
+    try:
+        health = sensor.health()
+        assert not health.healthy and sensor.full_disk_access is False
+        assert "Full Disk Access is missing" in (health.error or "") and "NOT_PERMITTED" in (
+            health.error or ""
+        )
+        assert "tripkey-agent-pppc.mobileconfig" in (health.error or "")
+        time.sleep(1.0)
+        assert "Full Disk Access is missing" in (sensor.health().error or "")  # still refused, still said
+        refused.unlink()  # the PPPC profile arrives
+        deadline = time.monotonic() + 30
+        while not sensor.health().healthy:
+            assert time.monotonic() < deadline, sensor.health().error
+            time.sleep(0.1)
+        assert sensor.full_disk_access is True and sensor.restarts >= 1
+    finally:
+        sensor.stop()
 
 
 @pytest.mark.usefixtures("pretend_macos")

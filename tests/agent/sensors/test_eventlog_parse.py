@@ -28,7 +28,6 @@ from agent.sensors._eventlog_parse import (
     canonical_path,
     hex_int,
     parse_events_xml,
-    parse_log_info,
     parse_system_time,
     split_command_line,
 )
@@ -169,8 +168,3 @@ def test_small_helpers() -> None:
         2015, 9, 18, 22, 15, 19, 557207, tzinfo=dt.UTC
     )
     assert parse_system_time("garbage") is None and parse_system_time(None) is None
-    info = parse_log_info(
-        "creationTime: 2024-01-01T00:00:00.000Z\nnumberOfLogRecords: 120\n"
-        "oldestRecordNumber: 5001\nfileSize: 69632\n"
-    )
-    assert info["numberOfLogRecords"] == "120" and info["oldestRecordNumber"] == "5001"
