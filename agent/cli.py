@@ -193,6 +193,8 @@ def _run(args: argparse.Namespace) -> int:
             logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level.upper())
         handler = COMMANDS[args.command]
         return handler(args, config)
+    except BrokenPipeError:
+        raise  # the output's reader went away: quiet exit 141 (main), not an error to print
     except ConfigError as exc:
         return _fail(args, f"configuration error: {exc}", EXIT_USAGE)
     except CliError as exc:

@@ -103,7 +103,7 @@ class MarkReader:
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.path = Path(state_dir) / MARK_FILE
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._mark: SelftestMark | None = None
 
     def current(self) -> SelftestMark | None:
@@ -112,8 +112,8 @@ class MarkReader:
         except OSError:
             self._seen, self._mark = None, None
             return None
-        if (st.st_mtime_ns, st.st_ino) != self._seen:
-            self._seen = (st.st_mtime_ns, st.st_ino)
+        if (st.st_mtime_ns, st.st_ino, st.st_size) != self._seen:
+            self._seen = (st.st_mtime_ns, st.st_ino, st.st_size)
             try:
                 self._mark = SelftestMark.from_json(self.path.read_text(encoding="utf-8"))
             except (OSError, ValueError, KeyError, TypeError) as exc:

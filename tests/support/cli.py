@@ -102,3 +102,48 @@ def every_leaf_command(parser: Any, prefix: Sequence[str] = ()) -> list[tuple[st
                 found.extend(every_leaf_command(sub, (*prefix, name)))
             return found
     return [tuple(prefix)]
+
+
+# Modules the agent imports lazily: loaded before the privileges are dropped, because the
+# interpreter's own files (under root's home in this environment) are out of reach afterwards.
+_AGENT_MODULES = (
+    "agent.cli",
+    "agent.service",
+    "agent.preflight",
+    "agent.planting.planter",
+    "agent.reporting.uploader",
+    "agent.events.readlog",
+    "agent.status",
+    "json",
+    "encodings.idna",
+)
+
+
+def run_agent_as_user(
+    uid: int, gid: int, *argv: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """`tripkey-agent ARGV` run by an ordinary user (uid/gid): its main(argv) in a child that drops
+    root after importing the agent (setresgid/setresuid: real and effective ids, as sudo -u would)."""
+    import sys
+
+    script = (
+        "import importlib, os, sys\n"
+        f"for name in {_AGENT_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        "os.setgroups([])\n"
+        f"os.setresgid({gid}, {gid}, {gid})\n"
+        f"os.setresuid({uid}, {uid}, {uid})\n"
+        "os.environ['HOME'] = '/nonexistent'\n"
+        "from agent.cli import main\n"
+        f"sys.exit(main({list(argv)!r}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIPKEY_")}
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd="/",
+        check=False,
+    )
