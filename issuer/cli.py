@@ -48,13 +48,13 @@ exit codes:
   141  {BROKEN_PIPE_HELP}
 
 examples:
-  tripkey-issuer check --config /etc/tripkey-issuer/issuer.toml
-  tripkey-issuer serve --config /etc/tripkey-issuer/issuer.toml
-  tripkey-issuer token create --role enroll --label "mdm fleet A" --config /etc/tripkey-issuer/issuer.toml
-  tripkey-issuer token list --all --json --config /etc/tripkey-issuer/issuer.toml
+  tripkey-issuer check --config /etc/tripkey/issuer.toml
+  tripkey-issuer serve --config /etc/tripkey/issuer.toml
+  tripkey-issuer token create --role enroll --label "mdm fleet A" --config /etc/tripkey/issuer.toml
+  tripkey-issuer token list --all --json --config /etc/tripkey/issuer.toml
 """
 
-CONFIG = "/etc/tripkey-issuer/issuer.toml"
+CONFIG = "/etc/tripkey/issuer.toml"
 EXAMPLES = {
     "serve": f"""\
 examples:

@@ -232,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         cred_cmds,
         "revoke",
         "revoke canary keys: delete them (and their IAM users) in AWS; the records stay for lookups. "
-        "Revoking an already revoked key is a success. The agent plants a new key at that place on its "
-        "next pass; to stop that, unplant on the host or retire the device.",
+        "Revoking an already revoked key is a success. For keys an unplant could not revoke, or a leaked "
+        "old key: a key still planted becomes a dead key in its file (it detects nothing) until the "
+        "agent rotates it; to offboard a whole host use `tripkey devices retire`.",
         [
             "tripkey credentials revoke AKIAXXXXXXXXXXXXXXXX",
             "tripkey credentials revoke AKIAXXXXXXXXXXXXXXX1 AKIAXXXXXXXXXXXXXXX2 --json",
