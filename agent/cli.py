@@ -28,7 +28,9 @@ from agent.status import format_status, open_store, status_data
 from server_api_client import IssuerUnreachable, TripkeyError
 from server_api_client.cli_conventions import (
     BROKEN_PIPE_HELP,
+    ArgumentParser,
     HelpFormatter,
+    parse_args,
     report_error,
     run_quietly_on_broken_pipe,
 )
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tripkey-agent",
         description="Tripkey endpoint agent: plants canary AWS credentials and records who reads them.",
         epilog=EPILOG
@@ -175,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`tripkey-agent`; a closed output pipe (`| head`) ends it quietly with exit 141."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_quietly_on_broken_pipe(lambda: _run(args))
 
 

@@ -19,7 +19,9 @@ from issuer.detection import ingest_secret
 from issuer.settings import Settings, SettingsError, load_settings
 from server_api_client.cli_conventions import (
     BROKEN_PIPE_HELP,
+    ArgumentParser,
     HelpFormatter,
+    parse_args,
     report_error,
     run_quietly_on_broken_pipe,
 )
@@ -149,7 +151,7 @@ def _sub(sub: Any, name: str, help_text: str, description: str, examples: str) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=PROG,
         description="Tripkey issuer: mints canary AWS credentials, keeps the registry, raises alerts.",
         epilog=EPILOG,
@@ -450,7 +452,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     return run_quietly_on_broken_pipe(lambda: _dispatch(args))
 
 

@@ -13,7 +13,9 @@ from typing import Any, TextIO
 from server_api_client import formatting as fmt
 from server_api_client.cli_conventions import (
     BROKEN_PIPE_HELP,
+    ArgumentParser,
     HelpFormatter,
+    parse_args,
     report_error,
     run_quietly_on_broken_pipe,
 )
@@ -140,7 +142,7 @@ def _an_id(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tripkey",
         description="Tripkey responder CLI: triage canary-credential alerts with the host context of who "
         "read the planted file.",
@@ -471,7 +473,7 @@ def _main(argv: Sequence[str] | None, stdout: Out | None, stderr: Out | None) ->
         return _run_demo(argv[1:], err)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = parser.parse_args(argv)
+            args = parse_args(parser, argv)
     except SystemExit as exc:  # argparse already printed the usage error (or --help / --version)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "demo":

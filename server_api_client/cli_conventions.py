@@ -2,7 +2,8 @@
 
 * An error is one sentence on stderr, ``<prog>: [error: ]<what and how to fix it>``. With ``--json``
   it is a JSON object instead, ``{"error": "<sentence>", "exit_code": N}``, on stderr (for a script
-  that reads errors) and on stdout (for one that parses only stdout): never a traceback.
+  that reads errors) and on stdout (for one that parses only stdout): never a traceback. Usage
+  errors found by argparse too (`ArgumentParser`, `parse_args`).
 * Output into a pipe whose reader went away (``tripkey alerts show ID --json | head``) ends the
   command quietly with exit 141 (128 + SIGPIPE), as a shell utility killed by SIGPIPE would; the
   standard Python recipe: stdout is pointed at /dev/null so the interpreter's final flush cannot
@@ -18,8 +19,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import TextIO
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TextIO
 
 EXIT_BROKEN_PIPE = 141
 BROKEN_PIPE_HELP = "the output's reader went away (e.g. `| head`); nothing else went wrong"
@@ -33,6 +34,29 @@ class HelpFormatter(argparse.HelpFormatter):
         if "\n" in text.strip():
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a usage error is the JSON error object when the command line asked for
+    --json (main() sets `json_errors` before parsing); subcommand parsers inherit the class."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if ArgumentParser.json_errors:
+            report_error(self.prog, message, 2, as_json=True)
+            sys.exit(2)
+        super().error(message)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv` (default: sys.argv[1:]), with JSON usage errors when it contains --json."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    ArgumentParser.json_errors = "--json" in args
+    try:
+        return parser.parse_args(args)
+    finally:
+        ArgumentParser.json_errors = False
 
 
 def error_object(message: str, exit_code: int) -> dict[str, object]:
@@ -84,8 +108,10 @@ def _silence_stdout() -> None:
 __all__ = [
     "BROKEN_PIPE_HELP",
     "EXIT_BROKEN_PIPE",
+    "ArgumentParser",
     "HelpFormatter",
     "error_object",
+    "parse_args",
     "report_error",
     "run_quietly_on_broken_pipe",
 ]

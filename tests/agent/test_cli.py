@@ -282,6 +282,11 @@ def test_errors_are_json_with_json(tmp_path: Path, capsys: pytest.CaptureFixture
     assert json.loads(out) == json.loads(err) == {"error": json.loads(err)["error"], "exit_code": 2}
     code, out, err = run(capsys, "status", "--config", str(bad))
     assert code == 2 and err.startswith("tripkey-agent: configuration error: unknown configuration key")
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage errors, as JSON when --json is given
+        main(["reads", "--limit", "many", "--json"])
+    out, err = capsys.readouterr()
+    assert usage.value.code == 2 and "invalid int value: 'many'" in json.loads(err)["error"]
+    assert json.loads(out) == json.loads(err)
     code, out, err = run(capsys, "unplant", "--json", "--state-dir", str(tmp_path / "s"), "--set", "x=1")
     assert code == 2 and json.loads(out)["exit_code"] == 2
     code, out, _ = run(capsys, "status", "--config", str(bad))

@@ -40,7 +40,7 @@ def test_the_trigger_and_its_children_are_the_self_test_and_no_one_else(tmp_path
         assert not reader.is_selftest(_read(me + 1, started))
     # After the trigger: a short grace for the service to record the read, then nothing.
     assert reader.is_selftest(_read(me, started))
-    later = NOW + dt.timedelta(minutes=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     assert not reader.is_selftest(_read(me, started), now=later)
 
 
@@ -49,6 +49,6 @@ def test_a_damaged_or_expired_mark_marks_nothing(tmp_path: Path) -> None:
     (tmp_path / MARK_FILE).write_text("{not json")
     assert not reader.is_selftest(_read(os.getpid(), None))
     with marked_as_selftest(tmp_path) as mark:
-        expired = dataclasses.replace(mark, expires_at=NOW - dt.timedelta(seconds=1))
+        expired = dataclasses.replace(mark, expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1))
         (tmp_path / MARK_FILE).write_text(expired.to_json())
         assert not reader.is_selftest(_read(os.getpid(), None))

@@ -172,6 +172,9 @@ def test_errors_with_json_are_json_on_stderr_too(tmp_path: Path) -> None:
     assert set(error) == {"error", "exit_code"}
     bad = _cli("ingest-secret", "create", "--name", "no spaces please", "--json")
     assert_json_error(bad, 2, "--name must be")
+    # Usage errors found by argparse are JSON too when --json was asked for.
+    usage = _cli("token", "create", "--role", "admin", "--json")
+    assert_json_error(usage, 2, "invalid choice: 'admin'")
 
 
 # ----------------------------------------------------------------------------------------- sinks

@@ -141,6 +141,12 @@ def test_errors_with_json_are_a_json_object_on_stderr(cl_world: World, cl_server
     assert code == 5 and json.loads(err)["exit_code"] == 5 and "boom" in json.loads(err)["error"]
     code, _, err = tripkey("devices", "list", "--json")  # no --issuer: a usage error, still JSON
     assert code == 2 and "TRIPKEY_ISSUER_URL" in json.loads(err)["error"]
+    code, out, err = tripkey("alerts", "list", "--status", "bogus", "--json", world=cl_world)
+    assert (
+        code == 2
+        and "invalid choice: 'bogus'" in json.loads(err)["error"]
+        and json.loads(out)["exit_code"] == 2
+    )
 
 
 def test_a_closed_pipe_is_quiet(cl_world: World) -> None:

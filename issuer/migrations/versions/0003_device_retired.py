@@ -16,11 +16,13 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# A nullable column is added and dropped in place on both backends (SQLite >= 3.35 drops columns
+# natively): no batch rebuild, which on SQLite would drop `devices` under the tables that reference it.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
-        batch.add_column(sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column("devices", sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
-        batch.drop_column("retired_at")
+    op.drop_column("devices", "retired_at")
