@@ -95,7 +95,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="agent config file (TOML)")
     common.add_argument(
         "--state-dir", metavar="DIR", help="state directory (default /var/lib/tripkey as root)"
