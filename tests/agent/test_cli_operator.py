@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.cli import build_parser
+from agent.cli import build_parser, main
 from tests.support.agent import make_users
 from tests.support.aws import inspector
 from tests.support.cli import (
@@ -117,8 +117,8 @@ def test_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
     assert (code, err) == (141, "")
 
 
-def test_every_command_has_help_with_examples_and_exit_codes() -> None:
-    top = help_text("tripkey-agent")
+def test_every_command_has_help_with_examples_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    top = help_text("tripkey-agent")  # the console script once; each command's help through main()
     for line in (
         "7    trigger: the canary was NOT denied",
         "8    trigger: AWS could not be reached",
@@ -126,6 +126,8 @@ def test_every_command_has_help_with_examples_and_exit_codes() -> None:
     ):
         assert line in top
     for command in every_leaf_command(build_parser()):
-        text = help_text("tripkey-agent", *command)
-        assert "exit codes:" in text and "examples:" in text, command
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        text = capsys.readouterr().out
+        assert done.value.code == 0 and "exit codes:" in text and "examples:" in text, command
         assert f"tripkey-agent {command[0]}" in text.split("examples:")[1], command
