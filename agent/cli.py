@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli_help import EPILOG, EXAMPLES
 from agent.clock import utcnow
 from agent.config import AgentConfig, ConfigError, load_config, parse_assignment
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
@@ -27,7 +28,6 @@ from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStor
 from agent.status import format_status, open_store, status_data
 from server_api_client import IssuerUnreachable, TripkeyError
 from server_api_client.cli_conventions import (
-    BROKEN_PIPE_HELP,
     ArgumentParser,
     HelpFormatter,
     parse_args,
@@ -44,45 +44,6 @@ EXIT_NOT_ENROLLED = 5
 EXIT_NO_AWS_CLI = 6
 EXIT_NOT_DENIED = 7
 EXIT_AWS_UNREACHABLE = 8
-
-EPILOG = f"""\
-exit codes:
-  0    success
-  1    failure (not root where root is needed, enrollment refused, state unusable, unexpected error)
-  2    usage or configuration error (the message names the key)
-  3    partly done: at least one target is not planted / not removed / in conflict
-  4    the issuer is unreachable (unplant: files cleaned but keys NOT revoked; it prints the command
-       that finishes the job)
-  5    not enrolled, or no planted credential to use (trigger)
-  6    trigger: the AWS CLI (`aws`) is not installed
-  7    trigger: the canary was NOT denied (its explicit deny is not in effect)
-  8    trigger: AWS could not be reached at all (the self-test proved nothing)
-  141  {BROKEN_PIPE_HELP}
-  With --json, an error is a JSON object {{"error": "...", "exit_code": N}} on stderr (and stdout).
-
-configuration: --config FILE (TOML; default $TRIPKEY_CONFIG or /etc/tripkey/agent.toml),
-TRIPKEY_<KEY> environment variables, then flags (flags win).
-"""
-
-EXAMPLES = {
-    "run": ["tripkey-agent run --config /etc/tripkey/agent.toml   # normally started by systemd/launchd"],
-    "status": ["tripkey-agent status", "tripkey-agent status --json | jq '.targets[].status'"],
-    "reads": [
-        "tripkey-agent reads --since 7d",
-        "tripkey-agent reads --path /home/alice/.aws/credentials --limit 20 --json",
-    ],
-    "unplant": ["sudo tripkey-agent unplant", "sudo tripkey-agent unplant --no-revoke --json"],
-    "plant-once": [
-        "sudo tripkey-agent plant-once --config /etc/tripkey/agent.toml",
-        "sudo tripkey-agent plant-once --set all_users=false --json",
-    ],
-    "check": ["tripkey-agent check", "tripkey-agent check --json"],
-    "trigger": [
-        "sudo tripkey-agent trigger",
-        "sudo tripkey-agent trigger --target /home/alice/.aws/credentials --json",
-    ],
-    "tray": ["tripkey-agent tray", "tripkey-agent tray --show"],
-}
 
 
 class CliError(Exception):
@@ -436,20 +397,13 @@ def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
     except TripkeyError as exc:
         raise CliError(f"the issuer refused the self-test: {exc}") from None
     _emit(args, report.to_dict(), report.text())
-    problem = {
-        "ok": None,
-        "not_denied": (
-            f"the canary {report.access_key_id} was NOT denied {report.denied_call}: its explicit deny is "
-            "not in effect (check the issuer's minting policy and permissions boundary)",
-            EXIT_NOT_DENIED,
-        ),
-        "aws_unreachable": (f"AWS could not be reached: {report.aws_unreachable}", EXIT_AWS_UNREACHABLE),
-        "not_used": (f"AWS refused the canary: {report.identity_error}", EXIT_FAILURE),
-        "unknown": (f"could not tell whether the canary is denied: {report.denied_output}", EXIT_FAILURE),
-    }[report.outcome]
+    problem = report.problem()
     if problem is None:
         return EXIT_OK
-    return _fail(args, problem[0], problem[1], also_stdout=False)
+    code = {"not_denied": EXIT_NOT_DENIED, "aws_unreachable": EXIT_AWS_UNREACHABLE}.get(
+        report.outcome, EXIT_FAILURE
+    )
+    return _fail(args, problem, code, also_stdout=False)
 
 
 # ---------------------------------------------------------------------------------------------- tray

@@ -93,6 +93,17 @@ class TriggerReport:
     def to_dict(self) -> dict[str, Any]:
         return dict(dataclasses.asdict(self), used=self.used, outcome=self.outcome)
 
+    def problem(self) -> str | None:
+        """What went wrong, in one sentence; None when the self-test proved the canary works."""
+        return {
+            "ok": None,
+            "not_denied": f"the canary {self.access_key_id} was NOT denied {self.denied_call}: its explicit "
+            "deny is not in effect (check the issuer's minting policy and permissions boundary)",
+            "aws_unreachable": f"AWS could not be reached: {self.aws_unreachable}",
+            "not_used": f"AWS refused the canary: {self.identity_error}",
+            "unknown": f"could not tell whether the canary is denied: {self.denied_output}",
+        }[self.outcome]
+
     def text(self) -> str:
         lines = [
             f"self-test {self.selftest_id} registered with the issuer (until {self.selftest_expires_at})",
