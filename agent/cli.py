@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli_help import EPILOG, EXAMPLES
 from agent.clock import utcnow
 from agent.config import AgentConfig, ConfigError, load_config, parse_assignment
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
@@ -26,6 +27,13 @@ from agent.reporting.spool import Spool
 from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore
 from agent.status import format_status, open_store, status_data
 from server_api_client import IssuerUnreachable, TripkeyError
+from server_api_client.cli_conventions import (
+    ArgumentParser,
+    HelpFormatter,
+    parse_args,
+    report_error,
+    run_quietly_on_broken_pipe,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -34,20 +42,8 @@ EXIT_PARTIAL = 3
 EXIT_UNREACHABLE = 4
 EXIT_NOT_ENROLLED = 5
 EXIT_NO_AWS_CLI = 6
-
-EPILOG = """\
-exit codes:
-  0  success
-  1  failure (enrollment refused, state unusable, unexpected error)
-  2  usage or configuration error (the message names the key)
-  3  partly done: at least one target is not planted / not removed / in conflict
-  4  the issuer is unreachable (unplant: files cleaned but keys NOT revoked)
-  5  not enrolled, or no planted credential to use (trigger)
-  6  trigger: the AWS CLI (`aws`) is not installed
-
-configuration: --config FILE (TOML; default $TRIPKEY_CONFIG or /etc/tripkey/agent.toml),
-TRIPKEY_<KEY> environment variables, then flags (flags win).
-"""
+EXIT_NOT_DENIED = 7
+EXIT_AWS_UNREACHABLE = 8
 
 
 class CliError(Exception):
@@ -60,7 +56,7 @@ class CliError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="agent config file (TOML)")
     common.add_argument(
         "--state-dir", metavar="DIR", help="state directory (default /var/lib/tripkey as root)"
@@ -76,11 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tripkey-agent",
         description="Tripkey endpoint agent: plants canary AWS credentials and records who reads them.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG
+        + "\nexamples:\n"
+        + "".join(
+            f"  {EXAMPLES[name][0]}\n" for name in ("plant-once", "status", "reads", "trigger", "unplant")
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tripkey-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -91,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
             parents=[common],
             help=help_text,
             description=help_text,
-            epilog=EPILOG,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=EPILOG + "\nexamples:\n" + "".join(f"  {line}\n" for line in EXAMPLES[name]),
+            formatter_class=HelpFormatter,
         )
         if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+            p.add_argument("--json", action="store_true", help="machine-readable output (errors too)")
         return p
 
     run = add(
@@ -154,8 +154,12 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """`tripkey-agent`; a closed output pipe (`| head`) ends it quietly with exit 141."""
+    args = parse_args(build_parser(), argv)
+    return run_quietly_on_broken_pipe(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO if args.command == "run" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -173,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.DEBUG if args.verbose else config.log_level.upper())
         handler = COMMANDS[args.command]
         return handler(args, config)
+    except BrokenPipeError:
+        raise  # the output's reader went away: quiet exit 141 (main), not an error to print
     except ConfigError as exc:
         return _fail(args, f"configuration error: {exc}", EXIT_USAGE)
     except CliError as exc:
@@ -188,12 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    """The error sentence on stderr; with --json also {"error", "exit_code"} on stdout for scripts."""
-    print(f"tripkey-agent: {message}", file=sys.stderr)
-    if getattr(args, "json", False):
-        print(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
-    return code
+def _fail(args: argparse.Namespace, message: str, code: int, *, also_stdout: bool = True) -> int:
+    """The error sentence on stderr; with --json {"error", "exit_code"} on stderr and stdout instead."""
+    as_json = bool(getattr(args, "json", False))
+    if as_json and not also_stdout:  # stdout already carries the command's own JSON report
+        sys.stderr.write(json.dumps({"error": message, "exit_code": code}, sort_keys=True) + "\n")
+        return code
+    return report_error("tripkey-agent", message, code, as_json=as_json, label="")
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -206,10 +213,26 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
+def _preflight(config: AgentConfig, command: str) -> None:
+    """Before anything is enrolled or minted: can this process do the job at all?"""
+    from agent.planting.planter import resolve_targets
+    from agent.preflight import PreflightError, check_can_plant
+
+    try:
+        targets, _errors = resolve_targets(config)
+    except OSError as exc:  # e.g. an unreadable passwd_file
+        raise CliError(f"cannot list the targets: {exc}") from None
+    try:
+        check_can_plant(config, targets, command)
+    except PreflightError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.service import run_service
 
     config.require_issuer()
+    _preflight(config, "run")
     return run_service(config)
 
 
@@ -273,6 +296,7 @@ def cmd_plant_once(args: argparse.Namespace, config: AgentConfig) -> int:
     from agent.reporting.uploader import FlushResult, Uploader
 
     config.require_issuer()
+    _preflight(config, "plant-once")
     with DirLock(config.state_dir):
         store = StateStore(config.state_dir)
         targets, errors = resolve_targets(config)
@@ -353,6 +377,7 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
         results = planter.unplant_all([t.path for t in targets], revoke=not args.no_revoke)
     failed = [r for r in results if r["error"] and not r["error"].startswith("removed locally")]
     unrevoked = [r for r in results if r["error"] and r["error"].startswith("removed locally")]
+    left_active = [r for r in results if args.no_revoke and r["removed"] and r.get("access_key_id")]
     lines = []
     for r in results:
         what = "removed" if r["removed"] else "nothing of ours"
@@ -361,15 +386,38 @@ def cmd_unplant(args: argparse.Namespace, config: AgentConfig) -> int:
         lines.append(f"{what:30}  {r['path']}" + (f"  ({r['error']})" if r["error"] else ""))
     if not results:
         lines.append("nothing planted")
-    if unrevoked:
-        lines.append(
-            "the issuer could not be reached (or refused): the keys above were NOT revoked; "
-            "run `tripkey-agent unplant` again later or revoke them from the issuer"
-        )
-    _emit(args, {"results": results}, "\n".join(lines))
+    data: dict[str, Any] = {"results": results}
+    if unrevoked or left_active:
+        finish = _finish_revoking(unrevoked or left_active, store.state.device_id)
+        data["finish_with"] = finish
+        if unrevoked:
+            lines.append(
+                "the issuer could not be reached (or refused): the keys above are removed from the files "
+                "but NOT revoked. Finish the job later with one of:"
+            )
+        else:
+            lines.append(
+                "--no-revoke: these keys are removed from the files but still exist. Revoke them with:"
+            )
+        lines.extend(f"  {command}" for command in finish)
+    _emit(args, data, "\n".join(lines))
     if failed:
         return EXIT_PARTIAL
     return EXIT_UNREACHABLE if unrevoked else EXIT_OK
+
+
+def _finish_revoking(results: list[dict[str, Any]], device_id: str | None) -> list[str]:
+    """The exact commands that revoke what unplant could not: on this host (it remembers the keys
+    it could not revoke), or from a responder's workstation, by key or, when offboarding, by device."""
+    keys = " ".join(str(r["access_key_id"]) for r in results if r.get("access_key_id"))
+    commands = []
+    if any(r["error"] for r in results):
+        commands.append("sudo tripkey-agent unplant   # on this host, once the issuer is reachable")
+    if keys:
+        commands.append(f"tripkey credentials revoke {keys}   # with a responder token")
+    if device_id:
+        commands.append(f"tripkey devices retire {device_id}   # if this host is being offboarded")
+    return commands
 
 
 # ---------------------------------------------------------------------------------------------- trigger
@@ -394,7 +442,13 @@ def cmd_trigger(args: argparse.Namespace, config: AgentConfig) -> int:
     except TripkeyError as exc:
         raise CliError(f"the issuer refused the self-test: {exc}") from None
     _emit(args, report.to_dict(), report.text())
-    return EXIT_OK if report.used else EXIT_FAILURE
+    problem = report.problem()
+    if problem is None:
+        return EXIT_OK
+    code = {"not_denied": EXIT_NOT_DENIED, "aws_unreachable": EXIT_AWS_UNREACHABLE}.get(
+        report.outcome, EXIT_FAILURE
+    )
+    return _fail(args, problem, code, also_stdout=False)
 
 
 # ---------------------------------------------------------------------------------------------- tray

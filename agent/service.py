@@ -42,6 +42,7 @@ from agent.reporting.payloads import (
 )
 from agent.reporting.spool import Spool
 from agent.reporting.uploader import UploadWorker
+from agent.selftest_mark import SELF_TEST, MarkReader
 from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore
 from server_api_client import IssuerClient, TripkeyError
 
@@ -93,6 +94,7 @@ class AgentService:
         self.spool: Spool | None = None
         self.readlog: Any = None
         self.classifier: Any = None
+        self.selftest_mark: MarkReader | None = None
         self.planter: Planter | None = None
         self.watcher: RepairWatcher | None = None
         self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
@@ -112,6 +114,7 @@ class AgentService:
                 st.service_pid, st.service_started_at = os.getpid(), to_iso(self.clock())
             self.spool = Spool(store.dir / SPOOL_FILE, config.spool_max_events)
             self.readlog, self.classifier = _open_readlog(config, store.dir / READLOG_FILE)
+            self.selftest_mark = MarkReader(store.dir)
             client = make_client(config)
             targets, errors = resolve_targets(config)
             try:
@@ -224,7 +227,10 @@ class AgentService:
             if event is None:
                 return
             try:
-                label = self.classifier.classify(event) if self.classifier else None
+                if self.selftest_mark is not None and self.selftest_mark.is_selftest(event):
+                    label: str | None = SELF_TEST  # `tripkey-agent trigger` reading its own canary
+                else:
+                    label = self.classifier.classify(event) if self.classifier else None
                 # Scrub the planted secrets, then bound every string so the event fits the read
                 # log's budget and the issuer's API limits (agent.events.bounds).
                 event = bound_event(event, self._secrets)

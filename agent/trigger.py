@@ -13,6 +13,15 @@ user put there, e.g. to root's own credentials, and use them). The file is read 
 way (agent.credfile.safefs: no symlink, regular file owned by its user), checked to hold exactly the
 planted canary key under our profile, and copied into a root-only temporary directory that the
 AWS CLI reads instead. Environment credentials are stripped so they cannot shadow the profile.
+
+That read of the planted file is the trigger's own: before it, the trigger marks itself as the
+self-test (agent.selftest_mark), and a running service labels the read `self_test`, so the issuer
+never counts it as an unknown reader.
+
+Outcomes (`TriggerReport.outcome`): `ok` (used, and the call the canary must not make was denied),
+`not_denied` (that call succeeded: the canary's explicit deny is not in effect), `aws_unreachable`
+(AWS, or the configured endpoint, could not be reached at all: the test proved nothing), `not_used`
+(AWS refused the key itself), `unknown` (the second call failed for another reason).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,9 +42,16 @@ from agent.config import AgentConfig
 from agent.credfile import edit as credfile
 from agent.planting.targets import read_target
 from agent.planting.users import UnknownUser, lookup_user
+from agent.selftest_mark import marked_as_selftest
 from agent.state import StateStore, TargetState
 
 AWS_TIMEOUT = 60
+# What the AWS CLI (botocore) says when it never got an answer from AWS.
+_UNREACHABLE = re.compile(
+    r"Could not connect to the endpoint URL|Connect timeout on endpoint URL|Read timeout on endpoint URL"
+    r"|SSL validation failed|Failed to connect to proxy URL|Connection was closed before we received"
+)
+_DENIED = re.compile(r"AccessDenied|not authorized to perform|explicit deny", re.IGNORECASE)
 
 
 class TriggerError(Exception):
@@ -55,21 +72,50 @@ class TriggerReport:
     identity: dict[str, Any] | None = None
     identity_error: str | None = None
     denied_call: str = "iam list-users"
-    denied: bool | None = None
+    denied: bool | None = None  # True: refused as it must be; False: it was allowed; None: unknown
     denied_output: str | None = None
+    aws_unreachable: str | None = None  # why AWS could not be reached at all
+    aws_endpoint: str | None = None
+    selftest_pid: int | None = None  # the process whose reads the agent labels self_test
 
     @property
     def used(self) -> bool:
         return self.identity is not None
 
+    @property
+    def outcome(self) -> str:
+        if self.aws_unreachable is not None:
+            return "aws_unreachable"
+        if not self.used:
+            return "not_used"
+        return {True: "ok", False: "not_denied", None: "unknown"}[self.denied]
+
     def to_dict(self) -> dict[str, Any]:
-        return dict(dataclasses.asdict(self), used=self.used)
+        return dict(dataclasses.asdict(self), used=self.used, outcome=self.outcome)
+
+    def problem(self) -> str | None:
+        """What went wrong, in one sentence; None when the self-test proved the canary works."""
+        return {
+            "ok": None,
+            "not_denied": f"the canary {self.access_key_id} was NOT denied {self.denied_call}: its explicit "
+            "deny is not in effect (check the issuer's minting policy and permissions boundary)",
+            "aws_unreachable": f"AWS could not be reached: {self.aws_unreachable}",
+            "not_used": f"AWS refused the canary: {self.identity_error}",
+            "unknown": f"could not tell whether the canary is denied: {self.denied_output}",
+        }[self.outcome]
 
     def text(self) -> str:
         lines = [
             f"self-test {self.selftest_id} registered with the issuer (until {self.selftest_expires_at})",
             f"canary:    {self.access_key_id} in {self.path} [profile {self.profile}]",
         ]
+        if self.aws_unreachable is not None:
+            where = self.aws_endpoint or "the AWS endpoints"
+            lines.append(
+                f"AWS could NOT be reached at {where}: {self.aws_unreachable}. The self-test proved "
+                "nothing (check the network, a proxy, or aws_endpoint_url)"
+            )
+            return "\n".join(lines)
         if self.identity is not None:
             lines.append(
                 f"sts get-caller-identity: OK as {self.identity.get('Arn')} "
@@ -79,8 +125,9 @@ class TriggerReport:
             lines.append(f"sts get-caller-identity FAILED: {self.identity_error}")
         verdict = {
             True: "denied, as it should be",
-            False: "NOT denied (check the canary's policy)",
-            None: "not run",
+            False: "NOT denied: the canary's explicit deny is not in effect (check the issuer's minting "
+            "policy and permissions boundary)",
+            None: f"could not tell: {self.denied_output}" if self.denied_output else "not run",
         }[self.denied]
         lines.append(f"{self.denied_call}: {verdict}")
         if self.used:
@@ -171,7 +218,7 @@ def run_trigger(
             6,
         )
     assert ts.credential_id is not None
-    with private_copy(config, store, ts) as copy:
+    with marked_as_selftest(config.state_dir) as mark, private_copy(config, store, ts) as copy:
         info = client.start_selftest(store.state.device_id, ts.credential_id)
         report = TriggerReport(
             path=ts.path,
@@ -181,6 +228,8 @@ def run_trigger(
             selftest_id=info.selftest_id,
             selftest_expires_at=info.expires_at.isoformat(),
             aws_cli=aws,
+            aws_endpoint=config.aws_endpoint_url,
+            selftest_pid=mark.pid,
         )
         sts = run_aws(aws, ["sts", "get-caller-identity"], config, copy)
         if sts.returncode == 0:
@@ -190,10 +239,18 @@ def run_trigger(
                 report.identity = {"raw": sts.stdout.strip()}
         else:
             report.identity_error = (sts.stderr or sts.stdout).strip()[-500:]
+            if _UNREACHABLE.search(report.identity_error):
+                report.aws_unreachable = report.identity_error.splitlines()[-1]
+                return report  # nothing more to learn: the denied call would fail the same way
         denied = run_aws(aws, ["iam", "list-users", "--max-items", "1"], config, copy)
     output = (denied.stderr or denied.stdout).strip()
-    report.denied = denied.returncode != 0 and ("AccessDenied" in output or "not authorized" in output)
     report.denied_output = output[-500:]
+    if denied.returncode == 0:
+        report.denied = False
+    elif _DENIED.search(output):
+        report.denied = True
+    elif _UNREACHABLE.search(output):
+        report.aws_unreachable = output.splitlines()[-1]
     return report
 
 

@@ -80,6 +80,7 @@ class Device(Base):
     enrolled_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # offboarded: keys and tokens revoked
 
     placements: Mapped[list[Placement]] = relationship(back_populates="device")
 

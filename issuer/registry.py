@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
-from issuer.errors import AwsUpstreamError, NotFound
+from issuer.errors import AwsUpstreamError, Conflict, NotFound
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
 from issuer.tokens import create_token, hash_secret, new_id
 
@@ -60,6 +60,14 @@ def enroll_device(
         "agent_version": agent_version,
     }
     device = session.scalars(select(Device).where(Device.device_key_hash == key_hash)).first()
+    if device is not None and device.retired_at is not None:
+        # Retired means offboarded for good: its keys are revoked and must not come back to life
+        # because an agent was left behind with a valid enroll token.
+        raise Conflict(
+            f"device {device.id} ({device.hostname}) was retired at {device.retired_at.isoformat()}; "
+            "to enroll this host again, remove the agent's state directory on it (it then enrolls as "
+            "a new device)"
+        )
     created = device is None
     if device is None:
         device = Device(id=new_id("dev_"), device_key_hash=key_hash, health={}, **facts)
@@ -96,6 +104,8 @@ def list_devices(session: Session) -> list[Device]:
 
 
 def is_stale(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> bool:
+    if device.retired_at is not None:
+        return False  # offboarded: its silence is expected, not a coverage gap
     seen = device.last_heartbeat_at or device.enrolled_at
     return ((now or utcnow()) - seen).total_seconds() > stale_after_seconds
 
@@ -120,6 +130,7 @@ def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | N
         "last_heartbeat_at": device.last_heartbeat_at,
         "health": dict(device.health or {}),
         "stale": is_stale(device, stale_after_seconds, now),
+        "retired_at": device.retired_at,
     }
 
 
@@ -324,6 +335,36 @@ def revoke_credential(session: Session, gateway: Any, device_id: str, credential
         session.commit()
         log.info("revoked credential %s (%s)", cred.id, cred.access_key_id)
     return cred
+
+
+@dataclasses.dataclass(frozen=True)
+class RetiredDevice:
+    device: Device
+    revoked: tuple[Credential, ...]  # revoked by this call (earlier ones were already)
+
+
+def retire_device(session: Session, gateway: Any, device_id: str) -> RetiredDevice:
+    """Offboard a device: revoke every credential it holds in AWS, revoke its tokens, mark it retired.
+
+    Idempotent and resumable: credentials are revoked one by one (each committed), and the device is
+    marked retired only when all are, so a call that AWS interrupted (AwsError) is finished by
+    calling again. Its records stay: alerts and `credentials lookup` still name it.
+    """
+    device = get_device(session, device_id)
+    revoked = []
+    for cred in list_credentials(session, device_id):
+        if cred.revoked_at is None:
+            revoked.append(revoke_credential(session, gateway, device_id, cred.id))
+    now = utcnow()
+    for token in session.scalars(
+        select(ApiToken).where(ApiToken.device_id == device.id, ApiToken.revoked_at.is_(None))
+    ):
+        token.revoked_at = now
+    if device.retired_at is None:
+        device.retired_at = now
+        log.info("retired device %s (%s): %d credential(s) revoked", device.id, device.hostname, len(revoked))
+    session.commit()
+    return RetiredDevice(device=device, revoked=tuple(revoked))
 
 
 def list_credentials(session: Session, device_id: str) -> list[Credential]:

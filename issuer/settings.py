@@ -8,17 +8,35 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from issuer.aws.config import MintingConfig
 
 ENV_PREFIX = "TRIPKEY_"
+# The command-line flag of each key `tripkey-issuer` takes as a flag (for "which database, and why").
+_FLAG_NAMES = {
+    "db_url": "--db",
+    "listen": "--listen",
+    "aws_endpoint": "--aws-endpoint",
+    "sqs_queue_url": "--sqs-queue-url",
+    "poll_interval": "--poll-interval",
+    "log_level": "--log-level",
+}
 SINK_TYPES = ("webhook", "slack", "pagerduty", "smtp", "jsonl")
 
 
@@ -87,9 +105,17 @@ class Settings(_Strict):
         split_listen(value)
         return value
 
+    # Which layer set each top-level key ("--db", "TRIPKEY_DB_URL", "config file X"); see source_of().
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
     @field_validator("sinks")
     @classmethod
     def _check_sinks(cls, sinks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Each sink is built here exactly as the detection runner will build it, so a missing
+        # required key is found when the settings load (`config show`, `check`, `serve` before it
+        # migrates anything), never after the issuer started.
+        from issuer.alerts.sinks import SinkConfigError, build_sink
+
         names: set[str] = set()
         for index, sink in enumerate(sinks):
             kind = sink.get("type")
@@ -99,15 +125,17 @@ class Settings(_Strict):
             if name in names:
                 raise ValueError(f"sinks[{index}]: duplicate sink name {name!r}")
             names.add(name)
+            try:
+                build_sink(dict(sink))
+            except SinkConfigError as exc:
+                raise ValueError(f"sinks[{index}] ({kind}): {exc}") from None
+            except (TypeError, ValueError) as exc:  # e.g. max_attempts = "often"
+                raise ValueError(f"sinks[{index}] ({kind} sink {name!r}): invalid value: {exc}") from None
         return sinks
 
     @model_validator(mode="after")
     def _fill_db_url(self) -> Settings:
-        if not self.db_url:
-            object.__setattr__(self, "db_url", f"sqlite:///{self.data_dir / 'issuer.db'}")
-        elif self.db_url.startswith(("postgresql://", "postgres://")):
-            # psycopg 3 is the driver we ship; plain URLs would ask SQLAlchemy for psycopg2.
-            object.__setattr__(self, "db_url", "postgresql+psycopg://" + self.db_url.split("://", 1)[1])
+        object.__setattr__(self, "db_url", normalize_db_url(self.db_url, self.data_dir))
         names = [account.name for account in self.accounts]
         if not names:
             raise ValueError("accounts: at least one account is needed")
@@ -166,6 +194,67 @@ class Settings(_Strict):
         ]
         return data
 
+    def __eq__(self, other: object) -> bool:
+        # Where a value came from is not part of the settings: the same values are the same settings.
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]  # lists inside: never hashable
+
+    def source_of(self, key: str) -> str:
+        """Where a top-level setting came from: `--db`-style flag, environment variable, file, default."""
+        return self._sources.get(key, "default")
+
+    def database_origin(self) -> str:
+        """The database and why it is that one, for every command that opens it."""
+        source = self.source_of("db_url")
+        if source == "default":
+            where = self.source_of("data_dir")
+            if where == "default":
+                reason = "the default, as neither --db, a config file's db_url nor TRIPKEY_DB_URL set one"
+            else:
+                reason = f"issuer.db in the data_dir set by {where}"
+            return f"{_redact_url(self.db_url)} ({reason})"
+        return f"{_redact_url(self.db_url)} (from {source})"
+
+
+_SCHEME_TYPO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+DB_URL_HELP = "sqlite:///PATH, a plain file path (an SQLite file), or postgresql://USER@HOST/DB"
+
+
+def normalize_db_url(value: str, data_dir: Path) -> str:
+    """The SQLAlchemy URL for `db_url`: default SQLite in data_dir, a plain path as SQLite, psycopg 3.
+
+    A plain path is what an operator types for "this file" (`--db /var/lib/tripkey-issuer/issuer.db`);
+    it is made absolute, so the issuer and a later `token create` run from elsewhere agree on it.
+    Anything else that is not an SQLite or PostgreSQL URL is refused here, with the accepted forms.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not value:
+        return f"sqlite:///{data_dir / 'issuer.db'}"
+    if "://" not in value:
+        if _SCHEME_TYPO.match(value):  # `postgres:/db`, `sqlite:x.db`: a URL with a typo, not a path
+            raise ValueError(f"db_url {_redact_url(value)!r} is not a database URL; use {DB_URL_HELP}")
+        return f"sqlite:///{Path(value).expanduser().absolute()}"
+    if value.startswith(("postgresql://", "postgres://")):
+        # psycopg 3 is the driver we ship; plain URLs would ask SQLAlchemy for psycopg2.
+        value = "postgresql+psycopg://" + value.split("://", 1)[1]
+    try:
+        parsed = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"db_url {_redact_url(value)!r} is not a database URL; use {DB_URL_HELP}") from None
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        raise ValueError(
+            f"db_url: unsupported database {parsed.drivername!r}; use {DB_URL_HELP} "
+            "(PostgreSQL goes through psycopg 3)"
+        )
+    if parsed.get_backend_name() == "sqlite" and not parsed.database:
+        raise ValueError(f"db_url {value!r} names no file; use {DB_URL_HELP}")
+    return value
+
 
 def split_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
@@ -182,8 +271,8 @@ def _redact_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if sep and "@" in rest:
         creds, _, host = rest.rpartition("@")
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        user, colon, _password = creds.partition(":")
+        return f"{scheme}://{user}{':***' if colon else ''}@{host}"
     return url
 
 
@@ -223,11 +312,12 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        loc = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             lines.append(f"unknown key {loc!r}")
         else:
-            lines.append(f"{loc}: {error['msg']}")
+            lines.append(f"{loc}: {message}" if loc else message)
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
@@ -240,6 +330,7 @@ def load_settings(
     """Build Settings from the layers; raise SettingsError with a readable message."""
     data: dict[str, Any] = {}
     sources = ["defaults"]
+    key_sources: dict[str, str] = {}
     if config_file is not None:
         path = Path(config_file)
         try:
@@ -251,6 +342,7 @@ def load_settings(
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise SettingsError(f"config file {path} is not valid TOML: {exc}") from exc
         sources.append(f"file {path}")
+        key_sources.update(dict.fromkeys(data, f"config file {path}"))
         try:  # unknown keys in the file name the file in the message
             Settings.model_validate(data)
         except ValidationError as exc:
@@ -259,9 +351,12 @@ def load_settings(
     if env_layer:
         sources.append("TRIPKEY_* environment")
         data = _deep_merge(data, env_layer)
-    if overrides:
+        key_sources.update({key: f"{ENV_PREFIX}{key.upper()}" for key in env_layer})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if flags:
         sources.append("command line")
-        data = _deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+        data = _deep_merge(data, flags)
+        key_sources.update({key: _FLAG_NAMES.get(key, "the command line") for key in flags})
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
@@ -270,4 +365,5 @@ def load_settings(
         settings.minting_config()
     except ValueError as exc:
         raise SettingsError(f"invalid minting configuration ({' + '.join(sources)}): {exc}") from exc
+    settings._sources.update(key_sources)
     return settings

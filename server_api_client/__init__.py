@@ -33,6 +33,7 @@ from server_api_client.models import (
     IngestResult,
     IssuedCredential,
     ReadRecord,
+    RetiredDevice,
     SelftestInfo,
 )
 from server_api_client.version import __version__
@@ -57,6 +58,7 @@ __all__ = [
     "ProtocolError",
     "ReadRecord",
     "RejectedError",
+    "RetiredDevice",
     "SelftestInfo",
     "ServerError",
     "TripkeyError",

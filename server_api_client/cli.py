@@ -11,6 +11,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from server_api_client import formatting as fmt
+from server_api_client.cli_conventions import (
+    BROKEN_PIPE_HELP,
+    ArgumentParser,
+    HelpFormatter,
+    parse_args,
+    report_error,
+    run_quietly_on_broken_pipe,
+)
 from server_api_client.client import IssuerClient
 from server_api_client.errors import (
     AuthError,
@@ -29,19 +37,22 @@ EXIT_AUTH = 3
 EXIT_UNREACHABLE = 4
 EXIT_SERVER = 5
 
-EPILOG = """\
+EPILOG = f"""\
 environment:
   --issuer defaults to $TRIPKEY_ISSUER_URL, --token to $TRIPKEY_TOKEN (a responder token from
   `tripkey-issuer token create --role responder`), --ca-bundle to $TRIPKEY_CA_BUNDLE.
   Prefer the environment for the token: command lines are visible to other local users.
 
 exit codes:
-  0  success
-  1  not found (an empty list is a success: exit 0)
-  2  usage or configuration error (missing --issuer/--token, bad argument, request refused as invalid)
-  3  authentication / authorization error (bad, revoked or wrong-role token)
-  4  issuer unreachable (connection refused, DNS, timeout, TLS verification failure)
-  5  issuer error (5xx, or an answer that is not the documented JSON)
+  0    success
+  1    not found (an empty list is a success: exit 0)
+  2    usage or configuration error (missing --issuer/--token, bad argument, request refused as invalid)
+  3    authentication / authorization error (bad, revoked or wrong-role token)
+  4    issuer unreachable (connection refused, DNS, timeout, TLS failure)
+  5    issuer error (5xx), or an answer that is not the issuer's documented JSON (another web server
+       at that URL: check --issuer)
+  141  {BROKEN_PIPE_HELP}
+  With --json, an error is a JSON object {{"error": "...", "exit_code": N}} on stderr (and stdout).
 
 examples:
   tripkey alerts list --status open
@@ -49,6 +60,7 @@ examples:
   tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX
   tripkey reads --device dev_abc --since 7d
   tripkey devices list --stale --json
+  tripkey devices retire dev_abc                      # offboarding: revoke its keys, retire it
 """
 
 DEMO_EXTRA_MESSAGE = "tripkey demo needs the issuer extra: pip install 'tripkey[issuer,dev]'"
@@ -104,10 +116,20 @@ def _connection_args(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
-def _leaf(sub: Any, name: str, help_text: str, *, json_flag: bool = True) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+def _leaf(
+    sub: Any, name: str, help_text: str, examples: Sequence[str], *, json_flag: bool = True
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog="examples:\n" + "".join(f"  {line}\n" for line in examples),
+        formatter_class=HelpFormatter,
+    )
     if json_flag:
-        parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+        parser.add_argument(
+            "--json", action="store_true", help="print one JSON object (for scripts; errors too, on stderr)"
+        )
     _connection_args(parser, top=False)
     return parser
 
@@ -120,12 +142,12 @@ def _an_id(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="tripkey",
         description="Tripkey responder CLI: triage canary-credential alerts with the host context of who "
         "read the planted file.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"tripkey {__version__}")
     _connection_args(parser, top=True)
@@ -135,21 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
         "alerts",
         help="list, show, acknowledge and resolve alerts",
         description="Alerts: one per incident of a canary credential.",
+        epilog="examples:\n  tripkey alerts list --status open\n  tripkey alerts show alr_123\n",
+        formatter_class=HelpFormatter,
     )
     alert_cmds = alerts.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(alert_cmds, "list", "list alerts, newest first")
+    p = _leaf(
+        alert_cmds,
+        "list",
+        "list alerts, newest first",
+        ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].id'"],
+    )
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
     p.set_defaults(func=cmd_alerts_list)
-    p = _leaf(alert_cmds, "show", "the full alert: verdict, placement, AWS activity, readers of the file")
+    p = _leaf(
+        alert_cmds,
+        "show",
+        "the full alert: verdict, placement, AWS activity, readers of the file",
+        ["tripkey alerts show alr_123", "tripkey alerts show alr_123 --json > alert.json"],
+    )
     p.add_argument("alert_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_alerts_show)
     for action, verb in (("ack", "acknowledge"), ("resolve", "resolve")):
-        p = _leaf(alert_cmds, action, f"{verb} an alert")
+        p = _leaf(
+            alert_cmds,
+            action,
+            f"{verb} an alert",
+            [
+                f'tripkey alerts {action} alr_123 --note "on it (jdoe)"',
+                f"tripkey alerts {action} alr_123 --json",
+            ],
+        )
         p.add_argument("alert_id", metavar="ID", type=_an_id)
         p.add_argument("--note", help="a note stored with the alert (who/why)")
         p.set_defaults(func=cmd_alerts_transition, transition=action)
 
-    p = _leaf(commands, "reads", "reads of the planted files on one device (who opened them, when, how)")
+    p = _leaf(
+        commands,
+        "reads",
+        "reads of the planted files on one device (who opened them, when, how)",
+        [
+            "tripkey reads --device dev_abc --since 7d",
+            "tripkey reads --device dev_abc --path /home/alice/.aws/credentials --limit 20 --json",
+        ],
+    )
     p.add_argument(
         "--device", required=True, metavar="ID", type=_an_id, help="device id (see `tripkey devices list`)"
     )
@@ -161,29 +211,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reads)
 
     creds = commands.add_parser(
-        "credentials", help="look up a canary access key", description="Canary credentials."
+        "credentials",
+        help="look up or revoke a canary access key",
+        description="Canary credentials.",
+        epilog="examples:\n  tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX\n"
+        "  tripkey credentials revoke AKIAXXXXXXXXXXXXXXXX\n",
+        formatter_class=HelpFormatter,
     )
     cred_cmds = creds.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _leaf(
         cred_cmds,
         "lookup",
         "which host, user, file and profile hold this access key (also retired and revoked keys)",
+        [
+            "tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX",
+            "tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX --json",
+        ],
     )
     p.add_argument("access_key_id", metavar="ACCESS_KEY_ID", type=_an_id)
     p.set_defaults(func=cmd_credentials_lookup)
+    p = _leaf(
+        cred_cmds,
+        "revoke",
+        "revoke canary keys: delete them (and their IAM users) in AWS; the records stay for lookups. "
+        "Revoking an already revoked key is a success. For keys an unplant could not revoke, or a leaked "
+        "old key: a key still planted becomes a dead key in its file (it detects nothing) until the "
+        "agent rotates it; to offboard a whole host use `tripkey devices retire`.",
+        [
+            "tripkey credentials revoke AKIAXXXXXXXXXXXXXXXX",
+            "tripkey credentials revoke AKIAXXXXXXXXXXXXXXX1 AKIAXXXXXXXXXXXXXXX2 --json",
+        ],
+    )
+    p.add_argument("access_key_ids", metavar="ACCESS_KEY_ID", nargs="+", type=_an_id)
+    p.set_defaults(func=cmd_credentials_revoke)
 
     devices = commands.add_parser(
-        "devices", help="enrolled devices and their coverage", description="Enrolled devices."
+        "devices",
+        help="enrolled devices: coverage and offboarding",
+        description="Enrolled devices.",
+        epilog="examples:\n  tripkey devices list --stale\n  tripkey devices retire dev_abc\n",
+        formatter_class=HelpFormatter,
     )
     device_cmds = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(device_cmds, "list", "every enrolled device with heartbeat, sensor and planted targets")
+    p = _leaf(
+        device_cmds,
+        "list",
+        "every enrolled device with heartbeat, sensor and planted targets",
+        ["tripkey devices list", "tripkey devices list --stale --json"],
+    )
     p.add_argument("--stale", action="store_true", help="only devices whose agent stopped reporting")
     p.set_defaults(func=cmd_devices_list)
     p = _leaf(
-        device_cmds, "show", "one device's coverage: heartbeat, sensor health, planted targets, credentials"
+        device_cmds,
+        "show",
+        "one device's coverage: heartbeat, sensor health, planted targets, credentials",
+        ["tripkey devices show dev_abc", "tripkey devices show dev_abc --json"],
     )
     p.add_argument("device_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_devices_show)
+    p = _leaf(
+        device_cmds,
+        "retire",
+        "offboard a device: revoke every key it holds (in AWS) and its device tokens, mark it retired. "
+        "Its records stay, so old alerts and lookups still name it; its agent can no longer enroll "
+        "with the same state. Run it again to finish if AWS failed part-way.",
+        ["tripkey devices retire dev_abc", "tripkey devices retire dev_abc --json"],
+    )
+    p.add_argument("device_id", metavar="ID", type=_an_id)
+    p.set_defaults(func=cmd_devices_retire)
 
     p = commands.add_parser(
         "demo",
@@ -257,6 +352,34 @@ def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: 
     return _emit_one(out, args, cred, fmt.credential_report(cred))
 
 
+def cmd_credentials_revoke(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    """Look each key up (for its device and credential id), then revoke it. Stops at the first error;
+    revoking is idempotent, so running the same command again finishes the job."""
+    revoked = []
+    for access_key_id in args.access_key_ids:
+        found = client.lookup_credential(access_key_id)
+        if found.device_id is None:
+            raise UsageError(f"the issuer did not say which device holds {access_key_id}")
+        revoked.append(client.revoke_credential(found.device_id, found.credential_id).raw)
+    lines = [
+        f"revoked {c.get('access_key_id')} ({c.get('credential_id')}: {c.get('local_user')} "
+        f"{c.get('path')} [{c.get('profile')}] on {c.get('device_id')})"
+        for c in revoked
+    ]
+    return _emit_one(out, args, {"credentials": revoked}, "\n".join(lines))
+
+
+def cmd_devices_retire(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    retired = client.retire_device(args.device_id)
+    device = retired.device
+    keys = ", ".join(c.access_key_id for c in retired.revoked) or "none left to revoke"
+    text = (
+        f"device {device.device_id} ({device.hostname}) retired at {fmt.text(device.raw.get('retired_at'))}: "
+        f"device tokens revoked; keys revoked now: {keys}"
+    )
+    return _emit_one(out, args, retired.raw, text)
+
+
 def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     devices = [d.raw for d in client.list_devices() if d.stale or not args.stale]
     empty = "no stale devices" if args.stale else "no enrolled devices"
@@ -321,16 +444,26 @@ def _exit_code_for(exc: TripkeyError) -> int:
 
 
 def _hint(exc: TripkeyError) -> str:
+    """Advice only where it fits the failure: a CA hint for an untrusted certificate, not for every
+    TLS problem (https:// to a plain-HTTP port is not solved by --ca-bundle)."""
     if isinstance(exc, AuthError):
         if exc.status_code == 401:
             return " (is the token right and not revoked?)"
         return " (this needs a responder token)"
-    if isinstance(exc, IssuerUnreachable) and "TLS" in exc.reason:
-        return " (use --ca-bundle for a private CA)"
+    if isinstance(exc, IssuerUnreachable):
+        if exc.kind == "tls_verify":
+            return " (the issuer's certificate is not trusted here: for a private CA pass --ca-bundle FILE)"
+        if exc.kind == "tls":
+            return " (is the issuer really speaking https:// on that port? use http:// if it is not TLS)"
     return ""
 
 
 def main(argv: Sequence[str] | None = None, *, stdout: Out | None = None, stderr: Out | None = None) -> int:
+    """`tripkey`; a closed output pipe (`| head`) ends it quietly with exit 141."""
+    return run_quietly_on_broken_pipe(lambda: _main(argv, stdout, stderr))
+
+
+def _main(argv: Sequence[str] | None, stdout: Out | None, stderr: Out | None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -340,24 +473,26 @@ def main(argv: Sequence[str] | None = None, *, stdout: Out | None = None, stderr
         return _run_demo(argv[1:], err)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = parser.parse_args(argv)
+            args = parse_args(parser, argv)
     except SystemExit as exc:  # argparse already printed the usage error (or --help / --version)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "demo":
         return _run_demo(list(args.demo_args), err)
     func: Callable[[IssuerClient, argparse.Namespace, Out], int] = args.func
+    as_json = bool(getattr(args, "json", False))
+
+    def fail(message: str, code: int, label: str = "error") -> int:
+        return report_error("tripkey", message, code, as_json=as_json, stdout=out, stderr=err, label=label)
+
     try:
         with _make_client(args) as client:
             return func(client, args, out)
     except UsageError as exc:
-        err.write(f"tripkey: error: {exc}\n")
-        return EXIT_USAGE
+        return fail(str(exc), EXIT_USAGE)
     except NotFound as exc:
-        err.write(f"tripkey: not found: {exc.message}\n")
-        return EXIT_NOT_FOUND
+        return fail(exc.message, EXIT_NOT_FOUND, label="not found")
     except TripkeyError as exc:
-        err.write(f"tripkey: error: {exc}{_hint(exc)}\n")
-        return _exit_code_for(exc)
+        return fail(f"{exc}{_hint(exc)}", _exit_code_for(exc))
 
 
 if __name__ == "__main__":

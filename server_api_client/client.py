@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,6 +43,7 @@ from server_api_client.models import (
     IngestResult,
     IssuedCredential,
     ReadRecord,
+    RetiredDevice,
     SelftestInfo,
     parse_list,
 )
@@ -176,11 +178,11 @@ class IssuerClient:
                 tls_failure = isinstance(exc, requests.exceptions.SSLError)
                 retryable = (idempotent and not tls_failure) or _never_sent(exc)
                 if not retryable or attempt >= self.retries:
-                    raise IssuerUnreachable(url, _describe(exc)) from exc
+                    raise IssuerUnreachable(url, _describe(exc), _kind(exc)) from exc
                 log.debug("%s %s failed (%s); retry %d", method, url, type(exc).__name__, attempt + 1)
             except OSError as exc:
                 # requests raises a bare OSError when the CA bundle vanished after construction.
-                raise IssuerUnreachable(url, f"TLS setup failed: {exc}") from exc
+                raise IssuerUnreachable(url, f"TLS setup failed: {exc}", "tls") from exc
             else:
                 if response.status_code in RETRY_STATUSES and idempotent and attempt < self.retries:
                     log.debug("%s %s -> %d; retry %d", method, url, response.status_code, attempt + 1)
@@ -295,6 +297,14 @@ class IssuerClient:
     def get_device(self, device_id: str) -> Device:
         return Device.from_json(self._request("GET", f"/v1/devices/{_seg(device_id)}", idempotent=True))
 
+    def retire_device(self, device_id: str) -> RetiredDevice:
+        """Offboard a device: its keys are revoked in AWS, its tokens revoked, it is marked retired.
+
+        Idempotent (and resumable after an AWS failure part-way), so it is retried like a GET.
+        """
+        data = self._request("POST", f"/v1/devices/{_seg(device_id)}/retire", body={}, idempotent=True)
+        return RetiredDevice.from_json(data)
+
     def device_reads(
         self, device_id: str, since: str | None = None, path: str | None = None, limit: int | None = None
     ) -> list[ReadRecord]:
@@ -360,18 +370,55 @@ def _describe(exc: requests.RequestException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _kind(exc: requests.RequestException) -> str:
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = exc.args[0] if exc.args else None
+        reason = getattr(reason, "reason", reason)
+        verify = isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(exc)
+        return "tls_verify" if verify else "tls"
+    if isinstance(exc, requests.Timeout):
+        return "timeout"
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return "dns"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return "refused"
+    return "connection"
+
+
+# Statuses that mean the same whoever sends them: a proxy's body limit (the uploader halves its
+# batch) and rate limiting. Any other 4xx without the issuer's error body is not the issuer talking.
+_MEANINGFUL_FROM_ANYONE = frozenset({413, 429})
+
+
+def _error_envelope(response: requests.Response) -> tuple[str, str] | None:
+    """(code, message) of the issuer's `{"error": {"code", "message"}}`, None if the body is not that."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    if (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        return error["code"], error["message"]
+    return None
+
+
 def _decode(method: str, url: str, response: requests.Response) -> Any:
     """The JSON body of a success, or the most specific exception for an error status."""
     status = response.status_code
     if status >= 400:
-        code, message = f"http_{status}", (response.text or response.reason or "").strip()[:300]
-        try:
-            error = response.json().get("error")
-            if isinstance(error, dict):
-                code = str(error.get("code") or code)
-                message = str(error.get("message") or message)
-        except (ValueError, AttributeError):
-            pass  # a proxy's HTML error page: keep the status, show the start of the text
+        envelope = _error_envelope(response)
+        text = (response.text or response.reason or "").strip()
+        if envelope is None and status < 500 and status not in _MEANINGFUL_FROM_ANYONE:
+            kind = response.headers.get("Content-Type", "no content type")
+            raise ProtocolError(
+                f"{method} {url}: answered {status} ({kind}) without the issuer's JSON error body, so "
+                f"this is not the issuer's API (is the issuer URL right?): {' '.join(text.split())[:120]!r}"
+            )
+        code, message = envelope or (f"http_{status}", text[:300])  # a proxy's 5xx page: keep the status
         raise error_for_status(status, code, message, method=method, url=url)
     if status >= 300:
         raise ProtocolError(

@@ -9,7 +9,9 @@ Every error the client raises is a :class:`TripkeyError`; callers pick the level
       │     ├── RejectedError      any other 4xx (400, 404, 409, 413, 422)
       │     │     └── NotFound     404
       │     └── ServerError        5xx
-      └── ProtocolError            the body was not JSON or not the documented shape
+      └── ProtocolError            not the issuer's API: the body was not JSON or not the documented
+                                   shape, or a 4xx came without the issuer's JSON error body (another
+                                   web server at that URL)
 
 ``IssuerResponseError.code`` is the machine code from the issuer's JSON error body
 (``{"error": {"code": ..., "message": ...}}``), e.g. ``"unauthenticated"`` or ``"not_found"``.
@@ -24,12 +26,19 @@ class TripkeyError(Exception):
 
 
 class IssuerUnreachable(TripkeyError):
-    """The issuer could not be reached: connection refused, DNS failure, timeout or TLS failure."""
+    """The issuer could not be reached: connection refused, DNS failure, timeout or TLS failure.
 
-    def __init__(self, url: str, reason: str) -> None:
+    ``kind`` says which, for a caller that gives advice: ``"tls_verify"`` (the certificate is not
+    trusted: a private CA needs ``ca_bundle``), ``"tls"`` (any other TLS failure, e.g. https:// to a
+    port that speaks plain HTTP), ``"dns"``, ``"refused"`` (refused or no route), ``"timeout"``,
+    ``"connection"`` (anything else).
+    """
+
+    def __init__(self, url: str, reason: str, kind: str = "connection") -> None:
         super().__init__(f"issuer unreachable at {url}: {reason}")
         self.url = url
         self.reason = reason
+        self.kind = kind
 
 
 class IssuerResponseError(TripkeyError):

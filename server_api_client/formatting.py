@@ -305,7 +305,7 @@ def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
                 d.get("last_heartbeat_at"),
                 sensor_state,
                 f"{planted}/{len(targets)}" if targets else None,
-                "STALE" if d.get("stale") else "ok",
+                "RETIRED" if d.get("retired_at") else "STALE" if d.get("stale") else "ok",
             ]
         )
     return table(
@@ -319,7 +319,8 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
     targets = _targets(device)
     parts = [
         f"DEVICE {text(device.get('device_id'))}: {text(device.get('hostname'))}"
-        + ("  [STALE: no recent heartbeat]" if device.get("stale") else ""),
+        + ("  [STALE: no recent heartbeat]" if device.get("stale") else "")
+        + (f"  [RETIRED at {text(device.get('retired_at'))}]" if device.get("retired_at") else ""),
         fields(
             [
                 ("os", " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None),
@@ -329,6 +330,7 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
                 ("enrolled at", device.get("enrolled_at")),
                 ("last heartbeat", device.get("last_heartbeat_at")),
                 ("stale", device.get("stale")),
+                ("retired at", device.get("retired_at")),
             ]
         ),
         section(

@@ -161,6 +161,7 @@ class Device:
     health: dict[str, Any]
     stale: bool
     raw: dict[str, Any] = field(repr=False, compare=False)
+    retired_at: dt.datetime | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Device:
@@ -178,6 +179,7 @@ class Device:
             health=r.get_dict("health"),
             stale=r.get_bool("stale", default=False),
             raw=r.data,
+            retired_at=r.opt_time("retired_at"),
         )
 
 
@@ -226,6 +228,26 @@ class CredentialInfo:
             revoked_at=r.opt_time("revoked_at"),
             status=r.get_str("status"),
             device=None if device_data is None else Device.from_json(device_data),
+            raw=r.data,
+        )
+
+
+@dataclass(frozen=True)
+class RetiredDevice:
+    """The answer of ``retire_device``: the device (with ``retired_at``) and the keys this call revoked."""
+
+    device: Device
+    revoked: tuple[CredentialInfo, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> RetiredDevice:
+        r = _Reader(data, "RetiredDevice")
+        return cls(
+            device=Device.from_json(r.get_dict("device")),
+            revoked=tuple(
+                CredentialInfo.from_json(c) for c in parse_list(r.data, "revoked", "RetiredDevice")
+            ),
             raw=r.data,
         )
 

@@ -11,7 +11,10 @@ List/table keys (`target`, `classification_rules`) take JSON in the environment.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +33,8 @@ from agent.config.schema import (
     convert_value,
     suggest,
 )
+
+log = logging.getLogger(__name__)
 
 
 def load_config(
@@ -80,11 +85,16 @@ def _read_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        hint = ""
+        if exc.errno in (errno.EACCES, errno.EPERM) and getattr(os, "geteuid", lambda: 0)() != 0:
+            hint = " (it holds the enrollment token, so it is root-only: run as root)"
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}{hint}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if data.get("enroll_token"):
+        _warn_if_others_can_read(path)
     for alias, key in ALIASES.items():
         if alias in data:
             if key in data:
@@ -95,6 +105,25 @@ def _read_file(path: Path) -> dict[str, Any]:
             hint = suggest(key)
             raise ConfigError(f"unknown configuration key {key!r} in {path}{hint}")
     return data
+
+
+def _warn_if_others_can_read(path: Path) -> None:
+    """Anyone who can read the enrollment token can enroll fake devices and learn which profile is
+    the canary: say so every time the file is read (POSIX modes only; Windows has ACLs)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & stat.S_IROTH:
+        log.warning(
+            "config file %s holds the enrollment token and every local user can read it "
+            "(mode %s): chmod 600 %s",
+            path,
+            stat.filemode(mode),
+            path,
+        )
 
 
 def _from_env(env: Mapping[str, str]) -> dict[str, Any]:

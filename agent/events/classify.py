@@ -23,6 +23,8 @@ from agent.events.model import ProcessInfo, ReadEvent
 
 UNKNOWN = "unknown"
 LABELS = ("aws_tool", "indexer_backup_av", "secret_scanner", "shell_utility", "editor", UNKNOWN)
+# Given by the agent itself, never by a rule: a rule could otherwise excuse any reader as the self-test.
+RESERVED_LABELS = frozenset({"self_test"})
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CONDITIONS = ("program", "cmdline_contains", "cmdline_regex", "ancestor")
 _ALLOWED_KEYS = frozenset({"name", "label", *_CONDITIONS})
@@ -84,6 +86,8 @@ class Rule:
         label = raw.get("label")
         if not isinstance(label, str) or not _LABEL_RE.match(label):
             raise RuleError(f"{where}: 'label' must be a lower-case word like 'aws_tool', got {label!r}")
+        if label in RESERVED_LABELS:
+            raise RuleError(f"{where}: the label {label!r} is reserved for the agent's own self-test reads")
         name = raw.get("name", where)
         if not isinstance(name, str):
             raise RuleError(f"{where}: 'name' must be a string")

@@ -421,6 +421,7 @@ class Planter:
             result: dict[str, Any] = {
                 "path": path,
                 "profile": profile,
+                "access_key_id": ts.access_key_id if ts else None,
                 "removed": False,
                 "revoked": None,
                 "error": None,

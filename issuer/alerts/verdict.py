@@ -25,6 +25,9 @@ SECRET_SCANNER = "secret_scanner"
 SHELL_UTILITY = "shell_utility"
 UNKNOWN = "unknown"
 EDITOR = "editor"
+# `tripkey-agent trigger` reading its own canary (the agent labels it from a root-only mark of the
+# trigger's pid and start time, never from a name a process chose): expected, never a leak path.
+SELF_TEST = "self_test"
 # Labels of agent/events/classify.py. Indexers, backups and antivirus are background copiers: they do not use
 # the key but may carry the file elsewhere. Editors and shell utilities show the key to a person.
 # Any other label (an organisation's own rule) is treated like an unknown reader: named, suspicious.
@@ -99,7 +102,17 @@ def describe_process(read: ReadFact) -> str:
 
 
 def decide(facts: VerdictInput) -> Verdict:
+    own = [read for read in facts.reads if read.classification == SELF_TEST]
+    facts = dataclasses.replace(facts, reads=tuple(r for r in facts.reads if r.classification != SELF_TEST))
     fired: list[tuple[str, str]] = []
+    if own:
+        fired.append(
+            (
+                "likely_benign",
+                f"{len(own)} read(s) by the agent's own self-test (tripkey-agent trigger, pid {own[0].pid}), "
+                "which copies the key only into a root-only temporary file: not a way the key left",
+            )
+        )
 
     reported = [
         r
@@ -163,7 +176,7 @@ def decide(facts: VerdictInput) -> Verdict:
         )
 
     context_ok = not facts.agent_stale and facts.sensor_healthy and facts.lost_events == 0
-    if not facts.reads and context_ok:
+    if not facts.reads and context_ok and not (facts.selftest and own):
         fired.append(
             (
                 "key_copied_elsewhere",

@@ -101,6 +101,7 @@ class DeviceOut(BaseModel):
     last_heartbeat_at: dt.datetime | None
     health: dict[str, Any]
     stale: bool
+    retired_at: dt.datetime | None = None
 
 
 class CredentialInfo(BaseModel):
@@ -125,6 +126,11 @@ class CredentialInfo(BaseModel):
 
 class CredentialList(BaseModel):
     credentials: list[CredentialInfo]
+
+
+class RetiredDeviceOut(BaseModel):
+    device: DeviceOut
+    revoked: list[CredentialInfo]  # credentials this call revoked (none when it was already retired)
 
 
 class CredentialLookup(CredentialInfo):

@@ -15,6 +15,8 @@ import secrets
 import sys
 from typing import Any
 
+from server_api_client.cli_conventions import HelpFormatter, report_error
+
 #: The HTTP header an EventBridge API destination sends the ingest key in.
 INGEST_KEY_HEADER = "X-Tripkey-Ingest-Key"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -36,6 +38,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
             "[[ingest_destinations]] table in the issuer's config file; the issuer stores only the hash."
         ),
     )
+    create.epilog = (
+        "examples:\n"
+        "  tripkey-issuer ingest-secret create --name eventbridge-us-east-1\n"
+        "  tripkey-issuer ingest-secret create --name eventbridge-eu-west-1 --json\n"
+    )
+    create.formatter_class = HelpFormatter
     create.add_argument("--name", required=True, help="destination name, the last part of the ingest URL")
     create.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -60,8 +68,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         data = create_secret(args.name)
     except ValueError as exc:
-        print(f"tripkey-issuer: error: {exc}", file=sys.stderr)
-        return 2
+        return report_error("tripkey-issuer", str(exc), 2, as_json=args.json)
     if args.json:
         print(json.dumps(data, indent=2))
     else:

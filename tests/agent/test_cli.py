@@ -94,6 +94,13 @@ def test_unplant_without_issuer_says_keys_were_not_revoked(
     assert code == 4
     assert "NOT revoked" in out and "removed" in out
     assert setup["users"][0].credentials.read_bytes() == SEED
+    # The exact commands that finish the job later: on this host, or by key / device from a responder.
+    state = json.loads((setup["state"] / "state.json").read_text())
+    keys = [state["targets"][path]["access_key_id"] for path in sorted(state["targets"])]
+    assert len(keys) == 2
+    assert "  sudo tripkey-agent unplant   # on this host, once the issuer is reachable" in out
+    assert f"  tripkey credentials revoke {' '.join(keys)}   # with a responder token" in out
+    assert f"  tripkey devices retire {state['device_id']}   # if this host is being offboarded" in out
 
 
 def test_conflict_gives_exit_3(setup: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,11 +117,14 @@ def test_trigger_uses_the_canary_with_the_aws_cli(
     alice = setup["users"][0]
     assert run(capsys, "plant-once", "--config", cfg)[0] == 0
     code, out, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials), "--json")
-    assert code == 0, err
+    # The session's moto server allows every call, so the canary's deny is not in effect: exit 7
+    # (tests/e2e/test_selftest_e2e.py runs the trigger against a moto that enforces IAM).
+    assert code == 7, err
     report = json.loads(out)
     state = json.loads((setup["state"] / "state.json").read_text())
     planted = state["targets"][str(alice.credentials)]
     assert report["used"] is True and report["credential_id"] == planted["credential_id"]
+    assert report["outcome"] == "not_denied" and json.loads(err)["exit_code"] == 7
     assert report["identity"]["Arn"].startswith("arn:aws:iam::")
     assert report["selftest_id"]
     code, out, err = run(capsys, "trigger", "--config", cfg, "--target", "/nowhere/credentials")
@@ -260,16 +270,23 @@ def test_every_command_has_help_with_exit_codes(command: str, capsys: pytest.Cap
     assert info.value.code == 0
     assert "--config" in out and "exit codes:" in out
     scripted = command not in ("run", "tray")  # a service and a GUI have no output to parse
-    assert ("--json" in out) is scripted
+    assert ("--json" in out.split("exit codes:")[0]) is scripted
 
 
 def test_errors_are_json_with_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A script that asked for --json gets a JSON error object on stdout (and the sentence on stderr)."""
+    """A script that asked for --json gets the error as one JSON object on stderr, and on stdout."""
     bad = tmp_path / "bad.toml"
     bad.write_text("all_user = true\n")
     code, out, err = run(capsys, "status", "--json", "--config", str(bad))
-    assert code == 2 and "unknown configuration key 'all_user'" in err
-    assert json.loads(out) == {"error": err.strip().removeprefix("tripkey-agent: "), "exit_code": 2}
+    assert code == 2 and "unknown configuration key 'all_user'" in json.loads(err)["error"]
+    assert json.loads(out) == json.loads(err) == {"error": json.loads(err)["error"], "exit_code": 2}
+    code, out, err = run(capsys, "status", "--config", str(bad))
+    assert code == 2 and err.startswith("tripkey-agent: configuration error: unknown configuration key")
+    with pytest.raises(SystemExit) as usage:  # argparse's own usage errors, as JSON when --json is given
+        main(["reads", "--limit", "many", "--json"])
+    out, err = capsys.readouterr()
+    assert usage.value.code == 2 and "invalid int value: 'many'" in json.loads(err)["error"]
+    assert json.loads(out) == json.loads(err)
     code, out, err = run(capsys, "unplant", "--json", "--state-dir", str(tmp_path / "s"), "--set", "x=1")
     assert code == 2 and json.loads(out)["exit_code"] == 2
     code, out, _ = run(capsys, "status", "--config", str(bad))
@@ -284,7 +301,7 @@ def test_state_dir_of_another_user_is_refused_by_every_writer(
     os.chown(setup["state"], 23999, 23999)
     for command in ("plant-once", "unplant"):
         code, out, err = run(capsys, command, "--json", "--config", setup["config"])
-        assert code == 1 and "owned by uid 23999" in err, (command, err)
+        assert code == 1 and "owned by uid 23999" in json.loads(err)["error"], (command, err)
         assert json.loads(out)["exit_code"] == 1
     assert list(setup["state"].iterdir()) == []
     assert not any(
@@ -307,7 +324,7 @@ def test_trigger_never_follows_a_users_symlink(
     alice.credentials.unlink()
     os.symlink(roots, alice.credentials)
     code, out, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials), "--json")
-    assert code == 1 and "symlink" in err and json.loads(out)["exit_code"] == 1
+    assert code == 1 and "symlink" in json.loads(err)["error"] and json.loads(out)["exit_code"] == 1
     assert "AKIAROOTKEY" not in out + err
     # A file whose profile is no longer the planted canary (e.g. the user's own key) is not used either.
     alice.credentials.unlink()

@@ -345,12 +345,13 @@ def test_help_documents_exit_codes() -> None:
     run = tripkey(None, "--help")
     assert run.code == 0
     for code in (
-        "0  success",
-        "1  not found",
-        "2  usage",
-        "3  auth",
-        "4  issuer unreachable",
-        "5  issuer error",
+        "0    success",
+        "1    not found",
+        "2    usage",
+        "3    auth",
+        "4    issuer unreachable",
+        "5    issuer error",
+        "141  the output's reader went away",
     ):
         assert code in run.out
     sub = tripkey(None, "reads", "--help")

@@ -1,4 +1,4 @@
-"""Devices: list and show (responder, or a device itself) and a device's read log (responder)."""
+"""Devices: list and show (responder, or a device itself), a device's read log and retirement (responder)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from fastapi import APIRouter, Query
 
 from issuer import agent_events, registry
 from issuer.api.auth import DeviceOrResponderAuth, ResponderAuth
-from issuer.api.deps import SessionDep, SettingsDep
-from issuer.api.schemas import DeviceList, DeviceOut, ReadList
-from issuer.errors import InvalidRequest
+from issuer.api.deps import GatewayDep, SessionDep, SettingsDep
+from issuer.api.schemas import DeviceList, DeviceOut, ReadList, RetiredDeviceOut
+from issuer.aws.config import AwsError
+from issuer.errors import AwsUpstreamError, InvalidRequest
 
 router = APIRouter(tags=["devices"])
 
@@ -46,3 +47,22 @@ def list_reads(
         raise InvalidRequest("query.path: must not contain NUL characters")
     events = agent_events.query_reads(session, device_id, since=since_time, path=path, limit=limit)
     return {"reads": [agent_events.read_record(e) for e in events]}
+
+
+@router.post("/v1/devices/{device_id}/retire", response_model=RetiredDeviceOut)
+def retire_device(
+    device_id: str, _auth: ResponderAuth, session: SessionDep, settings: SettingsDep, gateway: GatewayDep
+) -> dict[str, Any]:
+    """Offboard a device: revoke all its credentials in AWS and its device tokens, mark it retired.
+
+    Idempotent; after a 502 (AWS failed part-way) call it again to finish. The device's agent can no
+    longer enroll with the same device key (409).
+    """
+    try:
+        retired = registry.retire_device(session, gateway, device_id)
+    except AwsError as exc:
+        raise AwsUpstreamError(f"AWS call failed while revoking the device's keys: {exc}") from exc
+    return {
+        "device": registry.device_info(retired.device, settings.stale_after_seconds),
+        "revoked": [registry.credential_info(c) for c in retired.revoked],
+    }

@@ -174,3 +174,10 @@ def test_rule_files():
         load_rules("[[rule]\n", "x.toml")
     with pytest.raises(RuleError, match=r"x\.toml: expected \[\[rule\]\] tables"):
         load_rules('rule = "x"', "x.toml")
+
+
+def test_no_rule_may_claim_the_self_test_label() -> None:
+    """Only the agent labels reads self_test (from the trigger's root-only mark): a rule that could
+    would excuse any reader it matched as the self-test."""
+    with pytest.raises(RuleError, match="reserved for the agent's own self-test"):
+        Classifier.from_config([{"name": "mine", "label": "self_test", "program": ["curl"]}])

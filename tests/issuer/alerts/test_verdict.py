@@ -151,3 +151,31 @@ def test_reads_the_agent_never_delivered_count_as_lost(health: dict[str, object]
 
     device = Device(id="dev_x", hostname="h", os="linux", last_heartbeat_at=USE, health=health)
     assert agent_health(device, USE, stale_after_seconds=600)["lost_events"] == lost
+
+
+TRIGGER = dict(exe="/usr/bin/python3", cmdline=("/usr/bin/python3", "/usr/bin/tripkey-agent", "trigger"))
+
+
+def test_the_self_tests_own_read_is_never_suspicious() -> None:
+    """`tripkey-agent trigger` reads the planted file itself; the agent labels that read self_test."""
+    own = read("self_test", user="root", minutes_before=1, **TRIGGER)
+    verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(own,), selftest=True))
+    assert verdict.hint == "likely_benign", verdict.reasons
+    assert not any(reason.startswith("suspicious") for reason in verdict.reasons)
+    assert any("agent's own self-test" in reason and "pid 4242" in reason for reason in verdict.reasons)
+
+
+def test_an_unknown_reader_during_a_self_test_is_still_suspicious() -> None:
+    own = read("self_test", user="root", minutes_before=1, **TRIGGER)
+    stranger = read("unknown", minutes_before=3, exe="/tmp/.x/stealer", cmdline=("stealer",))
+    verdict = decide(
+        VerdictInput(first_use=USE, placement_user="alice", reads=(own, stranger), selftest=True)
+    )
+    assert verdict.hint == "suspicious" and "/tmp/.x/stealer" in " ".join(verdict.reasons)
+
+
+def test_a_self_test_read_does_not_explain_a_later_real_use() -> None:
+    """Outside a self-test, the trigger's read is no leak path: the key travelled some other way."""
+    own = read("self_test", user="root", minutes_before=60, **TRIGGER)
+    verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(own,)))
+    assert verdict.hint == "key_copied_elsewhere", verdict.reasons

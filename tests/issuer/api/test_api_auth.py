@@ -32,6 +32,8 @@ ROUTE_TABLE: list[tuple[str, str, Any, set[str]]] = [
     ("GET", "/v1/alerts/{alert_id}", None, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/ack", {}, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/resolve", {}, {"responder"}),
+    # Last: the responder's call retires device A (its tokens revoked), which the rows above need live.
+    ("POST", "/v1/devices/{device_id}/retire", {}, {"responder"}),
 ]
 
 
