@@ -122,11 +122,17 @@ class AgentService:
                 log.error("cannot enroll: %s", exc)
                 return 1
             self.planter = Planter(
-                config, store, client, emit=self._spool_put, clock=self.clock, on_secret=self._scrub_secret
+                config,
+                store,
+                client,
+                emit=self._spool_put,
+                clock=self.clock,
+                on_secret=self._scrub_secret,
+                on_new_file=self._watch_new_file,
             )
             self.planter.sync(targets, errors)
             self._start_sensor()
-            self.watcher = RepairWatcher(self.planter)
+            self.watcher = RepairWatcher(self.planter, on_change=self._target_changed)
             self.watcher.start(self.planter.paths)
             self._start_selfreport()
             for name, target in (
@@ -210,6 +216,18 @@ class AgentService:
             return unavailable_health(self.config.sensor, f"health check failed: {exc}")
         health["lost_events"] = int(health.get("lost_events") or 0) + self._queue_lost
         return health
+
+    def _watch_new_file(self, path: str, fd: int) -> None:
+        """The planter's hook: a new version of `path` is about to be renamed into place."""
+        sensor = self.sensor
+        if sensor is not None:
+            sensor.watch_new_file(path, fd)
+
+    def _target_changed(self, path: str) -> None:
+        """The repair watcher saw `path` change: someone may have put a new inode there."""
+        sensor = self.sensor
+        if sensor is not None:
+            sensor.refresh([path])
 
     def _on_read(self, event: Any) -> None:
         """Sensor callback: must return at once; storage happens on the consumer thread."""

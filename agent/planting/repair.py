@@ -7,6 +7,9 @@ close-without-write are not, so reads of the file never wake the watcher. inotif
 about the file without opening it; the inspection that follows is done by the agent's own process,
 which the fanotify sensor deliberately skips.
 
+Every change of a target's directory entry is also passed at once to `on_change` (the service
+points it at the sensor's `refresh`: a file someone else replaced is a new inode to watch).
+
 Our own writes are ignored twice over: nothing is judged while the planter is writing a path, and
 afterwards a file whose bytes hash to what the agent last wrote is "ours" (no event). Everything
 else is handed to `Planter.ensure`, which decides (tamper? conflict? the user only edited their own
@@ -20,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from watchdog.events import (
     DirDeletedEvent,
@@ -69,17 +72,28 @@ class _Handler(FileSystemEventHandler):
             return
         if src in w.paths:
             hint = {"deleted": "deleted", "moved": "moved"}.get(event.event_type, "modified")
+            w.changed(src)
             w.notify(src, hint)
         if dest and dest in w.paths:
+            w.changed(dest)
             w.notify(dest, "modified")  # something was renamed onto the target (atomic replace)
 
 
 class RepairWatcher:
     """Watches the targets' directories and asks the planter to repair; one worker thread."""
 
-    def __init__(self, planter: Planter, *, debounce: float = 0.2) -> None:
+    def __init__(
+        self,
+        planter: Planter,
+        *,
+        debounce: float = 0.2,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self.planter = planter
         self.debounce = debounce
+        # Told at once (watchdog's thread, before the debounce) that a target's directory entry
+        # changed: the sensor re-checks which inode is there now (a replace by someone else).
+        self.on_change = on_change
         self.paths: frozenset[str] = frozenset()
         self._watches: dict[str, ObservedWatch] = {}
         self._observer: Observer | None = None  # type: ignore[valid-type]
@@ -155,7 +169,16 @@ class RepairWatcher:
             self._stale.add(directory)
         for path in self.paths:
             if os.path.dirname(path) == directory:
+                self.changed(path)
                 self.notify(path, "deleted")
+
+    def changed(self, path: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(path)
+        except Exception:
+            log.exception("change hook for %s failed", path)
 
     def notify(self, path: str, hint: str) -> None:
         with self._cond:

@@ -4,7 +4,7 @@ Threads (none of them ever opens a marked file by path, which would deadlock on 
 
   reader    drains the fanotify fd (non-blocking + poll with a wake pipe), parses records, and
             for every permission event registers it with the guard *before* anything else. Our
-            own pid, other files of the directory, and duplicates are allowed at once; events
+            own pid, inodes unmarked a moment ago, and duplicates are allowed at once; events
             for planted files go to the capture workers. It never blocks on anything slow, so
             every event reaches the guard even while captures or the callback stall.
   capture   reads the reader's /proc context (tied to it by the pidfd when the kernel reports
@@ -15,8 +15,11 @@ Threads (none of them ever opens a marked file by path, which would deadlock on 
   dispatch  calls the callback. It runs after the reader was allowed, so a slow callback delays
             nobody's open(); events wait in a bounded queue (overflow counted as lost).
 
-Marks go on each target's PARENT directory with FAN_EVENT_ON_CHILD, so an atomic replace (rename
-over the file) stays watched. Events are filtered to planted files by readlink of the event fd.
+Marks go on each planted file's INODE (agent.sensors._fanotify_marks): every name of the file is
+watched (hard links, a renamed ~/.aws, bind mounts, /proc/self/fd) and nothing else in the directory
+is ever held. Events are matched to targets by the event fd's (device, inode), never by path. An
+atomic replace by the agent is marked before the rename (`watch_new_file`); one by anyone else at
+the next `refresh` (the agent calls it when its repair watcher sees the file change).
 
 Dedupe (see OpenBooks): one open is one ReadEvent(access="open"); a close whose open we never
 saw is reported as access="close".
@@ -43,7 +46,7 @@ from agent.sensors import _fanotify_abi as abi
 from agent.sensors import _procinfo as procinfo
 from agent.sensors._fanotify_books import FanotifyHealth, OpenBooks
 from agent.sensors._fanotify_guard import PermissionGuard, renice_current_thread
-from agent.sensors._fanotify_marks import DirectoryMarks
+from agent.sensors._fanotify_marks import InodeMarks
 from agent.sensors.base import Capabilities, ReadCallback, Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,6 @@ class _Work:
     time: dt.datetime
 
 
-def normalize(path: str) -> str:
-    """The path as the kernel will report it for an event fd (symlinks resolved, absolute)."""
-    return os.path.realpath(os.path.abspath(os.fsdecode(path)))
-
-
 class FanotifySensor(Sensor):
     """fanotify permission events: context captured while the reader is held, then always allowed."""
 
@@ -74,7 +72,7 @@ class FanotifySensor(Sensor):
     mode = "permission"
     capabilities = Capabilities(has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=True)
     _init_class = abi.FAN_CLASS_CONTENT
-    _mark_mask = abi.FAN_OPEN_PERM | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE | abi.FAN_EVENT_ON_CHILD
+    _mark_mask = abi.FAN_OPEN_PERM | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE
 
     def __init__(
         self,
@@ -95,8 +93,7 @@ class FanotifySensor(Sensor):
         # from ~35 ms to ~10 ms in bench runs (load 8 on 2 cores). None leaves priority alone.
         self.nice = nice
         self._capture = capture or procinfo.capture
-        self._watched = frozenset(normalize(p) for p in self.paths)
-        self._marks = DirectoryMarks(self.name, self._mark_mask)
+        self._marks = InodeMarks(self.name, self._mark_mask)
         self._fan_fd = -1
         self._fd_lock = threading.Lock()  # the group fd is closed once, by stop() or _fail_open()
         self._wake_r = self._wake_w = -1
@@ -158,7 +155,8 @@ class FanotifySensor(Sensor):
             abi.raise_nofile_limit()
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             self._guard = PermissionGuard(self._fan_fd, self.budget, nice=self.nice)
-            self._apply_marks(self._watched)
+            self._marks.bind(self._fan_fd)
+            self._marks.set_paths(self.paths)
             self._spawn("reader", self._read_loop)
             for n in range(self._workers):
                 self._spawn(f"capture-{n}", self._capture_loop)
@@ -167,8 +165,8 @@ class FanotifySensor(Sensor):
             self.stop()  # never leave a group (holding readers) behind a failed start
             raise
         log.info(
-            "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s) in %d dir(s)",
-            self.name, self.mode, self._pidfd, self.budget * 1000, len(self._watched), len(self._marks),
+            "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s), %d inode(s)",
+            self.name, self.mode, self._pidfd, self.budget * 1000, len(self.paths), len(self._marks),
         )  # fmt: skip
 
     def _init_group(self) -> int:
@@ -240,17 +238,21 @@ class FanotifySensor(Sensor):
     # -- marks ----------------------------------------------------------------------------------
 
     def set_paths(self, paths: Iterable[str]) -> None:
+        """Watch exactly these files; also marks a file someone else replaced since (a new inode)."""
         self.paths = frozenset(paths)
-        watched = frozenset(normalize(p) for p in self.paths)
         if self._started and not self._stopped:
-            self._apply_marks(watched)
-        self._watched = watched
+            self._marks.set_paths(self.paths)
 
-    def _apply_marks(self, watched: frozenset[str]) -> None:
-        """Mark every target's directory (again: a replaced directory is a new inode), drop the rest."""
-        self._watched = self._watched | watched  # a new target is reported from its mark on
-        self._marks.apply(self._fan_fd, {os.path.dirname(p) for p in watched})
-        self._watched = watched
+    def refresh(self, paths: Iterable[str] | None = None) -> None:
+        """Re-check what is at each path now (cheap: one stat each); the agent calls it on changes."""
+        if self._started and not self._stopped:
+            self._marks.refresh(paths)
+
+    def watch_new_file(self, path: str, fd: int) -> None:
+        """Mark the new version of `path` (open as `fd`, not yet renamed into place)."""
+        if self._started and not self._stopped:
+            self._marks.add_new(path, fd)
+            self.paths = self.paths | {path}
 
     # -- reader thread --------------------------------------------------------------------------
 
@@ -330,8 +332,8 @@ class FanotifySensor(Sensor):
         if event.pid == self._own_pid:
             self._own_skipped += 1
             return False
-        path = abi.event_fd_path(event.fd)
-        if path is None or path not in self._watched:
+        path = self._marks.lookup(abi.event_inode(event.fd))
+        if path is None:  # an inode unmarked a moment ago: nothing of ours
             return False
         access = self._dedupe(event, path)
         if access is None:
@@ -463,7 +465,7 @@ class FanotifyNotifySensor(FanotifySensor):
         has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False, weaker=True
     )
     _init_class = abi.FAN_CLASS_NOTIF
-    _mark_mask = abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE | abi.FAN_EVENT_ON_CHILD
+    _mark_mask = abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE
 
     def _detail(self) -> str | None:
         base = "notification-only (weaker): readers are not held, context may be missing for short-lived ones"

@@ -86,3 +86,23 @@ class Sensor(abc.ABC):
     @abc.abstractmethod
     def health(self) -> SensorHealth:
         """Current health, including how many events were lost (never silently dropped)."""
+
+    # -- identity of the watched files (sensors keyed by inode override these) ---------------------
+
+    def watch_new_file(self, path: str, fd: int) -> None:
+        """`fd` is the new version of planted file `path`, written and fsync'd but not yet renamed
+        over it: watch it now, so it is watched from the moment it becomes visible.
+
+        Called by the agent for every plant, replace, rotation and repair, just before the rename.
+        Sensors that watch paths (audit rules, eslogger, SACLs) need nothing: the default does
+        nothing. Must be quick and must not open the file by its path.
+        """
+        return None
+
+    def refresh(self, paths: Iterable[str] | None = None) -> None:
+        """Someone else may have replaced the files at these paths (None: every watched path).
+
+        The agent calls this when its repair watcher sees a target change, so a sensor that
+        watches inodes can watch the new one. The default (path-based sensors) does nothing.
+        """
+        return None
