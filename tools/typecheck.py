@@ -28,6 +28,7 @@ LINUX_ONLY = (
     "agent/sensors/_audit",
     "agent/sensors/_procinfo",
     "agent/sensors/_ebpf",
+    "agent/supervisor",  # the deadman's supervisor process: fork, pidfd, prctl
 )
 
 

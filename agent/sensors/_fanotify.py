@@ -47,7 +47,7 @@ from agent.sensors import _procinfo as procinfo
 from agent.sensors._fanotify_books import FanotifyHealth, OpenBooks
 from agent.sensors._fanotify_guard import PermissionGuard, renice_current_thread
 from agent.sensors._fanotify_marks import InodeMarks
-from agent.sensors.base import Capabilities, ReadCallback, Sensor, SensorUnavailable
+from agent.sensors.base import Capabilities, DeadmanPetter, ReadCallback, Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ __all__ = ["FanotifyHealth", "FanotifyNotifySensor", "FanotifySensor"]
 
 CaptureFunc = Callable[[int, int | None], procinfo.ProcContext]
 READ_BUFFER = 4096  # ≤128 records per read: bounds the fds the kernel installs at once
+DEADMAN_SLACK = 0.25  # a reader still held this long past the budget means the guard is wedged
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class FanotifySensor(Sensor):
         self._own_pid = os.getpid()
         self._started = self._stopped = False
         self._fatal: str | None = None
+        self._petter: DeadmanPetter | None = None
+        self._next_pet = 0.0
         self._stats_lock = threading.Lock()  # counters bumped from several threads
         self._lost = self._reported = self._own_skipped = self._missing = self._cb_errors = 0
 
@@ -262,15 +265,26 @@ class FanotifySensor(Sensor):
         except BaseException as exc:  # a dead reader would leave readers queued in the kernel
             self._fail_open(f"reader thread crashed: {type(exc).__name__}: {exc}")
             raise
+        finally:
+            petter, self._petter = self._petter, None
+            if petter is not None:  # nothing is answered here any more: the agent pets
+                petter.release()
 
     def _drain(self) -> None:
         poller = select.poll()
         poller.register(self._fan_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopped:
-            ready = {fd for fd, _ in poller.poll()}
+            petter = self._petter
+            # Idle, this thread wakes only to pet the deadman (every timeout/3), or never.
+            ready = {fd for fd, _ in poller.poll(-1 if petter is None else petter.interval * 1000)}
+            self._pet_if_alive()
             if self._wake_r in ready:
-                return
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                continue  # stop (the loop ends) or a deadman was attached (pet from now on)
+            if self._fan_fd not in ready:
+                continue
             try:
                 data = os.read(self._fan_fd, READ_BUFFER)
             except BlockingIOError:
@@ -290,6 +304,33 @@ class FanotifySensor(Sensor):
                 return
             for event in events:
                 self._handle(event)
+
+    # -- deadman ----------------------------------------------------------------------------------
+
+    def attach_deadman(self, petter: DeadmanPetter) -> bool:
+        """Pet from the reader thread, the one every permission event passes through first."""
+        if not self._started or self._stopped or self._fatal is not None:
+            return False
+        self._petter = petter
+        self._next_pet = 0.0
+        os.write(self._wake_w, b"p")  # the reader may be asleep in poll() with no timeout
+        return True
+
+    def _pet_if_alive(self) -> None:
+        """Pet if this thread runs AND the guard keeps its promise (no reader held well past the
+        budget): a wedged guard or reader stops the pets, and the deadman kills the process."""
+        petter = self._petter
+        now = time.monotonic()
+        if petter is None or now < self._next_pet:
+            return
+        self._next_pet = now + petter.interval
+        assert self._guard is not None
+        late = self._guard.overdue(slack=max(self.budget, DEADMAN_SLACK))
+        if late:
+            log.error("%s: %d reader(s) held past the fail-open budget; not petting the deadman",
+                      self.name, late)  # fmt: skip
+            return
+        petter.pet()
 
     def _fail_open(self, reason: str) -> None:
         """Stop sensing loudly and let every held and queued reader through (closing the group)."""
