@@ -425,3 +425,23 @@ def test_unparseable_kernel_data_stops_sensing_loudly_and_lets_readers_through(
     health = sensor.health()  # type: ignore[attr-defined]
     assert not health.healthy and "version 4" in (health.error or "")
     assert any(r.levelname == "CRITICAL" and "NOT recorded" in r.getMessage() for r in caplog.records)
+
+
+@requires_root
+def test_capture_threads_get_the_interpreter_back_quickly_while_running(
+    fan_target: Path, fan_collector: FanCollector
+) -> None:
+    """Big-file parsing elsewhere in the agent must not hold the GIL for 5 ms each time a capture
+    thread wants it (issue #10's 10,000-profile churn); the setting is put back at stop."""
+    import sys
+
+    from agent.sensors._fanotify import FanotifySensor
+
+    before = sys.getswitchinterval()
+    sensor = FanotifySensor([str(fan_target)], fan_collector)
+    sensor.start()
+    try:
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sensor.stop()
+    assert sys.getswitchinterval() == before
