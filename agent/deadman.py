@@ -11,9 +11,11 @@ fd (the kernel does that when the process dies) releases every held reader at on
   (agent.supervisor), which SIGKILLs the agent after `deadman_seconds` without one and restarts it.
 
 Who pets matters: a sensor that holds readers pets from the code path that answers them
-(`Sensor.attach_deadman`), so a wedged capture path stops the petting. Until a sensor takes over, and
-for sensors that never hold a reader, the service's own petter thread pets (`start`), so a stopped
-agent is killed and restarted whatever its sensor. Pets go out every timeout/3.
+(`Sensor.attach_deadman`), so a wedged capture path stops the petting, and the deadman's timeout is
+then the tight one (1.5 s). Until a sensor takes over, and for sensors that never hold a reader
+(audit, eBPF), the service's own petter thread pets (`start`) and the timeout is relaxed to 30 s: a
+stopped agent holds nobody then, it is still killed and restarted, and an idle agent wakes up every
+10 s instead of twice a second. Pets go out every timeout/3.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PETS_PER_TIMEOUT = 3  # pet every timeout/3: two pets may be late before the deadman fires
+# While no sensor holds a reader (before the sensor starts, audit, eBPF, a sensor that stopped), a
+# stopped agent harms nobody's tools: the deadman waits this long (killing and restarting a wedged
+# agent still), and the agent wakes up every 10 s to pet instead of every 0.5 s.
+RELAXED_TIMEOUT = 30.0
 
 
 class Petter:
@@ -38,8 +44,11 @@ class Petter:
     def __init__(self, deadman: Deadman, owner: str) -> None:
         self._deadman = deadman
         self.owner = owner
-        self.interval = deadman.interval
         self.released = False
+
+    @property
+    def interval(self) -> float:
+        return self._deadman.interval
 
     def pet(self) -> None:
         if not self.released:
@@ -52,13 +61,20 @@ class Petter:
 
 
 class Deadman:
-    """Disarmed by default (in-process tests, macOS/Windows, `deadman_seconds = 0`): pets go nowhere."""
+    """Disarmed by default (in-process tests, macOS/Windows, `deadman_seconds = 0`): pets go nowhere.
+
+    `timeout` is the tight one, used while a sensor that holds readers pets (`delegate`); otherwise
+    the deadman is told to wait `relaxed` seconds (systemd: WATCHDOG_USEC=; the supervisor: a
+    message down its pipe)."""
 
     kind = "off"
 
-    def __init__(self, timeout: float = 0.0, reason: str = "not armed") -> None:
-        self.timeout = timeout
-        self.interval = timeout / PETS_PER_TIMEOUT if timeout > 0 else 1.0
+    def __init__(
+        self, timeout: float = 0.0, reason: str = "not armed", relaxed: float = RELAXED_TIMEOUT
+    ) -> None:
+        self.tight = timeout
+        self.relaxed = max(relaxed, timeout)
+        self.timeout = timeout  # what the deadman was last told
         self.reason = reason
         self._cond = threading.Condition()
         self._delegate: Petter | None = None
@@ -71,9 +87,17 @@ class Deadman:
     def armed(self) -> bool:
         return self.kind != "off"
 
+    @property
+    def interval(self) -> float:
+        return self.timeout / PETS_PER_TIMEOUT if self.timeout > 0 else 1.0
+
     # -- transport (subclasses) -------------------------------------------------------------------
 
     def _send(self, message: bytes) -> None:
+        return None
+
+    def _announce(self, timeout: float) -> None:
+        """Tell the deadman its new timeout."""
         return None
 
     def pet(self) -> None:
@@ -90,13 +114,28 @@ class Deadman:
         """The service is up (systemd: READY=1, which also starts the watchdog clock)."""
         return None
 
+    def _set_timeout(self, seconds: float) -> None:
+        if not self.armed or seconds == self.timeout:
+            return
+        self.pet()  # a fresh pet first: tightening must not fire on an old one
+        try:
+            self._announce(seconds)
+        except OSError as exc:
+            log.error("deadman (%s): cannot change the timeout to %.1f s: %s", self.kind, seconds, exc)
+            return
+        with self._cond:
+            self.timeout = seconds
+            self._cond.notify_all()
+
     # -- who pets -----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Pet from a service thread now, and whenever no sensor holds the petting."""
+        """Pet from a service thread now, and whenever no sensor holds the petting. Nothing holds a
+        reader yet: relaxed until a sensor takes over."""
         self.pet()
         if not self.armed:
             return
+        self._set_timeout(self.relaxed)
         self._thread = threading.Thread(target=self._run, name="tripkey-deadman", daemon=True)
         self._thread.start()
 
@@ -108,23 +147,28 @@ class Deadman:
             self._thread.join(timeout=5)
 
     def delegate(self, owner: str) -> Petter:
-        """A Petter for `owner` (e.g. the sensor's answering path); the service thread stops petting
-        until it is released. A delegate that neither pets nor releases gets the agent killed."""
+        """A Petter for `owner` (e.g. the sensor's answering path), on the tight timeout; the service
+        thread stops petting until it is released. A delegate that neither pets nor releases gets
+        the agent killed."""
         petter = Petter(self, owner)
         with self._cond:
             if self._delegate is not None:
                 self._delegate.released = True
             self._delegate = petter
             self._cond.notify_all()
+        self._set_timeout(self.tight)
         petter.pet()
         return petter
 
     def _released(self, petter: Petter) -> None:
         with self._cond:
-            if self._delegate is petter:
+            mine = self._delegate is petter
+            if mine:
                 self._delegate = None
                 self._cond.notify_all()
         self.pet()
+        if mine:
+            self._set_timeout(self.relaxed)
 
     def _run(self) -> None:
         while True:
@@ -134,10 +178,11 @@ class Deadman:
                 if self._delegate is not None:
                     self._cond.wait()  # the sensor pets; nothing to do (no wakeups) until released
                     continue
+                # start(), _released() and _set_timeout() pet on their own: wait first
+                self._cond.wait(self.interval)
+                if self._stopping or self._delegate is not None:
+                    continue
             self.pet()
-            with self._cond:
-                if not self._stopping:
-                    self._cond.wait(self.interval)
 
     def describe(self) -> dict[str, Any]:
         """For status and the heartbeat: is a stopped agent killed, after how long, who pets."""
@@ -147,6 +192,7 @@ class Deadman:
             "armed": self.armed,
             "kind": self.kind,
             "timeout_ms": round(self.timeout * 1000) if self.armed else None,
+            "holds_readers_timeout_ms": round(self.tight * 1000) if self.armed else None,
             "petted_by": owner if self.armed else None,
             "detail": self.reason,
         }
@@ -173,6 +219,9 @@ class SystemdWatchdog(Deadman):
         except OSError as exc:
             log.error("systemd notify READY=1 failed: %s", exc)
 
+    def _announce(self, timeout: float) -> None:
+        self._send(b"WATCHDOG_USEC=%d" % round(timeout * 1_000_000))
+
 
 class PipeDeadman(Deadman):
     """One byte down the supervisor's pipe (agent.supervisor)."""
@@ -183,6 +232,9 @@ class PipeDeadman(Deadman):
         super().__init__(timeout, f"tripkey-agent supervisor process (SIGKILL after {timeout:g} s, restart)")
         self._fd = fd
         os.set_blocking(fd, False)
+
+    def _announce(self, timeout: float) -> None:
+        os.write(self._fd, b"T%d\n" % round(timeout * 1000))  # < PIPE_BUF: never interleaved
 
     def _send(self, message: bytes) -> None:
         try:

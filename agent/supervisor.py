@@ -23,6 +23,7 @@ Linux only (fork, pidfd, prctl). The supervisor's comm is "tripkey-deadman" (`ps
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import ctypes.util
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 FIRST_DELAY, MAX_DELAY, HEALTHY_AFTER = 1.0, 60.0, 60.0
+MIN_TIMEOUT, MAX_TIMEOUT = 0.3, 600.0  # what the agent may ask for ("T<ms>\n" down the pipe)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 AgentMain = Callable[[Deadman], int]
@@ -74,6 +76,8 @@ class Supervisor:
         self.restarts = 0
         self._sig_r, self._sig_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._comm = b""  # our name before we called ourselves tripkey-deadman (the agent's)
+        self._buffer = b""  # an incomplete message from the agent
+        self.initial_timeout = timeout
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -123,6 +127,7 @@ class Supervisor:
     def _run_one(self, *, announce: bool) -> tuple[int, bool]:
         """Fork one agent and watch it until it exits; (wait status, killed by the deadman)."""
         pet_r, pet_w = os.pipe2(os.O_CLOEXEC)
+        self.timeout, self._buffer = self.initial_timeout, b""  # a new agent starts tight
         me = os.getpid()
         pid = os.fork()
         if pid == 0:  # the agent
@@ -166,13 +171,35 @@ class Supervisor:
                     _, status = os.waitpid(pid, 0)
                     return status, killed
                 if fd == pet_r:
-                    if os.read(pet_r, 4096):
-                        last_pet = time.monotonic()
-                    else:
+                    data = os.read(pet_r, 4096)
+                    if not data:
                         poller.unregister(pet_r)  # the agent closed it: it is exiting
+                    elif self._heard(data):
+                        last_pet = time.monotonic()
                 elif fd == self._sig_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._sig_r, 64)
+
+    def _heard(self, data: bytes) -> bool:
+        """Parse what the agent wrote: "." is a pet, "T<ms>\n" sets the timeout (and counts as a
+        pet). True if anything was heard."""
+        buf, heard = self._buffer + data, False
+        while buf:
+            if buf.startswith(b"T"):
+                end = buf.find(b"\n")
+                if end < 0:
+                    break  # the rest of the message is on its way
+                try:
+                    self.timeout = min(MAX_TIMEOUT, max(MIN_TIMEOUT, int(buf[1:end]) / 1000))
+                except ValueError:
+                    log.error("ignoring a malformed deadman message %r", buf[:end])
+                buf, heard = buf[end + 1 :], True
+            else:
+                cut = buf.find(b"T")
+                heard = heard or b"." in (buf if cut < 0 else buf[:cut])
+                buf = b"" if cut < 0 else buf[cut:]
+        self._buffer = buf
+        return heard
 
     def _become_agent(self, supervisor: int, pet_w: int) -> NoReturn:
         """In the forked child: die with the supervisor, forget its signal handling, run the agent."""
@@ -194,6 +221,10 @@ class Supervisor:
             log.exception("the agent failed")
             code = 1
         finally:
+            # What a normal interpreter exit does (e.g. the audit sensor's rule clean-up), then
+            # leave without running the supervisor's own exit path a second time.
+            with contextlib.suppress(Exception):
+                atexit._run_exitfuncs()
             logging.shutdown()
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(Exception):

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import errno
 import logging
 import os
 import queue
@@ -44,6 +43,7 @@ from agent import osflags
 from agent.clock import utcnow
 from agent.events.model import ReadEvent
 from agent.sensors import _fanotify_abi as abi
+from agent.sensors import _fanotify_group as group
 from agent.sensors import _procinfo as procinfo
 from agent.sensors._fanotify_books import FanotifyHealth, OpenBooks
 from agent.sensors._fanotify_guard import PermissionGuard, renice_current_thread
@@ -130,31 +130,7 @@ class FanotifySensor(Sensor):
     def check_available(cls) -> str | None:
         if not osflags.LINUX:
             return f"{cls.name} exists only on Linux"
-        try:
-            fd = abi.fanotify_init(cls._init_class | abi.FAN_CLOEXEC | abi.FAN_NONBLOCK, abi.EVENT_F_FLAGS)
-        except OSError as exc:
-            return cls._explain_init_error(exc)
-        os.close(fd)
-        return None
-
-    @classmethod
-    def _explain_init_error(cls, exc: OSError) -> str:
-        if exc.errno == errno.EPERM:
-            return (
-                f"{cls.name} needs root (CAP_SYS_ADMIN): fanotify_init was refused (EPERM). Run "
-                'tripkey-agent as root, or choose another sensor (sensor = "audit"; it needs root too)'
-            )
-        if exc.errno == errno.ENOSYS:
-            return f'{cls.name}: this kernel or libc has no fanotify (ENOSYS); choose sensor = "audit"'
-        if exc.errno == errno.EINVAL and cls._init_class != abi.FAN_CLASS_NOTIF:
-            return (
-                "fanotify permission events are not available in this kernel "
-                '(CONFIG_FANOTIFY_ACCESS_PERMISSIONS); choose sensor = "audit" '
-                'or the weaker "fanotify-notify"'
-            )
-        if exc.errno == errno.EMFILE:
-            return f"{cls.name}: too many fanotify groups (fs.fanotify.max_user_groups) or open files: {exc}"
-        return f"{cls.name}: fanotify_init failed: {exc}"
+        return group.probe(cls.name, cls._init_class)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -163,7 +139,7 @@ class FanotifySensor(Sensor):
             raise RuntimeError("sensor already started")
         if not osflags.LINUX:
             raise SensorUnavailable(f"{self.name} exists only on Linux")
-        self._fan_fd = self._init_group()
+        self._fan_fd, self._pidfd = group.open_group(self.name, self._init_class)
         self._started = True
         if self.switch_interval is not None:
             self._previous_switch = sys.getswitchinterval()
@@ -185,21 +161,6 @@ class FanotifySensor(Sensor):
             "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s), %d inode(s)",
             self.name, self.mode, self._pidfd, self.budget * 1000, len(self.paths), len(self._marks),
         )  # fmt: skip
-
-    def _init_group(self) -> int:
-        base = self._init_class | abi.FAN_CLOEXEC | abi.FAN_NONBLOCK
-        try:
-            fd = abi.fanotify_init(base | abi.FAN_REPORT_PIDFD, abi.EVENT_F_FLAGS)
-            self._pidfd = True
-            return fd
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise SensorUnavailable(self._explain_init_error(exc)) from exc
-        # Kernel older than 5.15: same sensor, only without pidfds (recorded in health).
-        try:
-            return abi.fanotify_init(base, abi.EVENT_F_FLAGS)
-        except OSError as exc:
-            raise SensorUnavailable(self._explain_init_error(exc)) from exc
 
     def _spawn(self, role: str, target: Callable[[], None]) -> None:
         def run() -> None:

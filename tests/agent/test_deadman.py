@@ -61,6 +61,7 @@ def test_systemd_watchdog_pets_and_says_ready(notify_socket: tuple[str, socket.s
         "armed": True,
         "kind": "systemd",
         "timeout_ms": 1500,
+        "holds_readers_timeout_ms": 1500,
         "petted_by": "the agent's service thread",
         "detail": "systemd watchdog (WatchdogSec=1.5s, SIGKILL, Restart=)",
     }
@@ -107,6 +108,7 @@ def test_service_thread_pets_until_a_sensor_takes_over_and_after_it_lets_go(
     address, sock = notify_socket
     watchdog = systemd_watchdog({**_env(address), "WATCHDOG_USEC": "300000"})  # pet every 0.1 s
     assert watchdog is not None
+    watchdog.relaxed = 0.3  # as tight as the unit's, so the service thread pets every 0.1 s too
     watchdog.start()
     try:
         assert len(_messages(sock, 0.55)) >= 4
@@ -120,6 +122,35 @@ def test_service_thread_pets_until_a_sensor_takes_over_and_after_it_lets_go(
         assert len(_messages(sock, 0.55)) >= 4
         petter.pet()  # a released petter no longer pets
         assert watchdog.describe()["petted_by"] == "the agent's service thread"
+    finally:
+        watchdog.stop()
+
+
+def _timeouts(messages: list[bytes]) -> list[bytes]:
+    """The timeout changes among `messages`, each checked to come right after a fresh pet."""
+    changes = [i for i, m in enumerate(messages) if m.startswith(b"WATCHDOG_USEC=")]
+    assert all(i > 0 and messages[i - 1] == b"WATCHDOG=1" for i in changes), messages
+    return [messages[i] for i in changes]
+
+
+def test_timeout_is_tight_only_while_a_sensor_that_holds_readers_pets(
+    notify_socket: tuple[str, socket.socket],
+) -> None:
+    """systemd is told WATCHDOG_USEC=30 s while nothing holds a reader (idle: a pet every 10 s),
+    the unit's 1.5 s while the fanotify reader thread pets; a fresh pet always comes first."""
+    address, sock = notify_socket
+    watchdog = systemd_watchdog(_env(address))
+    assert watchdog is not None
+    watchdog.start()
+    try:
+        assert _timeouts(_messages(sock, 0.1)) == [b"WATCHDOG_USEC=30000000"]
+        assert watchdog.interval == 10.0 and watchdog.describe()["timeout_ms"] == 30000
+        petter = watchdog.delegate("the fanotify sensor's event path")
+        assert _timeouts(_messages(sock, 0.1)) == [b"WATCHDOG_USEC=1500000"]
+        assert petter.interval == 0.5 and watchdog.describe()["timeout_ms"] == 1500
+        petter.release()
+        assert _timeouts(_messages(sock, 0.1)) == [b"WATCHDOG_USEC=30000000"]
+        assert watchdog.describe()["holds_readers_timeout_ms"] == 1500
     finally:
         watchdog.stop()
 

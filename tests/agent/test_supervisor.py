@@ -23,7 +23,7 @@ from tests.support.paths import REPO_ROOT
 pytestmark = pytest.mark.skipif(not osflags.LINUX, reason="the supervisor is Linux-only")
 
 HARNESS = """
-import json, os, signal, sys, time, logging
+import json, os, signal, sys, threading, time, logging
 from pathlib import Path
 from agent.supervisor import Supervisor
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -34,7 +34,19 @@ def agent(deadman):
     runs = sorted(work.glob("run-*"))
     me = work / f"run-{len(runs)}"
     me.write_text(json.dumps({"pid": os.getpid(), "t": time.monotonic()}))
-    deadman.start()  # the service's petter thread
+    deadman.start()  # the service's petter thread: relaxed (30 s) until a sensor takes over
+    if scenario == "relaxed-stop" and not runs:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGSTOP)  # the test resumes us after 2 s
+        return 5
+    # A stand-in for a sensor that holds readers: it pets from its own thread, on the tight timeout.
+    petter = deadman.delegate("stand-in sensor")
+    def pet_forever():
+        while True:
+            petter.pet()
+            time.sleep(petter.interval)
+    if scenario != "wedged-delegate":
+        threading.Thread(target=pet_forever, daemon=True).start()
     if scenario == "stop-once" and not runs:
         time.sleep(0.3)
         (work / "stopping").write_text(str(time.monotonic()))
@@ -44,8 +56,7 @@ def agent(deadman):
     if scenario == "crash-once" and not runs:
         os.kill(os.getpid(), signal.SIGKILL)
     if scenario == "wedged-delegate" and not runs:
-        deadman.delegate("a sensor that never pets")  # the service thread stops petting for it
-        time.sleep(30)
+        time.sleep(30)  # the stand-in sensor never pets, and the service thread does not cover
     if scenario in ("sigterm", "forever"):
         stop = []
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
@@ -141,3 +152,31 @@ def test_the_agent_dies_with_its_supervisor_even_on_sigkill(tmp_path: Path) -> N
         lambda: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     )
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_an_agent_whose_sensor_holds_no_reader_gets_the_relaxed_timeout(tmp_path: Path) -> None:
+    """Before a sensor takes over (and for audit/eBPF) the agent asks for 30 s: a stopped agent
+    then holds nobody, and the idle agent pets every 10 s instead of twice a second."""
+    proc = _start(tmp_path, "relaxed-stop")
+    _wait(lambda: _runs(tmp_path))
+    pid = int(_runs(tmp_path)[0]["pid"])
+    _wait(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T")
+    time.sleep(2.0)  # twice the tight timeout
+    assert Path(f"/proc/{pid}").exists(), "killed on the tight timeout although it holds no reader"
+    os.kill(pid, signal.SIGCONT)
+    result, err = _finish(proc, tmp_path)
+    assert (result["code"], result["kills"]) == (5, 0), err
+
+
+def test_the_supervisor_reads_pets_and_timeout_messages_in_any_chunking() -> None:
+    from agent.supervisor import Supervisor
+
+    sup = Supervisor(lambda deadman: 0, 1.5)
+    assert sup._heard(b"..") and sup.timeout == 1.5
+    assert sup._heard(b".T300") is True and sup.timeout == 1.5  # half a message: a pet so far
+    assert sup._heard(b"00\n") is True and sup.timeout == 30.0
+    assert sup._heard(b"T1500\n.") and sup.timeout == 1.5
+    assert sup._heard(b"T99999999\n") and sup.timeout == 600.0  # clamped
+    assert sup._heard(b"T1\n") and sup.timeout == 0.3
+    assert sup._heard(b"Tnope\n") and sup.timeout == 0.3  # ignored, logged
+    assert sup._heard(b"") is False
