@@ -6,7 +6,13 @@ Threads:
   consumer  sensor events from a bounded queue: classify, record in the read log, spool
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
   repair    the tamper watcher (agent.planting.repair) and watchdog's observer
-  sensor    whatever the chosen sensor runs
+  sensor    whatever the chosen sensor runs; a sensor that holds readers pets the deadman
+  deadman   pets the external deadman (agent.deadman) while no sensor does it (every 10 s)
+
+Every new version of a planted file goes to the sensor before it is renamed into place
+(`Sensor.watch_new_file`, through the planter's `on_new_file`), and every change the repair watcher
+sees makes the sensor look again at what is at the path (`Sensor.refresh`): sensors keyed by inode
+stay on the file. A read the read log or the spool cannot take is counted (agent.reporting.losses).
 
 A sensor that cannot start is reported LOUDLY (error log, status, heartbeat healthy=false with the
 reason) and the agent keeps planting and reporting; it never silently switches to a weaker sensor.
@@ -53,7 +59,6 @@ log = logging.getLogger(__name__)
 EVENT_QUEUE_SIZE = 10_000
 SELF_REPORT_MIN_INTERVAL = 10.0
 TICK_SECONDS = 1.0
-LOSS_LOG_EVERY = 60.0  # a full disk fails every write: one error line a minute, the count says the rest
 
 
 def make_client(config: AgentConfig, token: str | None = None) -> IssuerClient:
@@ -100,7 +105,6 @@ class AgentService:
         self.spool: Spool | None = None
         self.readlog: Any = None
         self.losses: LossCounters | None = None
-        self._loss_logged_at: dict[str, float] = {}
         self.classifier: Any = None
         self.planter: Planter | None = None
         self.watcher: RepairWatcher | None = None
@@ -287,19 +291,10 @@ class AgentService:
             self.store.state.last_event_at = to_iso(event.time)
 
     def _lost(self, counter: str, exc: BaseException | None) -> None:
-        """Count a read (or event) we could not keep; log the first and then once a minute."""
         if self.losses is not None:
-            self.losses.bump(counter)
-        now = time.monotonic()
-        if now - self._loss_logged_at.get(counter, -1e9) >= LOSS_LOG_EVERY:
-            self._loss_logged_at[counter] = now
-            total = self.losses.counts().get(counter) if self.losses is not None else "?"
-            what = "the read log" if counter == "readlog_failed" else "the upload spool"
-            log.error(
-                "could not write to %s (%s): counted in %s (%s so far); it is reported in status, "
-                "the heartbeat and any alert of this device",
-                what, exc if exc is not None else "see the error above", counter, total,
-            )  # fmt: skip
+            self.losses.lose(counter, exc)
+        else:
+            log.error("could not keep an event (%s): %s", counter, exc)
 
     # ------------------------------------------------------------------ self-reports
 

@@ -214,7 +214,7 @@ def _readers(space: Space, indices: range) -> dict[int, tuple[tuple[str, ...], i
     return expected
 
 
-def _settle(workdir: Path, pids: set[int], timeout: float = 60.0, quiet: float = 2.0) -> list[dict[str, Any]]:
+def _settle(workdir: Path, pids: set[int], timeout: float = 60.0, quiet: float = 5.0) -> list[dict[str, Any]]:
     """Events once every pid has one, or nothing new came for `quiet` seconds."""
     deadline = time.monotonic() + timeout
     last, last_change = -1, time.monotonic()
@@ -326,11 +326,14 @@ def _churn(space: Space, workdir: Path, agent: int, readers: int) -> dict[str, A
     finally:
         stop.set()
         appender.join()
-    _recorded, attributed = _score(_settle(workdir, set(expected)), expected)
+    recorded, attributed = _score(_settle(workdir, set(expected)), expected)
     after = _health(workdir, agent)
     released = (after.get("guard_answered") or 0) - (before.get("guard_answered") or 0)
+    lost = (after.get("lost_events") or 0) - (before.get("lost_events") or 0)
     return {
+        "churn_recorded": f"{recorded}/{CHURN_READERS}",
         "churn_attributed": f"{attributed}/{CHURN_READERS}",
+        "churn_lost": lost,
         "churn_guard_released": released if "guard_answered" in after else None,
         "churn_inspections": after.get("inspections"),
     }

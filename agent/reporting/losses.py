@@ -29,6 +29,8 @@ LOSSES_FILE = "losses"
 RECORD_BYTES = 512  # one fixed-size record at offset 0, padded with spaces and a newline
 ALLOCATED_BYTES = 4096
 WRITE_EVERY = 1.0  # seconds: a storm of failures costs at most one pwrite per second
+LOG_EVERY = 60.0  # a full disk fails every write: one error line a minute, the count says the rest
+WHAT = {"readlog_failed": "the read log", "spool_failed": "the upload spool"}
 NAMES = ("readlog_failed", "spool_failed")
 
 
@@ -64,6 +66,7 @@ class LossCounters:
         self._dirty = False
         self._written_at = 0.0
         self._fd = -1
+        self._logged_at: dict[str, float] = {}
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             # Written out in full now, so the blocks are ours: later writes only overwrite them.
@@ -83,6 +86,22 @@ class LossCounters:
             due = time.monotonic() - self._written_at >= WRITE_EVERY
         if due:
             self.flush()
+
+    def lose(self, name: str, exc: BaseException | None) -> None:
+        """Count one event that could not be written; log the first and then once a minute."""
+        self.bump(name)
+        now = time.monotonic()
+        with self._lock:
+            due = now - self._logged_at.get(name, -LOG_EVERY) >= LOG_EVERY
+            if due:
+                self._logged_at[name] = now
+            total = self._counts.get(name, 0)
+        if due:
+            log.error(
+                "could not write to %s (%s): counted in %s (%d so far); it is reported in status, "
+                "the heartbeat and any alert of this device",
+                WHAT.get(name, name), exc if exc is not None else "see the error above", name, total,
+            )  # fmt: skip
 
     def flush(self) -> None:
         with self._lock:
