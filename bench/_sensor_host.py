@@ -52,14 +52,23 @@ class _Inspector:
         self.inspections += 1
 
 
-def build_sensor(name: str, paths: list[str], callback: Any) -> Any:
+def build_sensor(name: str, paths: list[str], callback: Any, *, no_limits: bool = False) -> Any:
     if name == "inotify":
         from bench._inotify_baseline import InotifyPsutilBaseline
 
         return InotifyPsutilBaseline(paths, callback)
     from agent.sensors import create_sensor
 
+    if no_limits and name.startswith("fanotify"):
+        return create_sensor(name, paths, callback, switch_interval=None)
     return create_sensor(name, paths, callback)
+
+
+def _remove_limits() -> None:
+    """The agent before issue #10's fix: every change inspected at once, the default GIL switch."""
+    from agent.planting import repair
+
+    repair.MIN_GAP, repair.COST_FACTOR = 0.0, 0.0
 
 
 def host(args: argparse.Namespace, deadman: Deadman) -> int:
@@ -74,7 +83,9 @@ def host(args: argparse.Namespace, deadman: Deadman) -> int:
         with lock:
             out.write(line + "\n")
 
-    sensor = build_sensor(args.sensor, [args.target], record)
+    if args.no_limits:
+        _remove_limits()
+    sensor = build_sensor(args.sensor, [args.target], record, no_limits=args.no_limits)
     sensor.start()
     deadman.start()
     petter = deadman.delegate(f"the {args.sensor} sensor's event path")
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--churn")
     parser.add_argument("--deadman-seconds", type=float, default=1.5)
+    parser.add_argument("--no-limits", action="store_true", help="without issue #10's churn limits")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip

@@ -21,8 +21,10 @@ supervisor, and is measured on:
 * idle_wakeups_per_s: context switches of all the agent's threads over 5 idle seconds (the sensor's
   and the deadman petting; the repair watcher, which the real agent also runs, is not started yet).
 * churn (issue #10): meanwhile another user appends to a 10,000-profile credentials file 3x a
-  second, which the agent's repair watcher inspects (rate-limited); 300 readers of the planted file:
-  how many are attributed, how many the fail-open guard had to let through.
+  second, which the agent's repair watcher inspects (rate-limited); 300 readers of the planted file
+  spread over 20 s: how many are attributed, how many the fail-open guard had to let through.
+  `fanotify/no-limits` (in the default set) is the same sensor without the fix, for comparison:
+  every change inspected at once, the interpreter's default 5 ms GIL switch interval.
 * stopped_wait_s: the agent is SIGSTOPped; how long a `cat` of the planted file waits (the deadman
   kills the agent within 1.5 s); other_file_wait_s: a `cat` of ~/.aws/config meanwhile.
 Needs root.
@@ -52,7 +54,9 @@ NOBODY = 65534
 IN_FLIGHT = 8
 CHURN_READERS = 300
 CHURN_PROFILES = 10_000
+CHURN_SECONDS = 20.0  # the churn readers are spread over this long (the appends go on meanwhile)
 IDLE_SECONDS = 5.0
+NO_LIMITS = "/no-limits"  # suffix: the agent without issue #10's churn limits (for comparison)
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
@@ -60,7 +64,9 @@ def default_sensors() -> list[str]:
     from agent.sensors import SENSOR_NAMES, unavailable_reason
 
     linux = [n for n in SENSOR_NAMES if n not in ("auto", "eslogger", "eventlog")]
-    return ["none", *[n for n in linux if unavailable_reason(n) is None], "inotify"]
+    usable = [n for n in linux if unavailable_reason(n) is None]
+    before = [f"fanotify{NO_LIMITS}"] if "fanotify" in usable else []
+    return ["none", *usable, "inotify", *before]
 
 
 def run(
@@ -72,7 +78,17 @@ def run(
     names = sensors or (env_sensors.split(",") if env_sensors else default_sensors())
     count = readers or int(os.environ.get("TRIPKEY_BENCH_READERS", "1000"))
     with _workspace(count, churn) as space:
-        return [_measure(name.strip(), space, count, opens, churn) for name in names if name.strip()]
+        rows = [_measure(name.strip(), space, count, opens, churn) for name in names if name.strip()]
+    return [{c: row[c] for c in COLUMNS if c in row} for row in rows]  # one column order, any subset
+
+
+COLUMNS = (
+    "sensor", "readers", "recorded", "attributed", "missing", "lost_events", "guard_released",
+    "readers_per_s", "cpu_s_per_10k", "rss_mb", "open_p50_us", "open_p99_us", "open_max_us",
+    "opens_per_s", "loop_recorded", "idle_wakeups_per_s", "churn_recorded", "churn_attributed",
+    "churn_lost", "churn_guard_released", "churn_inspections", "stopped_wait_s", "other_file_wait_s",
+    "note",
+)  # fmt: skip
 
 
 # ---- the files -------------------------------------------------------------------------------------
@@ -124,10 +140,12 @@ def _measure(name: str, space: Space, readers: int, opens: int, churn: bool) -> 
     if name == "none":
         row.update(_latency(space.target, opens, None))
         return row
-    workdir = Path(tempfile.mkdtemp(prefix=f"tripkey-bench-{name}-"))
+    workdir = Path(tempfile.mkdtemp(prefix="tripkey-bench-sensor-"))
     stderr = (workdir / "host.log").open("wb")
-    command = [sys.executable, "-m", "bench._sensor_host", "--sensor", name, "--target", str(space.target),
+    sensor, no_limits = name.removesuffix(NO_LIMITS), name.endswith(NO_LIMITS)
+    command = [sys.executable, "-m", "bench._sensor_host", "--sensor", sensor, "--target", str(space.target),
                "--workdir", str(workdir)] + (["--churn", str(space.big)] if churn else [])  # fmt: skip
+    command += ["--no-limits"] if no_limits else []
     supervisor = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr,
                                   env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
     agent = None
@@ -197,11 +215,15 @@ def _events(workdir: Path) -> list[dict[str, Any]]:
 # ---- readers ---------------------------------------------------------------------------------------
 
 
-def _readers(space: Space, indices: range) -> dict[int, tuple[tuple[str, ...], int]]:
-    """Run `cat PLANTED ARG` for each index, IN_FLIGHT at a time; pid -> (argv cat sees, uid)."""
+def _readers(space: Space, indices: range, per_second: float = 0.0) -> dict[int, tuple[tuple[str, ...], int]]:
+    """Run `cat PLANTED ARG` for each index, IN_FLIGHT at a time (and at most `per_second` starts a
+    second, if given); pid -> (argv cat sees, uid)."""
     expected: dict[int, tuple[tuple[str, ...], int]] = {}
     running: list[subprocess.Popen[bytes]] = []
-    for i in indices:
+    started = time.monotonic()
+    for n, i in enumerate(indices):
+        if per_second:
+            time.sleep(max(0.0, started + n / per_second - time.monotonic()))
         argv = ("cat", str(space.target), str(space.args / f"{i:05d}"))
         uid = NOBODY if i % 2 else 0
         proc = subprocess.Popen([*AS_NOBODY, *argv] if uid else list(argv), stdout=subprocess.DEVNULL)
@@ -322,7 +344,7 @@ def _churn(space: Space, workdir: Path, agent: int, readers: int) -> dict[str, A
     try:
         time.sleep(1.0)  # the first inspections start
         offset = max(readers, CHURN_READERS) - CHURN_READERS
-        expected = _readers(space, range(offset, offset + CHURN_READERS))
+        expected = _readers(space, range(offset, offset + CHURN_READERS), CHURN_READERS / CHURN_SECONDS)
     finally:
         stop.set()
         appender.join()

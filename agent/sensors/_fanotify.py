@@ -485,6 +485,10 @@ class FanotifyNotifySensor(FanotifySensor):
     _init_class = abi.FAN_CLASS_NOTIF
     _mark_mask = abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE
 
+    def attach_deadman(self, petter: DeadmanPetter) -> bool:
+        """No reader is ever held: the agent pets (on the deadman's relaxed timeout)."""
+        return False
+
     def _detail(self) -> str | None:
         base = "notification-only (weaker): readers are not held, context may be missing for short-lived ones"
         extra = super()._detail()

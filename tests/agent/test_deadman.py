@@ -236,3 +236,13 @@ def test_fanotify_releases_the_deadman_when_it_fails_open(
     subprocess.run(["cat", str(fan_target)], capture_output=True, check=True, timeout=10)
     assert petter.released.wait(5)  # the group is closed, nothing held: the service pets again
     assert sensor.attach_deadman(CountingPetter(0.1)) is False  # type: ignore[attr-defined]
+
+
+@requires_root
+def test_notification_fanotify_holds_no_reader_so_it_leaves_the_petting_to_the_agent(
+    fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
+) -> None:
+    sensor = fan_sensor_factory([fan_target], fan_collector, notify=True)
+    petter = CountingPetter(0.1)
+    assert sensor.attach_deadman(petter) is False  # type: ignore[attr-defined]
+    assert petter.count_in(0.5) == 0
