@@ -229,11 +229,29 @@ def _preflight(config: AgentConfig, command: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
+    """The service, with its external deadman: the systemd watchdog when the unit has one, else a
+    supervisor process (agent.supervisor) that kills and restarts a stopped or wedged agent."""
+    from agent import osflags
+    from agent.deadman import Deadman, systemd_watchdog
     from agent.service import run_service
 
     config.require_issuer()
     _preflight(config, "run")
-    return run_service(config)
+    watchdog = systemd_watchdog()
+    if watchdog is not None:
+        logging.getLogger(__name__).info("deadman: systemd watchdog, %.1f s", watchdog.timeout)
+        return run_service(config, deadman=watchdog)
+    if not osflags.LINUX:  # eslogger and the event log never hold a reader
+        return run_service(config, deadman=Deadman(reason="not needed: no sensor here holds a reader"))
+    if config.deadman_seconds == 0:
+        logging.getLogger(__name__).warning(
+            "deadman_seconds = 0: a stopped agent would hold readers of the planted files (fanotify) "
+            "until it is killed"
+        )
+        return run_service(config, deadman=Deadman(reason="turned off (deadman_seconds = 0)"))
+    from agent.supervisor import supervise
+
+    return supervise(lambda deadman: run_service(config, deadman=deadman), config.deadman_seconds)
 
 
 # ---------------------------------------------------------------------------------------------- status

@@ -6,7 +6,13 @@ Threads:
   consumer  sensor events from a bounded queue: classify, record in the read log, spool
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
   repair    the tamper watcher (agent.planting.repair) and watchdog's observer
-  sensor    whatever the chosen sensor runs
+  sensor    whatever the chosen sensor runs; a sensor that holds readers pets the deadman
+  deadman   pets the external deadman (agent.deadman) while no sensor does it (every 10 s)
+
+Every new version of a planted file goes to the sensor before it is renamed into place
+(`Sensor.watch_new_file`, through the planter's `on_new_file`), and every change the repair watcher
+sees makes the sensor look again at what is at the path (`Sensor.refresh`): sensors keyed by inode
+stay on the file. A read the read log or the spool cannot take is counted (agent.reporting.losses).
 
 A sensor that cannot start is reported LOUDLY (error log, status, heartbeat healthy=false with the
 reason) and the agent keeps planting and reporting; it never silently switches to a weaker sensor.
@@ -22,6 +28,7 @@ import queue
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +36,13 @@ from typing import Any
 from agent import __version__
 from agent.clock import to_iso, utcnow
 from agent.config import AgentConfig
+from agent.deadman import Deadman
 from agent.events.bounds import bound_event
 from agent.events.secrets import KnownSecrets
 from agent.planting.planter import Planter, resolve_targets
 from agent.planting.repair import RepairWatcher
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
+from agent.reporting.losses import LossCounters
 from agent.reporting.payloads import (
     read_event_payload,
     self_report_payload,
@@ -76,9 +85,12 @@ class AgentService:
         *,
         sensor_factory: Callable[..., Any] | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        deadman: Deadman | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        # Kills this process from outside when it stops answering (agent.deadman); off in-process.
+        self.deadman = deadman or Deadman(reason="not armed: the agent runs inside another program")
         self._sensor_factory = sensor_factory
         self.stop_event = threading.Event()
         self._events: queue.Queue[Any] = queue.Queue(maxsize=EVENT_QUEUE_SIZE)
@@ -93,6 +105,7 @@ class AgentService:
         self.store: StateStore | None = None
         self.spool: Spool | None = None
         self.readlog: Any = None
+        self.losses: LossCounters | None = None
         self.classifier: Any = None
         self.selftest_mark: MarkReader | None = None
         self.planter: Planter | None = None
@@ -108,10 +121,13 @@ class AgentService:
         lock = DirLock(config.state_dir)
         lock.acquire()
         threads: list[threading.Thread] = []
+        self.deadman.start()
+        self.deadman.ready()
         try:
             self.store = store = StateStore(config.state_dir)
             with store.mutate() as st:
                 st.service_pid, st.service_started_at = os.getpid(), to_iso(self.clock())
+            self.losses = LossCounters(store.dir)
             self.spool = Spool(store.dir / SPOOL_FILE, config.spool_max_events)
             self.readlog, self.classifier = _open_readlog(config, store.dir / READLOG_FILE)
             self.selftest_mark = MarkReader(store.dir)
@@ -125,11 +141,17 @@ class AgentService:
                 log.error("cannot enroll: %s", exc)
                 return 1
             self.planter = Planter(
-                config, store, client, emit=self._spool_put, clock=self.clock, on_secret=self._scrub_secret
+                config,
+                store,
+                client,
+                emit=self._spool_put,
+                clock=self.clock,
+                on_secret=self._scrub_secret,
+                on_new_file=self._watch_new_file,
             )
             self.planter.sync(targets, errors)
             self._start_sensor()
-            self.watcher = RepairWatcher(self.planter)
+            self.watcher = RepairWatcher(self.planter, on_change=self._target_changed)
             self.watcher.start(self.planter.paths)
             self._start_selfreport()
             for name, target in (
@@ -183,6 +205,9 @@ class AgentService:
             self.spool.close()
         if self.readlog is not None and hasattr(self.readlog, "close"):
             self.readlog.close()
+        if self.losses is not None:
+            self.losses.close()
+        self.deadman.stop()
         log.info("tripkey-agent stopped")
 
     # ------------------------------------------------------------------ sensor
@@ -195,6 +220,10 @@ class AgentService:
             self.sensor = factory(self.config.sensor, paths, self._on_read, **sensor_options(self.config))
             self.sensor.start()
             self.sensor_error = None
+            # A sensor that holds readers pets the deadman from the path that answers them.
+            petter = self.deadman.delegate(f"the {self.sensor.name} sensor's event path")
+            if not self.sensor.attach_deadman(petter):
+                petter.release()
         except Exception as exc:  # SensorUnavailable or anything else: loud, never a silent fallback
             self.sensor = None
             self.sensor_error = f"sensor {self.config.sensor!r} could not start: {exc}"
@@ -206,13 +235,29 @@ class AgentService:
 
     def _health(self) -> dict[str, Any]:
         if self.sensor is None:
-            return unavailable_health(self.config.sensor, self.sensor_error or "sensor not started")
-        try:
-            health = dict(self.sensor.health().to_dict())
-        except Exception as exc:
-            return unavailable_health(self.config.sensor, f"health check failed: {exc}")
+            health = unavailable_health(self.config.sensor, self.sensor_error or "sensor not started")
+        else:
+            try:
+                health = dict(self.sensor.health().to_dict())
+            except Exception as exc:
+                health = unavailable_health(self.config.sensor, f"health check failed: {exc}")
         health["lost_events"] = int(health.get("lost_events") or 0) + self._queue_lost
+        health["deadman"] = self.deadman.describe()
+        if self.losses is not None:
+            health.update(self.losses.counts())  # readlog_failed, spool_failed
         return health
+
+    def _watch_new_file(self, path: str, fd: int) -> None:
+        """The planter's hook: a new version of `path` is about to be renamed into place."""
+        sensor = self.sensor
+        if sensor is not None:
+            sensor.watch_new_file(path, fd)
+
+    def _target_changed(self, path: str) -> None:
+        """The repair watcher saw `path` change: someone may have put a new inode there."""
+        sensor = self.sensor
+        if sensor is not None:
+            sensor.refresh([path])
 
     def _on_read(self, event: Any) -> None:
         """Sensor callback: must return at once; storage happens on the consumer thread."""
@@ -227,19 +272,35 @@ class AgentService:
             if event is None:
                 return
             try:
-                if self.selftest_mark is not None and self.selftest_mark.is_selftest(event):
-                    label: str | None = SELF_TEST  # `tripkey-agent trigger` reading its own canary
-                else:
-                    label = self.classifier.classify(event) if self.classifier else None
-                # Scrub the planted secrets, then bound every string so the event fits the read
-                # log's budget and the issuer's API limits (agent.events.bounds).
-                event = bound_event(event, self._secrets)
-                event_id = self.readlog.record(event, label)
-                self._spool_put(read_event_payload(event, event_id, label, secrets=self._secrets))
-                if self.store is not None:
-                    self.store.state.last_event_at = to_iso(event.time)
-            except Exception:
+                self._record(event)
+            except Exception:  # a bug, not a full disk: never silent, the read is counted as lost
                 log.exception("could not record a read of %s", getattr(event, "path", "?"))
+                self._lost("readlog_failed", None)
+
+    def _record(self, event: Any) -> None:
+        """Read log first (the host's record of truth), then the spool. A read the read log cannot
+        take (disk full, database error) is counted and still spooled for the issuer."""
+        if self.selftest_mark is not None and self.selftest_mark.is_selftest(event):
+            label: str | None = SELF_TEST  # `tripkey-agent trigger` reading its own canary
+        else:
+            label = self.classifier.classify(event) if self.classifier else None
+        # Scrub the planted secrets, then bound every string so the event fits the read
+        # log's budget and the issuer's API limits (agent.events.bounds).
+        event = bound_event(event, self._secrets)
+        try:
+            event_id = self.readlog.record(event, label)
+        except Exception as exc:
+            self._lost("readlog_failed", exc)
+            event_id = str(uuid.uuid4())
+        self._spool_put(read_event_payload(event, event_id, label, secrets=self._secrets))
+        if self.store is not None:
+            self.store.state.last_event_at = to_iso(event.time)
+
+    def _lost(self, counter: str, exc: BaseException | None) -> None:
+        if self.losses is not None:
+            self.losses.lose(counter, exc)
+        else:
+            log.error("could not keep an event (%s): %s", counter, exc)
 
     # ------------------------------------------------------------------ self-reports
 
@@ -287,7 +348,11 @@ class AgentService:
     def _spool_put(self, event: dict[str, Any]) -> None:
         if self.spool is None:
             return
-        self.spool.put(event)
+        try:
+            self.spool.put(event)
+        except Exception as exc:  # disk full, database error: counted, never silent
+            self._lost("spool_failed", exc)
+            return
         self._upload_wake.set()
 
     # ------------------------------------------------------------------ upload + heartbeat
@@ -362,6 +427,8 @@ class AgentService:
         self._upload_wake.set()
 
     def _persist_health(self) -> None:
+        if self.losses is not None:
+            self.losses.flush()
         if self.store is None:
             return
         health = dict(self._health(), running=True, recorded_at=to_iso(self.clock()))
@@ -386,9 +453,14 @@ def _open_readlog(config: AgentConfig, path: Path) -> tuple[Any, Any]:
     return readlog, classifier
 
 
-def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | None = None) -> int:
+def run_service(
+    config: AgentConfig,
+    *,
+    sensor_factory: Callable[..., Any] | None = None,
+    deadman: Deadman | None = None,
+) -> int:
     """Run until SIGTERM/SIGINT; installs the signal handlers (main thread only)."""
-    service = AgentService(config, sensor_factory=sensor_factory)
+    service = AgentService(config, sensor_factory=sensor_factory, deadman=deadman)
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %d: shutting down", signum)

@@ -13,6 +13,8 @@ from agent import __version__
 from agent.clock import to_iso
 from agent.config import AgentConfig
 from agent.planting.schedule import renews_at
+from agent.reporting.losses import NAMES as LOSS_NAMES
+from agent.reporting.losses import read_losses
 from agent.reporting.spool import spool_counts
 from agent.state import SPOOL_FILE, StateStore, TargetState
 
@@ -71,6 +73,8 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
         "sensor": st.sensor_health if st else None,
         "targets": targets,
         "spool": spool_counts(os.path.join(config.state_dir, SPOOL_FILE)),
+        # Written in place even on a full disk (agent.reporting.losses), unlike state.json.
+        **(read_losses(config.state_dir) if store else dict.fromkeys(LOSS_NAMES, 0)),
         "last_event_at": st.last_event_at if st else None,
         "last_heartbeat_at": st.last_heartbeat_at if st else None,
         "last_heartbeat_error": st.last_heartbeat_error if st else None,
@@ -85,6 +89,19 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _deadman_lines(sensor: dict[str, Any] | None) -> list[str]:
+    """Whether a stopped or wedged agent is killed from outside (releasing any reader it holds)."""
+    deadman = (sensor or {}).get("deadman")
+    if not isinstance(deadman, dict):
+        return []
+    if deadman.get("armed"):
+        return [
+            f"deadman:    armed ({deadman.get('kind')}: SIGKILL after {deadman.get('timeout_ms')} ms "
+            f"without a sign of life from {deadman.get('petted_by')})"
+        ]
+    return [f"deadman:    NOT armed ({deadman.get('detail')})"]
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -115,6 +132,7 @@ def format_status(data: dict[str, Any]) -> str:
         lines.append(f"            {sensor['detail']}")
     for gap in (sensor or {}).get("uncovered") or ():
         lines.append(f"            not covered: {gap}")
+    lines.extend(_deadman_lines(sensor))
     spool = data["spool"]
     lines.append(
         "spool:      "
@@ -124,6 +142,14 @@ def format_status(data: dict[str, Any]) -> str:
             else f"{spool['pending']} pending, {spool['dropped']} dropped, {spool['rejected']} rejected"
         )
     )
+    readlog_failed, spool_failed = data.get("readlog_failed", 0), data.get("spool_failed", 0)
+    if readlog_failed or spool_failed:
+        lines.append(
+            f"LOST:       {readlog_failed} read(s) could not be written to the read log, "
+            f"{spool_failed} event(s) could not be queued for upload (full disk? see the log)"
+        )
+    else:
+        lines.append("lost:       none (every read seen was written to the read log and the spool)")
     lines.append(
         f"last read:  {data['last_event_at'] or 'none'}   last heartbeat: "
         f"{data['last_heartbeat_at'] or 'never'}"

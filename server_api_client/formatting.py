@@ -66,6 +66,16 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _deadman_text(value: Any) -> str | None:
+    """'armed (systemd, 1500 ms)' / 'NOT armed (why)' / None (an agent that does not say)."""
+    deadman = _dict(value)
+    if not deadman:
+        return None
+    if deadman.get("armed"):
+        return f"armed ({text(deadman.get('kind'))}, {text(deadman.get('timeout_ms'))} ms)"
+    return f"NOT armed ({text(deadman.get('detail'))})"
+
+
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
@@ -229,6 +239,7 @@ def alert_report(alert: Mapping[str, Any]) -> str:
                     ("sensor healthy", health.get("sensor_healthy")),
                     ("sensor error", sensor.get("error")),
                     ("lost events", health.get("lost_events")),
+                    ("not in the host's read log", health.get("readlog_failed") or None),
                 ]
             )
             if health
@@ -346,6 +357,9 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
                     ("spool pending", health.get("spool_pending")),
                     ("spool dropped", health.get("spool_dropped")),
                     ("refused by the issuer", health.get("spool_rejected")),
+                    ("not written to the read log", health.get("readlog_failed")),
+                    ("not written to the spool", health.get("spool_failed")),
+                    ("deadman", _deadman_text(health.get("deadman"))),
                 ]
             )
             if sensor or health

@@ -69,6 +69,7 @@ class AgentConfig:
     spool_max_events: int = 100_000
     classification_rules: tuple[dict[str, Any], ...] = ()
     fail_open_ms: int = 100  # fanotify permission events: a reader is never held longer
+    deadman_seconds: float = 1.5  # a stopped/wedged agent is killed (its readers released) after this
     issuer_timeout: float = 15.0
     passwd_file: str | None = None  # tests: a passwd-format file instead of the system database
     login_defs: str = "/etc/login.defs"
@@ -99,7 +100,7 @@ INT_KEYS = {
     "spool_max_events",
     "fail_open_ms",
 }
-FLOAT_KEYS = {"heartbeat_interval", "upload_interval", "check_interval", "issuer_timeout"}
+FLOAT_KEYS = {"heartbeat_interval", "upload_interval", "check_interval", "issuer_timeout", "deadman_seconds"}
 BOOL_KEYS = {"force_default_profile", "all_users", "selfreport"}
 OPTIONAL_STR_KEYS = {
     "issuer_url",
@@ -262,6 +263,10 @@ def validate(config: AgentConfig) -> None:
         raise ConfigError(f"region {config.region!r} does not look like an AWS region (e.g. us-east-1)")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {config.log_level!r}")
+    if config.deadman_seconds != 0 and not 0.3 <= config.deadman_seconds <= 60:
+        raise ConfigError(
+            f"deadman_seconds must be 0 (off) or between 0.3 and 60, not {config.deadman_seconds}"
+        )
     if not config.all_users and not config.targets:
         raise ConfigError("nothing to plant: all_users is false and no [[target]] is configured")
 

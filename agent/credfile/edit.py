@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -207,10 +207,12 @@ def plant_file(
     owner_uid: int,
     owner_gid: int,
     force_default: bool = False,
+    before_replace: Callable[[int], None] | None = None,
 ) -> PlantResult:
     """plant_bytes on the file, written atomically as ``owner_uid:owner_gid`` mode 0600.
 
     Creates the file and its directory (0700) if missing; the directory above must exist.
+    ``before_replace(fd)``: see safefs.update_file (the new version's fd, just before the rename).
     """
     validate_profile(profile, force_default=force_default)
     results: list[PlantResult] = []
@@ -221,12 +223,25 @@ def plant_file(
         return new
 
     with located(path):
-        update_file(path, edit, owner_uid=owner_uid, owner_gid=owner_gid, create_parent=True)
+        update_file(
+            path,
+            edit,
+            owner_uid=owner_uid,
+            owner_gid=owner_gid,
+            create_parent=True,
+            before_replace=before_replace,
+        )
     return results[-1]
 
 
 def unplant_file(
-    path: Path, profile: str, owned_key_ids: Collection[str], *, owner_uid: int, owner_gid: int
+    path: Path,
+    profile: str,
+    owned_key_ids: Collection[str],
+    *,
+    owner_uid: int,
+    owner_gid: int,
+    before_replace: Callable[[int], None] | None = None,
 ) -> bool:
     """unplant_bytes on the file; True if a section was removed. A missing file is not an error."""
     validate_profile(profile, force_default=True)
@@ -235,7 +250,14 @@ def unplant_file(
         return None if old is None else unplant_bytes(old, profile, owned_key_ids)
 
     with located(path):
-        return update_file(path, edit, owner_uid=owner_uid, owner_gid=owner_gid, create_parent=False)
+        return update_file(
+            path,
+            edit,
+            owner_uid=owner_uid,
+            owner_gid=owner_gid,
+            create_parent=False,
+            before_replace=before_replace,
+        )
 
 
 def inspect_file(

@@ -14,6 +14,9 @@ Root writing into a directory a user controls must not be turned against the hos
 * A write goes to a fresh temp file in the same directory (``O_CREAT | O_EXCL | O_NOFOLLOW``, 0600,
   fchown'd to the owner), is fsync'd, renamed over the file, and the directory is fsync'd: after a
   crash or kill -9 the file holds the old or the new bytes, never a mix, never nothing.
+* ``before_replace(fd)``, if given, is called with the temp file's fd after the fsync and before the
+  rename: the new version is a new inode, and a caller that watches inodes (the agent's sensor) must
+  watch it before anyone can open it by the file's name. If it raises, nothing is replaced.
 * Just before the rename the file is checked to be the one we read (device, inode, size, mtime,
   ctime); if someone changed it meanwhile the edit is redone from the new content.
 
@@ -89,12 +92,15 @@ def update_file(
     owner_gid: int,
     create_parent: bool,
     attempts: int = 3,
+    before_replace: Callable[[int], None] | None = None,
 ) -> bool:
     """Read the file safely, call ``edit(old_bytes_or_None)``, atomically write what it returns.
 
     ``edit`` returns None (or the same bytes) to leave the file alone; it may raise to abort.
     With ``create_parent`` the last directory is created if missing (a missing file is then
     created); without it a missing directory means "no file". Returns True if it wrote.
+    ``before_replace(fd)`` is called with each temp file's fd just before it is renamed into place
+    (after the fsync); it may be called again for a retry's temp file if the file changed.
     """
     if WINDOWS:  # owner_gid has no meaning there: the owner's SID comes from owner_uid
         from agent.credfile import safefs_win
@@ -114,7 +120,7 @@ def update_file(
             new = edit(snapshot.data)
             if new is None or new == snapshot.data:
                 return False
-            if _replace(parent, path, new, owner_uid, owner_gid, snapshot.fingerprint):
+            if _replace(parent, path, new, owner_uid, owner_gid, snapshot.fingerprint, before_replace):
                 return True
         raise ConcurrentChangeError(f"the file changed during each of {attempts} attempts").at(path)
     finally:
@@ -284,6 +290,7 @@ def _replace(
     owner_uid: int,
     owner_gid: int,
     expected: Fingerprint,
+    before_replace: Callable[[int], None] | None = None,
 ) -> bool:
     """Atomically put ``data`` at ``path.name``; False if the file is no longer ``expected``."""
     if not POSIX:
@@ -300,6 +307,8 @@ def _replace(
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+            if before_replace is not None:
+                before_replace(fd)
         finally:
             os.close(fd)
         if _fingerprint(parent_fd, name) != expected:

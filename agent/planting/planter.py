@@ -11,7 +11,10 @@ watcher, the periodic pass and the CLI share one set of rules:
 * a conflict (a non-Tripkey section with our profile name) is reported once and left untouched;
 * a planted section that disappears or changes is a tamper: reported, and re-planted at once the
   first time, then after 1 min, 2 min, ... capped at 24 h if the user keeps removing it
-  (the schedules are in agent.planting.schedule).
+  (the schedules are in agent.planting.schedule);
+* every new version of a target file (a write is a temp file renamed over it: a new inode) is handed
+  to `on_new_file(path, fd)` before the rename, so a sensor that watches inodes watches it before
+  anyone can open it (the service passes the sensor's `watch_new_file`).
 """
 
 from __future__ import annotations
@@ -70,9 +73,11 @@ class Planter:
         emit: EventSink | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
         on_secret: Callable[[str], None] | None = None,
+        on_new_file: Callable[[str, int], None] | None = None,
     ) -> None:
         self.config = config
         self.on_secret = on_secret  # the read log scrubs these from command lines; never stored
+        self.on_new_file = on_new_file  # (path, fd of the new version) before it is renamed in
         self.store = store
         self.client = client
         self.emit = emit or (lambda event: None)
@@ -105,6 +110,17 @@ class Planter:
         if path not in self._digests or self._digests[path] is None:
             return False  # nothing recorded, or the file was unreadable then: judge it
         return self._digests[path] == file_digest(path, self._targets_owner(path))
+
+    def _before_replace(self, path: str) -> Callable[[int], None]:
+        def hand_over(fd: int) -> None:
+            if self.on_new_file is None:
+                return
+            try:
+                self.on_new_file(path, fd)
+            except Exception:  # the sensor's health says what it cannot watch; the plant goes on
+                log.exception("%s: the sensor could not watch the new version", path)
+
+        return hand_over
 
     def target(self, path: str) -> Target | None:
         return self._targets.get(path)
@@ -306,6 +322,7 @@ class Planter:
                 self.store.state.owned_key_ids,
                 target.owner,
                 force_default=self.config.force_default_profile,
+                before_replace=self._before_replace(target.path),
             )
             self._digests[target.path] = file_digest(target.path, target.owner)
             if self.on_secret is not None:
@@ -372,7 +389,13 @@ class Planter:
         self._writing.add(ts.path)
         try:
             owner = self._owner_of(ts)
-            removed = unplant_one(ts.path, ts.profile, self.store.state.owned_key_ids, owner)
+            removed = unplant_one(
+                ts.path,
+                ts.profile,
+                self.store.state.owned_key_ids,
+                owner,
+                before_replace=self._before_replace(ts.path),
+            )
             self._digests[ts.path] = file_digest(ts.path, owner)
             if self.config.region:
                 unplant_region(ts.path, ts.profile, self.config.region, owner)

@@ -7,6 +7,14 @@ close-without-write are not, so reads of the file never wake the watcher. inotif
 about the file without opening it; the inspection that follows is done by the agent's own process,
 which the fanotify sensor deliberately skips.
 
+Judging a file costs CPU in proportion to its size, and its owner decides how often it changes: each
+file is judged again no sooner than 0.5 s, and no sooner than 10 times the CPU its last judgement
+took, so one user appending to a huge file cannot keep the agent busy (and starve its capture
+threads of the interpreter); the last change is always judged, only later.
+
+Every change of a target's directory entry is also passed at once to `on_change` (the service
+points it at the sensor's `refresh`: a file someone else replaced is a new inode to watch).
+
 Our own writes are ignored twice over: nothing is judged while the planter is writing a path, and
 afterwards a file whose bytes hash to what the agent last wrote is "ours" (no event). Everything
 else is handed to `Planter.ensure`, which decides (tamper? conflict? the user only edited their own
@@ -20,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from watchdog.events import (
     DirDeletedEvent,
@@ -39,6 +47,10 @@ from watchdog.observers.api import ObservedWatch
 from agent.planting.planter import Planter
 
 log = logging.getLogger(__name__)
+
+MIN_GAP = 0.5  # seconds between two judgements of one file, however cheap
+COST_FACTOR = 10.0  # ... and at least this many times the CPU its last judgement took
+SLOW_GAP = 5.0  # a gap longer than this is logged (a huge file that keeps changing)
 
 _WRITE_EVENTS = [
     FileCreatedEvent,
@@ -69,21 +81,33 @@ class _Handler(FileSystemEventHandler):
             return
         if src in w.paths:
             hint = {"deleted": "deleted", "moved": "moved"}.get(event.event_type, "modified")
+            w.changed(src)
             w.notify(src, hint)
         if dest and dest in w.paths:
+            w.changed(dest)
             w.notify(dest, "modified")  # something was renamed onto the target (atomic replace)
 
 
 class RepairWatcher:
     """Watches the targets' directories and asks the planter to repair; one worker thread."""
 
-    def __init__(self, planter: Planter, *, debounce: float = 0.2) -> None:
+    def __init__(
+        self,
+        planter: Planter,
+        *,
+        debounce: float = 0.2,
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
         self.planter = planter
         self.debounce = debounce
+        # Told at once (watchdog's thread, before the debounce) that a target's directory entry
+        # changed: the sensor re-checks which inode is there now (a replace by someone else).
+        self.on_change = on_change
         self.paths: frozenset[str] = frozenset()
         self._watches: dict[str, ObservedWatch] = {}
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._pending: dict[str, str] = {}
+        self._not_before: dict[str, float] = {}  # monotonic time a path may be judged again
         self._cond = threading.Condition()
         self._watch_lock = threading.RLock()  # set_paths (main thread) vs. the worker's refresh
         self._stale: set[str] = set()  # watched directories that were deleted or moved away
@@ -118,6 +142,8 @@ class RepairWatcher:
         """Watch the directories of these target files (directories that do not exist yet are
         picked up by the next call, e.g. after the planter created ~/.aws)."""
         self.paths = frozenset(os.path.normpath(p) for p in paths)
+        with self._cond:
+            self._not_before = {p: t for p, t in self._not_before.items() if p in self.paths}
         self._refresh_watches()
 
     def _refresh_watches(self) -> None:
@@ -155,7 +181,16 @@ class RepairWatcher:
             self._stale.add(directory)
         for path in self.paths:
             if os.path.dirname(path) == directory:
+                self.changed(path)
                 self.notify(path, "deleted")
+
+    def changed(self, path: str) -> None:
+        if self.on_change is None:
+            return
+        try:
+            self.on_change(path)
+        except Exception:
+            log.exception("change hook for %s failed", path)
 
     def notify(self, path: str, hint: str) -> None:
         with self._cond:
@@ -167,19 +202,48 @@ class RepairWatcher:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
+                while not self._stopping and not self._ready_locked():
+                    self._cond.wait(self._wait_locked())
                 if self._stopping:
                     return
             time.sleep(self.debounce)  # let a burst (temp write + rename) settle
             with self._cond:
-                batch, self._pending = self._pending, {}
+                now = time.monotonic()
+                batch = {p: h for p, h in self._pending.items() if self._not_before.get(p, 0.0) <= now}
+                for path in batch:
+                    del self._pending[path]
             for path, hint in batch.items():
+                started = time.thread_time()
                 try:
                     self._judge(path, hint)
                 except Exception:  # the watcher must survive anything one file throws at it
                     log.exception("repair of %s failed", path)
+                self._space_out(path, time.thread_time() - started)
             self._refresh_watches()
+
+    def _ready_locked(self) -> bool:
+        now = time.monotonic()
+        return any(self._not_before.get(p, 0.0) <= now for p in self._pending)
+
+    def _wait_locked(self) -> float | None:
+        """Until the earliest deferred change may be judged (None: nothing pending)."""
+        if not self._pending:
+            return None
+        return max(0.0, min(self._not_before.get(p, 0.0) for p in self._pending) - time.monotonic())
+
+    def _space_out(self, path: str, cpu_seconds: float) -> None:
+        """Judge this file again no sooner than max(MIN_GAP, COST_FACTOR x what judging it cost).
+
+        Inspecting a file costs CPU in proportion to its size (2 s for 10,000 profiles), and the
+        file's owner decides how often it changes. Spaced out like this, one user appending to a
+        huge file three times a second costs the agent at most ~1/COST_FACTOR of a core, and the
+        last change is always judged (it waits in `_pending`), only later."""
+        gap = max(MIN_GAP, COST_FACTOR * cpu_seconds)
+        with self._cond:
+            self._not_before[path] = time.monotonic() + gap
+        if gap > SLOW_GAP:
+            log.info("%s took %.2f s of CPU to inspect; inspecting it at most every %.0f s", path,
+                     cpu_seconds, gap)  # fmt: skip
 
     def _judge(self, path: str, hint: str) -> None:
         if self.planter.is_writing(path):

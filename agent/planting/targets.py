@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,7 @@ def plant_one(
     owner: LocalUser,
     *,
     force_default: bool = False,
+    before_replace: Callable[[int], None] | None = None,
 ) -> None:
     cred = credfile.CanaryCredential(issued.access_key_id, issued.secret_access_key, issued.session_token)
     credfile.plant_file(
@@ -98,12 +99,22 @@ def plant_one(
         owner_uid=owner.uid,
         owner_gid=owner.gid,
         force_default=force_default,
+        before_replace=before_replace,
     )
 
 
-def unplant_one(path: str, profile: str, owned: Iterable[str], owner: LocalUser | None) -> bool:
+def unplant_one(
+    path: str,
+    profile: str,
+    owned: Iterable[str],
+    owner: LocalUser | None,
+    *,
+    before_replace: Callable[[int], None] | None = None,
+) -> bool:
     uid, gid = _owner_ids(path, owner)
-    return credfile.unplant_file(Path(path), profile, set(owned), owner_uid=uid, owner_gid=gid)
+    return credfile.unplant_file(
+        Path(path), profile, set(owned), owner_uid=uid, owner_gid=gid, before_replace=before_replace
+    )
 
 
 def read_target(path: str, owner: LocalUser | None) -> bytes | None:

@@ -78,7 +78,10 @@ def heartbeat_payload(
     agent_version: str = __version__,
     secrets: Secrets = (),
 ) -> dict[str, Any]:
-    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None."""
+    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None.
+
+    `sensor_health` is the service's health record: the sensor's fields, plus `deadman`,
+    `readlog_failed` and `spool_failed` (sent at the top level)."""
     sensor = {
         "name": sensor_health.get("name"),
         "mode": sensor_health.get("mode"),
@@ -107,8 +110,26 @@ def heartbeat_payload(
         "spool_pending": spool.pending() if spool else 0,
         "spool_dropped": spool.dropped() if spool else 0,
         "spool_rejected": spool.rejected() if spool else 0,
+        # Reads seen but not kept (agent.reporting.losses): not in the read log / never queued.
+        "readlog_failed": int(sensor_health.get("readlog_failed") or 0),
+        "spool_failed": int(sensor_health.get("spool_failed") or 0),
+        "deadman": _deadman(sensor_health.get("deadman")),
     }
     return known(secrets).scrub_payload(payload)
+
+
+def _deadman(value: Any) -> dict[str, Any] | None:
+    """Whether a stopped or wedged agent is killed from outside (agent.deadman), as sent."""
+    if not isinstance(value, Mapping):
+        return None
+    timeout = value.get("timeout_ms")
+    return {
+        "armed": bool(value.get("armed")),
+        "kind": bound_optional(value.get("kind"), 40),
+        "timeout_ms": int(timeout) if isinstance(timeout, int | float) else None,
+        "petted_by": bound_optional(value.get("petted_by"), TEXT_BUDGET),
+        "detail": bound_optional(value.get("detail"), TEXT_BUDGET),
+    }
 
 
 def unavailable_health(sensor: str, error: str) -> dict[str, Any]:

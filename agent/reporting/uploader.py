@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -186,10 +187,12 @@ class UploadWorker:
             if self.wake.is_set():
                 self.wake.clear()
                 self.upload.trigger_now()
+            # This thread must outlive anything one pass throws at it (a full disk makes the spool
+            # fail): without it no heartbeat would ever say what was lost.
             if self.upload.due() and not self.reenroll.is_set():
-                self.upload_once()
+                self._survive(self.upload_once, self.upload, "upload")
             if self.beat.due() and not self.reenroll.is_set():
-                self.heartbeat_once()
+                self._survive(self.heartbeat_once, self.beat, "heartbeat")
             wait = min(self.upload.seconds_until_due(), self.beat.seconds_until_due(), 5.0)
             self.wake.wait(max(wait, 0.05))
         # Last chance to ship what is queued (a few seconds at most; the spool keeps the rest).
@@ -198,6 +201,13 @@ class UploadWorker:
         if self.spool.pending() and not self.reenroll.is_set():
             self.upload_once()
         self.client.close()
+
+    def _survive(self, job: Callable[[], None], periodic: Periodic, what: str) -> None:
+        try:
+            job()
+        except Exception:
+            delay = periodic.failed()
+            log.exception("%s failed; retrying in %.0f s", what, delay)
 
     def upload_once(self) -> None:
         try:
@@ -209,6 +219,8 @@ class UploadWorker:
             return
         except TripkeyError as exc:
             error = str(exc)
+        except (sqlite3.Error, OSError) as exc:  # the spool cannot be written (full disk): try later
+            error = f"the spool cannot be updated: {exc}"
         if error:
             delay = self.upload.failed()
             log.warning(

@@ -278,6 +278,16 @@ class EbpfSensor(Sensor):
         self._watches.watch(key, path, fd)
         return key
 
+    def watch_new_file(self, path: str, fd: int) -> None:
+        """The planter's hook (Sensor.watch_new_file): the new inode is watched before its rename."""
+        if self._started and not self._stopped:
+            self.watch_file(fd, path)
+
+    def refresh(self, paths: Iterable[str] | None = None) -> None:
+        """A target was replaced by someone else (an editor's rename): watch what each path names now."""
+        if self._started and not self._stopped:
+            self._watches.set_paths(self.paths)
+
     def watch_inode(self, dev: int, ino: int, path: str) -> None:
         """Watch an inode given by its userspace stat (st_dev, st_ino) as planted file `path`.
 

@@ -4,7 +4,7 @@ Threads (none of them ever opens a marked file by path, which would deadlock on 
 
   reader    drains the fanotify fd (non-blocking + poll with a wake pipe), parses records, and
             for every permission event registers it with the guard *before* anything else. Our
-            own pid, other files of the directory, and duplicates are allowed at once; events
+            own pid, inodes unmarked a moment ago, and duplicates are allowed at once; events
             for planted files go to the capture workers. It never blocks on anything slow, so
             every event reaches the guard even while captures or the callback stall.
   capture   reads the reader's /proc context (tied to it by the pidfd when the kernel reports
@@ -15,8 +15,11 @@ Threads (none of them ever opens a marked file by path, which would deadlock on 
   dispatch  calls the callback. It runs after the reader was allowed, so a slow callback delays
             nobody's open(); events wait in a bounded queue (overflow counted as lost).
 
-Marks go on each target's PARENT directory with FAN_EVENT_ON_CHILD, so an atomic replace (rename
-over the file) stays watched. Events are filtered to planted files by readlink of the event fd.
+Marks go on each planted file's INODE (agent.sensors._fanotify_marks): every name of the file is
+watched (hard links, a renamed ~/.aws, bind mounts, /proc/self/fd) and nothing else in the directory
+is ever held. Events are matched to targets by the event fd's (device, inode), never by path. An
+atomic replace by the agent is marked before the rename (`watch_new_file`); one by anyone else at
+the next `refresh` (the agent calls it when its repair watcher sees the file change).
 
 Dedupe (see OpenBooks): one open is one ReadEvent(access="open"); a close whose open we never
 saw is reported as access="close".
@@ -27,11 +30,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import errno
 import logging
 import os
 import queue
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -40,11 +43,12 @@ from agent import osflags
 from agent.clock import utcnow
 from agent.events.model import ReadEvent
 from agent.sensors import _fanotify_abi as abi
+from agent.sensors import _fanotify_group as group
 from agent.sensors import _procinfo as procinfo
 from agent.sensors._fanotify_books import FanotifyHealth, OpenBooks
 from agent.sensors._fanotify_guard import PermissionGuard, renice_current_thread
-from agent.sensors._fanotify_marks import DirectoryMarks
-from agent.sensors.base import Capabilities, ReadCallback, Sensor, SensorUnavailable
+from agent.sensors._fanotify_marks import InodeMarks
+from agent.sensors.base import Capabilities, DeadmanPetter, ReadCallback, Sensor, SensorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ __all__ = ["FanotifyHealth", "FanotifyNotifySensor", "FanotifySensor"]
 
 CaptureFunc = Callable[[int, int | None], procinfo.ProcContext]
 READ_BUFFER = 4096  # ≤128 records per read: bounds the fds the kernel installs at once
+SWITCH_INTERVAL = 0.0005  # seconds; see FanotifySensor.__init__
+DEADMAN_SLACK = 0.25  # a reader still held this long past the budget means the guard is wedged
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,11 +68,6 @@ class _Work:
     time: dt.datetime
 
 
-def normalize(path: str) -> str:
-    """The path as the kernel will report it for an event fd (symlinks resolved, absolute)."""
-    return os.path.realpath(os.path.abspath(os.fsdecode(path)))
-
-
 class FanotifySensor(Sensor):
     """fanotify permission events: context captured while the reader is held, then always allowed."""
 
@@ -74,7 +75,7 @@ class FanotifySensor(Sensor):
     mode = "permission"
     capabilities = Capabilities(has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=True)
     _init_class = abi.FAN_CLASS_CONTENT
-    _mark_mask = abi.FAN_OPEN_PERM | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE | abi.FAN_EVENT_ON_CHILD
+    _mark_mask = abi.FAN_OPEN_PERM | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class FanotifySensor(Sensor):
         max_queued: int = 10000,
         capture: CaptureFunc | None = None,
         nice: int | None = -10,
+        switch_interval: float | None = SWITCH_INTERVAL,
     ) -> None:
         super().__init__(paths, callback)
         if budget <= 0:
@@ -94,9 +96,16 @@ class FanotifySensor(Sensor):
         # Readers wait on these threads: on a busy host a higher priority cut the longest hold
         # from ~35 ms to ~10 ms in bench runs (load 8 on 2 cores). None leaves priority alone.
         self.nice = nice
+        # The capture threads share the interpreter lock with everything else the agent does. A
+        # thread that parses a big file holds it for up to sys.getswitchinterval() (5 ms) each
+        # time a capture thread wants it back, and a capture wants it back after each of its
+        # ~100 /proc syscalls: 10,000-profile inspections made captures miss the budget (half the
+        # readers of a 300-reader run were let through unattributed). At 0.5 ms the same run had
+        # none (bench_sensors' churn scenario). None leaves the interpreter's setting alone.
+        self.switch_interval = switch_interval
+        self._previous_switch: float | None = None
         self._capture = capture or procinfo.capture
-        self._watched = frozenset(normalize(p) for p in self.paths)
-        self._marks = DirectoryMarks(self.name, self._mark_mask)
+        self._marks = InodeMarks(self.name, self._mark_mask)
         self._fan_fd = -1
         self._fd_lock = threading.Lock()  # the group fd is closed once, by stop() or _fail_open()
         self._wake_r = self._wake_w = -1
@@ -110,6 +119,8 @@ class FanotifySensor(Sensor):
         self._own_pid = os.getpid()
         self._started = self._stopped = False
         self._fatal: str | None = None
+        self._petter: DeadmanPetter | None = None
+        self._next_pet = 0.0
         self._stats_lock = threading.Lock()  # counters bumped from several threads
         self._lost = self._reported = self._own_skipped = self._missing = self._cb_errors = 0
 
@@ -119,31 +130,7 @@ class FanotifySensor(Sensor):
     def check_available(cls) -> str | None:
         if not osflags.LINUX:
             return f"{cls.name} exists only on Linux"
-        try:
-            fd = abi.fanotify_init(cls._init_class | abi.FAN_CLOEXEC | abi.FAN_NONBLOCK, abi.EVENT_F_FLAGS)
-        except OSError as exc:
-            return cls._explain_init_error(exc)
-        os.close(fd)
-        return None
-
-    @classmethod
-    def _explain_init_error(cls, exc: OSError) -> str:
-        if exc.errno == errno.EPERM:
-            return (
-                f"{cls.name} needs root (CAP_SYS_ADMIN): fanotify_init was refused (EPERM). Run "
-                'tripkey-agent as root, or choose another sensor (sensor = "audit"; it needs root too)'
-            )
-        if exc.errno == errno.ENOSYS:
-            return f'{cls.name}: this kernel or libc has no fanotify (ENOSYS); choose sensor = "audit"'
-        if exc.errno == errno.EINVAL and cls._init_class != abi.FAN_CLASS_NOTIF:
-            return (
-                "fanotify permission events are not available in this kernel "
-                '(CONFIG_FANOTIFY_ACCESS_PERMISSIONS); choose sensor = "audit" '
-                'or the weaker "fanotify-notify"'
-            )
-        if exc.errno == errno.EMFILE:
-            return f"{cls.name}: too many fanotify groups (fs.fanotify.max_user_groups) or open files: {exc}"
-        return f"{cls.name}: fanotify_init failed: {exc}"
+        return group.probe(cls.name, cls._init_class)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -152,13 +139,17 @@ class FanotifySensor(Sensor):
             raise RuntimeError("sensor already started")
         if not osflags.LINUX:
             raise SensorUnavailable(f"{self.name} exists only on Linux")
-        self._fan_fd = self._init_group()
+        self._fan_fd, self._pidfd = group.open_group(self.name, self._init_class)
         self._started = True
+        if self.switch_interval is not None:
+            self._previous_switch = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.switch_interval, self._previous_switch))
         try:
             abi.raise_nofile_limit()
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             self._guard = PermissionGuard(self._fan_fd, self.budget, nice=self.nice)
-            self._apply_marks(self._watched)
+            self._marks.bind(self._fan_fd)
+            self._marks.set_paths(self.paths)
             self._spawn("reader", self._read_loop)
             for n in range(self._workers):
                 self._spawn(f"capture-{n}", self._capture_loop)
@@ -167,24 +158,9 @@ class FanotifySensor(Sensor):
             self.stop()  # never leave a group (holding readers) behind a failed start
             raise
         log.info(
-            "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s) in %d dir(s)",
-            self.name, self.mode, self._pidfd, self.budget * 1000, len(self._watched), len(self._marks),
+            "%s sensor started (mode=%s, pidfd=%s, budget=%d ms) watching %d file(s), %d inode(s)",
+            self.name, self.mode, self._pidfd, self.budget * 1000, len(self.paths), len(self._marks),
         )  # fmt: skip
-
-    def _init_group(self) -> int:
-        base = self._init_class | abi.FAN_CLOEXEC | abi.FAN_NONBLOCK
-        try:
-            fd = abi.fanotify_init(base | abi.FAN_REPORT_PIDFD, abi.EVENT_F_FLAGS)
-            self._pidfd = True
-            return fd
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise SensorUnavailable(self._explain_init_error(exc)) from exc
-        # Kernel older than 5.15: same sensor, only without pidfds (recorded in health).
-        try:
-            return abi.fanotify_init(base, abi.EVENT_F_FLAGS)
-        except OSError as exc:
-            raise SensorUnavailable(self._explain_init_error(exc)) from exc
 
     def _spawn(self, role: str, target: Callable[[], None]) -> None:
         def run() -> None:
@@ -221,6 +197,8 @@ class FanotifySensor(Sensor):
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
+        if self._previous_switch is not None:
+            sys.setswitchinterval(self._previous_switch)
         log.info("%s sensor stopped", self.name)
 
     def _drain_abandoned_work(self) -> None:
@@ -240,17 +218,21 @@ class FanotifySensor(Sensor):
     # -- marks ----------------------------------------------------------------------------------
 
     def set_paths(self, paths: Iterable[str]) -> None:
+        """Watch exactly these files; also marks a file someone else replaced since (a new inode)."""
         self.paths = frozenset(paths)
-        watched = frozenset(normalize(p) for p in self.paths)
         if self._started and not self._stopped:
-            self._apply_marks(watched)
-        self._watched = watched
+            self._marks.set_paths(self.paths)
 
-    def _apply_marks(self, watched: frozenset[str]) -> None:
-        """Mark every target's directory (again: a replaced directory is a new inode), drop the rest."""
-        self._watched = self._watched | watched  # a new target is reported from its mark on
-        self._marks.apply(self._fan_fd, {os.path.dirname(p) for p in watched})
-        self._watched = watched
+    def refresh(self, paths: Iterable[str] | None = None) -> None:
+        """Re-check what is at each path now (cheap: one stat each); the agent calls it on changes."""
+        if self._started and not self._stopped:
+            self._marks.refresh(paths)
+
+    def watch_new_file(self, path: str, fd: int) -> None:
+        """Mark the new version of `path` (open as `fd`, not yet renamed into place)."""
+        if self._started and not self._stopped:
+            self._marks.add_new(path, fd)
+            self.paths = self.paths | {path}
 
     # -- reader thread --------------------------------------------------------------------------
 
@@ -260,15 +242,26 @@ class FanotifySensor(Sensor):
         except BaseException as exc:  # a dead reader would leave readers queued in the kernel
             self._fail_open(f"reader thread crashed: {type(exc).__name__}: {exc}")
             raise
+        finally:
+            petter, self._petter = self._petter, None
+            if petter is not None:  # nothing is answered here any more: the agent pets
+                petter.release()
 
     def _drain(self) -> None:
         poller = select.poll()
         poller.register(self._fan_fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stopped:
-            ready = {fd for fd, _ in poller.poll()}
+            petter = self._petter
+            # Idle, this thread wakes only to pet the deadman (every timeout/3), or never.
+            ready = {fd for fd, _ in poller.poll(-1 if petter is None else petter.interval * 1000)}
+            self._pet_if_alive()
             if self._wake_r in ready:
-                return
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 64)
+                continue  # stop (the loop ends) or a deadman was attached (pet from now on)
+            if self._fan_fd not in ready:
+                continue
             try:
                 data = os.read(self._fan_fd, READ_BUFFER)
             except BlockingIOError:
@@ -288,6 +281,33 @@ class FanotifySensor(Sensor):
                 return
             for event in events:
                 self._handle(event)
+
+    # -- deadman ----------------------------------------------------------------------------------
+
+    def attach_deadman(self, petter: DeadmanPetter) -> bool:
+        """Pet from the reader thread, the one every permission event passes through first."""
+        if not self._started or self._stopped or self._fatal is not None:
+            return False
+        self._petter = petter
+        self._next_pet = 0.0
+        os.write(self._wake_w, b"p")  # the reader may be asleep in poll() with no timeout
+        return True
+
+    def _pet_if_alive(self) -> None:
+        """Pet if this thread runs AND the guard keeps its promise (no reader held well past the
+        budget): a wedged guard or reader stops the pets, and the deadman kills the process."""
+        petter = self._petter
+        now = time.monotonic()
+        if petter is None or now < self._next_pet:
+            return
+        self._next_pet = now + petter.interval
+        assert self._guard is not None
+        late = self._guard.overdue(slack=max(self.budget, DEADMAN_SLACK))
+        if late:
+            log.error("%s: %d reader(s) held past the fail-open budget; not petting the deadman",
+                      self.name, late)  # fmt: skip
+            return
+        petter.pet()
 
     def _fail_open(self, reason: str) -> None:
         """Stop sensing loudly and let every held and queued reader through (closing the group)."""
@@ -330,8 +350,8 @@ class FanotifySensor(Sensor):
         if event.pid == self._own_pid:
             self._own_skipped += 1
             return False
-        path = abi.event_fd_path(event.fd)
-        if path is None or path not in self._watched:
+        path = self._marks.lookup(abi.event_inode(event.fd))
+        if path is None:  # an inode unmarked a moment ago: nothing of ours
             return False
         access = self._dedupe(event, path)
         if access is None:
@@ -463,7 +483,11 @@ class FanotifyNotifySensor(FanotifySensor):
         has_pid=True, has_cmdline=True, has_ancestors=True, blocks_reader=False, weaker=True
     )
     _init_class = abi.FAN_CLASS_NOTIF
-    _mark_mask = abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE | abi.FAN_EVENT_ON_CHILD
+    _mark_mask = abi.FAN_OPEN | abi.FAN_CLOSE_NOWRITE | abi.FAN_CLOSE_WRITE
+
+    def attach_deadman(self, petter: DeadmanPetter) -> bool:
+        """No reader is ever held: the agent pets (on the deadman's relaxed timeout)."""
+        return False
 
     def _detail(self) -> str | None:
         base = "notification-only (weaker): readers are not held, context may be missing for short-lived ones"

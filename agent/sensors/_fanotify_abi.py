@@ -213,6 +213,15 @@ def fanotify_mark(fan_fd: int, flags: int, mask: int, path: str, dirfd: int = AT
 EVENT_F_FLAGS = os.O_RDONLY | getattr(os, "O_LARGEFILE", 0) | os.O_CLOEXEC
 
 
+def event_inode(fd: int) -> tuple[int, int]:
+    """(st_dev, st_ino) of an event fd: which file the reader opened, whatever name it used."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return (-1, -1)
+    return (st.st_dev, st.st_ino)
+
+
 def event_fd_path(fd: int) -> str | None:
     """The path of an event fd as the kernel names it; never opens anything (a mark would hold us)."""
     try:

@@ -78,6 +78,12 @@ class PermissionGuard:
             self.max_hold = max(self.max_hold, time.monotonic() - entry.registered)
             return True
 
+    def overdue(self, slack: float) -> int:
+        """Readers still held more than `slack` seconds past their deadline (a wedged guard)."""
+        limit = time.monotonic() - slack
+        with self._cond:
+            return sum(1 for e in self._pending.values() if not e.answered and e.deadline < limit)
+
     @property
     def pending(self) -> int:
         with self._cond:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from agent.events.model import ReadEvent
 
@@ -55,6 +55,19 @@ class SensorHealth:
 ReadCallback = Callable[[ReadEvent], None]
 
 
+class DeadmanPetter(Protocol):
+    """The agent's external deadman (agent.deadman): a process that stops petting it is killed."""
+
+    interval: float  # pet at least this often (seconds)
+
+    def pet(self) -> None:
+        """Quick, never blocks, never raises."""
+
+    def release(self) -> None:
+        """This sensor stopped answering permission events for good (stopped, or failed open with
+        nothing held): the agent pets on its behalf from now on."""
+
+
 class Sensor(abc.ABC):
     """Start watching a set of planted files; report every open/read through the callback."""
 
@@ -86,3 +99,33 @@ class Sensor(abc.ABC):
     @abc.abstractmethod
     def health(self) -> SensorHealth:
         """Current health, including how many events were lost (never silently dropped)."""
+
+    def attach_deadman(self, petter: DeadmanPetter) -> bool:
+        """Pet the deadman from the code path that answers held readers; True if this sensor will.
+
+        A sensor that holds readers (fanotify permission events) must pet only while that path
+        works, so a wedged capture stops the petting and the deadman kills the process (which
+        releases every held reader). The default — a sensor that never holds a reader — returns
+        False and the agent pets from a thread of its own.
+        """
+        return False
+
+    # -- identity of the watched files (sensors keyed by inode override these) ---------------------
+
+    def watch_new_file(self, path: str, fd: int) -> None:
+        """`fd` is the new version of planted file `path`, written and fsync'd but not yet renamed
+        over it: watch it now, so it is watched from the moment it becomes visible.
+
+        Called by the agent for every plant, replace, rotation and repair, just before the rename.
+        Sensors that watch paths (audit rules, eslogger, SACLs) need nothing: the default does
+        nothing. Must be quick and must not open the file by its path.
+        """
+        return None
+
+    def refresh(self, paths: Iterable[str] | None = None) -> None:
+        """Someone else may have replaced the files at these paths (None: every watched path).
+
+        The agent calls this when its repair watcher sees a target change, so a sensor that
+        watches inodes can watch the new one. The default (path-based sensors) does nothing.
+        """
+        return None

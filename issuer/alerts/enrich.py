@@ -94,10 +94,14 @@ def agent_health(device: Device, at: dt.datetime, stale_after_seconds: int) -> d
         "stale_now": last is None or last < dt.datetime.now(dt.UTC) - stale_after,
         "sensor": sensor,
         "sensor_healthy": bool(sensor.get("healthy", False)) if sensor else False,
-        # Reads the agent never delivered: lost by the sensor, dropped by a full spool, refused here.
+        # Reads the agent never delivered: lost by the sensor, dropped by a full spool, refused here,
+        # or never queued at all (the spool could not be written: a full disk).
         "lost_events": (int(sensor.get("lost_events") or 0) if sensor else 0)
         + _count(health.get("spool_dropped"))
-        + _count(health.get("spool_rejected")),
+        + _count(health.get("spool_rejected"))
+        + _count(health.get("spool_failed")),
+        # Reads the agent saw but could not write to its own read log (it may still have sent them).
+        "readlog_failed": _count(health.get("readlog_failed")),
         "health": health,
     }
 
@@ -194,6 +198,7 @@ def build_context(
             agent_stale=health["stale_at_use"],
             sensor_healthy=health["sensor_healthy"] if health["sensor"] else not health["stale_at_use"],
             lost_events=health["lost_events"],
+            readlog_failed=health["readlog_failed"],
             selftest=selftest,
         )
     )

@@ -68,6 +68,7 @@ class VerdictInput:
     agent_stale: bool = False  # no heartbeat around the first use
     sensor_healthy: bool = True
     lost_events: int = 0
+    readlog_failed: int = 0  # reads the agent could not write to its local read log
     selftest: bool = False
 
 
@@ -175,7 +176,12 @@ def decide(facts: VerdictInput) -> Verdict:
             )
         )
 
-    context_ok = not facts.agent_stale and facts.sensor_healthy and facts.lost_events == 0
+    context_ok = (
+        not facts.agent_stale
+        and facts.sensor_healthy
+        and facts.lost_events == 0
+        and facts.readlog_failed == 0
+    )
     if not facts.reads and context_ok and not (facts.selftest and own):
         fired.append(
             (
@@ -205,7 +211,15 @@ def decide(facts: VerdictInput) -> Verdict:
             (
                 "context_incomplete",
                 f"the agent lost {facts.lost_events} read event(s)"
-                " (sensor queue, full spool or refused upload)",
+                " (sensor queue, full spool, refused upload or a spool it could not write)",
+            )
+        )
+    if facts.readlog_failed:
+        fired.append(
+            (
+                "context_incomplete",
+                f"the agent could not write {facts.readlog_failed} read(s) to its local read log "
+                "(full disk or database error): the host's own record is incomplete",
             )
         )
 

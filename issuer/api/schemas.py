@@ -233,6 +233,16 @@ class TargetHealth(RequestBody):
     error: LongText | None = None
 
 
+class DeadmanHealth(RequestBody):
+    """Whether a stopped or wedged agent is killed from outside, releasing the readers it holds."""
+
+    armed: bool
+    kind: Text40 | None = None  # systemd | supervisor | off
+    timeout_ms: Annotated[int, Field(ge=0)] | None = None
+    petted_by: LongText | None = None
+    detail: LongText | None = None
+
+
 class Heartbeat(RequestBody):
     agent_version: Text40 | None = None
     sensor: SensorHealth
@@ -241,6 +251,9 @@ class Heartbeat(RequestBody):
     spool_pending: Annotated[int, Field(ge=0)] = 0
     spool_dropped: Annotated[int, Field(ge=0)] = 0
     spool_rejected: Annotated[int, Field(ge=0)] = 0
+    readlog_failed: Annotated[int, Field(ge=0)] = 0  # reads the agent could not write to its read log
+    spool_failed: Annotated[int, Field(ge=0)] = 0  # events it could not queue for upload
+    deadman: DeadmanHealth | None = None
 
 
 class HeartbeatAck(BaseModel):

@@ -51,3 +51,34 @@ def test_a_cleanly_stopped_service_is_not_reported_as_a_broken_sensor() -> None:
     stopped = {**HEALTHY, "healthy": False, "error": "stopped", "running": False}
     line = _sensor_line(_data(stopped, running=False))
     assert "NOT WORKING" not in line and "stopped with the service" in line
+
+
+def _line(data: dict[str, Any], prefix: str) -> str:
+    return next(line for line in format_status(data).splitlines() if line.startswith(prefix))
+
+
+def test_armed_deadman_says_who_kills_a_stopped_agent_and_when() -> None:
+    deadman = {
+        "armed": True, "kind": "systemd", "timeout_ms": 1500,
+        "petted_by": "the fanotify sensor's event path", "detail": "systemd watchdog",
+    }  # fmt: skip
+    line = _line(_data({**HEALTHY, "deadman": deadman}, running=True), "deadman:")
+    assert line == (
+        "deadman:    armed (systemd: SIGKILL after 1500 ms without a sign of life from "
+        "the fanotify sensor's event path)"
+    )
+
+
+def test_deadman_that_is_off_is_said_plainly() -> None:
+    deadman = {"armed": False, "kind": "off", "detail": "turned off (deadman_seconds = 0)"}
+    line = _line(_data({**HEALTHY, "deadman": deadman}, running=True), "deadman:")
+    assert line == "deadman:    NOT armed (turned off (deadman_seconds = 0))"
+
+
+def test_reads_that_could_not_be_kept_are_shown_loudly() -> None:
+    data = {**_data(HEALTHY, running=True), "readlog_failed": 33, "spool_failed": 30}
+    assert _line(data, "LOST:") == (
+        "LOST:       33 read(s) could not be written to the read log, 30 event(s) could not be "
+        "queued for upload (full disk? see the log)"
+    )
+    assert _line(_data(HEALTHY, running=True), "lost:").startswith("lost:       none")

@@ -124,3 +124,14 @@ def test_tray_autostart_runs_the_tray_per_user() -> None:
     assert desktop["Terminal"] == "false"
     # Nothing in the name a user sees says "canary": it explains, it does not alarm.
     assert "canary" not in desktop["Name"].lower()
+
+
+def test_agent_unit_arms_the_deadman() -> None:
+    """systemd kills a stopped or wedged agent (closing its fanotify fd releases every held reader)
+    within 2 s: the agent pets WATCHDOG=1 (agent.deadman), READY=1 starts the clock."""
+    service = unit_directives(AGENT_UNIT)["Service"]
+    assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
+    assert service["WatchdogSignal"] == ["SIGKILL"]  # SIGABRT (the default) would dump core first
+    [watchdog] = service["WatchdogSec"]
+    assert watchdog.endswith("ms") and 1000 <= int(watchdog.removesuffix("ms")) <= 1500
+    assert service["Restart"] == ["on-failure"]  # a watchdog kill is a failure: restarted

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import dataclasses
 import datetime as dt
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +134,35 @@ class Rig:
 
     def issuer_credentials(self) -> dict[str, dict[str, Any]]:
         return {c.access_key_id: c for c in self.client.list_credentials(self.store.state.device_id)}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `predicate` every 0.1 s until it is truthy or `timeout` passes; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+@contextlib.contextmanager
+def running_service(tmp_path: Path, issuer: Any, **extra: Any) -> Iterator[tuple[Any, list[FakeUser]]]:
+    """An AgentService (agent.service, in a thread) for two fake users, alice's file seeded; stopped
+    on exit. `extra` are config keys (e.g. sensor="fanotify")."""
+    from agent.service import AgentService
+
+    passwd, users = make_users(tmp_path)
+    seed(users[0])
+    fast = {"upload_interval": 0.5, "heartbeat_interval": 1.0, "check_interval": 60.0}
+    service = AgentService(agent_config(tmp_path, issuer, passwd, users, **{**fast, **extra}))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        assert service.ready.wait(60), "service did not become ready"
+        yield service, users
+    finally:
+        service.stop()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "service did not stop"

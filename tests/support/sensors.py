@@ -86,15 +86,18 @@ def fan_plant(directory: Path, name: str = "credentials", text: str = "[prod-bac
     return path
 
 
-def fan_atomic_replace(path: Path, text: str) -> None:
-    """Replace a file the way the planter does: temp file in the same directory, fsync, rename."""
+def fan_atomic_replace(path: Path, text: str, before_replace: Callable[[int], None] | None = None) -> None:
+    """Replace a file the way the planter does: temp file in the same directory, fsync, then
+    `before_replace(fd)` (the agent passes sensor.watch_new_file there), rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tripkey-")
     try:
         os.write(fd, text.encode())
+        os.fchmod(fd, 0o644)
         os.fsync(fd)
+        if before_replace is not None:
+            before_replace(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

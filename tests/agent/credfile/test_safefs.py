@@ -279,3 +279,70 @@ def test_read_file_refuses_what_update_refuses(cf_home: Path, tmp_path: Path) ->
     with pytest.raises(UnsafePathError):
         safefs.read_file(aws / "credentials", owner_uid=USER)
     assert safefs.read_file(aws / "missing", owner_uid=USER) is None
+
+
+def test_before_replace_sees_the_new_version_before_anyone_can_open_it(cf_home: Path) -> None:
+    """The hook gets the fsync'd temp file's fd while the old version is still at the path; the
+    inode it gets is the one that ends up there (so a sensor can watch it before it is visible)."""
+    aws = make_dir(cf_home / ".aws")
+    path = make_file(aws / "credentials")
+    seen: list[tuple[int, bytes, bytes, int]] = []
+
+    def before_replace(fd: int) -> None:
+        st = os.fstat(fd)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode), st.st_nlink) == (USER, 0o600, 1)
+        temp = Path(os.readlink(f"/proc/self/fd/{fd}"))  # write-only fd: read the temp by its name
+        seen.append((st.st_ino, temp.read_bytes(), path.read_bytes(), os.stat(path).st_ino))
+
+    old_inode = os.stat(path).st_ino
+    assert safefs.update_file(
+        path, lambda old: ORIGINAL + b"[new]\n", owner_uid=USER, owner_gid=GROUP, create_parent=False,
+        before_replace=before_replace,
+    )  # fmt: skip
+    ((new_inode, new_bytes, visible_then, inode_then),) = seen
+    assert new_bytes == ORIGINAL + b"[new]\n" and visible_then == ORIGINAL and inode_then == old_inode
+    assert os.stat(path).st_ino == new_inode != old_inode
+    # plant_file/unplant_file pass it through
+    calls: list[int] = []
+    plant_file(path, "canary", CRED, OWNED, owner_uid=USER, owner_gid=GROUP, before_replace=calls.append)
+    unplant_file(path, "canary", OWNED, owner_uid=USER, owner_gid=GROUP, before_replace=calls.append)
+    assert len(calls) == 2 and path.read_bytes() == ORIGINAL + b"[new]\n"
+
+
+def test_before_replace_that_raises_replaces_nothing_and_leaves_no_temp(cf_home: Path) -> None:
+    aws = make_dir(cf_home / ".aws")
+    path = make_file(aws / "credentials")
+
+    def refuse(fd: int) -> None:
+        raise OSError(28, "No space left on device (fanotify marks)")
+
+    with pytest.raises(OSError, match="No space"):
+        safefs.update_file(
+            path,
+            lambda old: b"[x]\n",
+            owner_uid=USER,
+            owner_gid=GROUP,
+            create_parent=False,
+            before_replace=refuse,
+        )
+    assert path.read_bytes() == ORIGINAL
+    assert sorted(p.name for p in aws.iterdir()) == ["credentials"]
+
+
+def test_before_replace_is_called_again_for_a_retry(cf_home: Path) -> None:
+    """The file changed between our read and the rename: the retry's temp file is a new inode too."""
+    aws = make_dir(cf_home / ".aws")
+    path = make_file(aws / "credentials")
+    inodes: list[int] = []
+
+    def before_replace(fd: int) -> None:
+        inodes.append(os.fstat(fd).st_ino)
+        if len(inodes) == 1:  # the user saves the file right now
+            make_file(aws / "x", ORIGINAL + b"[mine]\n").rename(path)
+
+    assert safefs.update_file(
+        path, lambda old: (old or b"") + b"[added]\n", owner_uid=USER, owner_gid=GROUP, create_parent=False,
+        before_replace=before_replace,
+    )  # fmt: skip
+    assert len(inodes) == 2 and os.stat(path).st_ino == inodes[1]
+    assert path.read_bytes() == ORIGINAL + b"[mine]\n[added]\n"

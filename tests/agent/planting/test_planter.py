@@ -340,3 +340,44 @@ def test_secrets_already_planted_are_learned_after_a_restart(rig: Rig) -> None:
     again.sync(rig.targets, rig.errors)
     assert len(restarted) == len(secrets)  # learned once per file, not on every pass
     assert not any(s in Path(rig.config.state_dir, "state.json").read_text() for s in secrets)
+
+
+def test_every_new_version_is_handed_to_on_new_file_before_the_rename(rig: Rig) -> None:
+    """Plant, repair and rotation each write a new inode: the hook sees it while it is not yet visible."""
+    alice, bob = rig.users
+    seed(alice)
+    seen: list[tuple[str, int, bool]] = []
+
+    def on_new_file(path: str, fd: int) -> None:
+        new = os.fstat(fd).st_ino
+        visible = os.path.exists(path) and os.stat(path).st_ino == new
+        seen.append((path, new, visible))
+
+    rig.planter.on_new_file = on_new_file
+    rig.sync()
+    assert sorted(p for p, _, _ in seen) == sorted(str(u.credentials) for u in rig.users)
+    assert all(not visible for _, _, visible in seen)
+    assert {p: ino for p, ino, _ in seen} == {
+        str(u.credentials): u.credentials.stat().st_ino for u in rig.users
+    }
+    # A repair (our section removed by the user) writes a new version: handed over too.
+    alice.credentials.write_bytes(SEED)
+    seen.clear()
+    rig.planter.ensure(rig.target(alice), hint="modified")
+    assert [(p, ino) for p, ino, _ in seen] == [(str(alice.credentials), alice.credentials.stat().st_ino)]
+    # A rotation too.
+    seen.clear()
+    rig.clock.advance(days=400)
+    rig.planter.ensure(rig.target(bob))
+    assert [(p, ino) for p, ino, _ in seen] == [(str(bob.credentials), bob.credentials.stat().st_ino)]
+
+
+def test_a_failing_on_new_file_hook_does_not_stop_the_plant(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(path: str, fd: int) -> None:
+        raise OSError(28, "fanotify: no space for another mark")
+
+    rig.planter.on_new_file = broken
+    assert [s.status for s in rig.sync()] == ["planted", "planted"]
+    assert "could not watch the new version" in caplog.text

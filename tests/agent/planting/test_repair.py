@@ -202,3 +202,46 @@ def test_symlinked_aws_directory_is_not_watched(tmp_path: Path, live_issuer: Any
     finally:
         watcher.stop()
     assert list(elsewhere.iterdir()) == []
+
+
+def _big_file(profiles: int) -> bytes:
+    return b"".join(
+        b"[user%d]\naws_access_key_id = AKIAUSER%012d\naws_secret_access_key = s%038d\n" % (i, i, i)
+        for i in range(profiles)
+    )
+
+
+def test_a_huge_file_that_keeps_changing_is_inspected_sparingly(tmp_path: Path, live_issuer: Any) -> None:
+    """Issue #10: a user appending to a many-profile file 3x a second made the agent parse it
+    non-stop. Each inspection now waits at least 10x the CPU the last one took; the last change
+    is still judged."""
+    rig = Rig(tmp_path, live_issuer)
+    alice = rig.users[0]
+    seed(alice, _big_file(2000))
+    rig.sync()
+    judged: list[float] = []
+    real_ensure = rig.planter.ensure
+
+    def counting_ensure(*args: Any, **kwargs: Any) -> Any:
+        judged.append(time.monotonic())
+        return real_ensure(*args, **kwargs)
+
+    rig.planter.ensure = counting_ensure  # type: ignore[method-assign]
+    watcher = RepairWatcher(rig.planter, debounce=0.1)
+    watcher.start(rig.planter.paths)
+    try:
+        started = time.monotonic()
+        for i in range(9):  # 3 appends a second for 3 s
+            with alice.credentials.open("ab") as fh:
+                fh.write(b"# note %d\n" % i)
+            time.sleep(1 / 3)
+        during = len(judged)
+        assert 1 <= during <= 2, f"inspected {during} times while it kept changing"
+        assert wait_for(lambda: len(judged) == during + 1, 30), "the last change was never judged"
+        gap = judged[-1] - judged[-2] if len(judged) >= 2 else judged[-1] - started
+        assert gap >= 0.5
+    finally:
+        watcher.stop()
+    assert actions(rig) == []  # the user's appends are theirs: no tamper
+    assert alice.credentials.read_bytes().endswith(b"# note 8\n")
+    assert rig.ts(alice).status == "planted"

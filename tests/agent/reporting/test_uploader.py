@@ -114,8 +114,9 @@ def test_heartbeat_payload_matches_the_contract(
     with Spool(tmp_path / "spool.db", max_events=1) as spool:
         spool.put(make_read(1))
         spool.put(make_read(2))  # one dropped
+        deadman = {"armed": True, "kind": "supervisor", "timeout_ms": 1500, "petted_by": "x", "detail": "y"}
         payload = heartbeat_payload(
-            sensor_health=health.to_dict(),
+            sensor_health={**health.to_dict(), "readlog_failed": 33, "spool_failed": 2, "deadman": deadman},
             targets=[
                 {
                     "path": "/p",
@@ -137,14 +138,19 @@ def test_heartbeat_payload_matches_the_contract(
         "spool_pending",
         "spool_dropped",
         "spool_rejected",
+        "readlog_failed",
+        "spool_failed",
+        "deadman",
     }
     sensor_keys = {"name", "mode", "healthy", "error", "lost_events", "detail", "uncovered"}
     assert set(payload["sensor"]) == sensor_keys
     assert payload["spool_pending"] == 1 and payload["spool_dropped"] == 1
+    assert (payload["readlog_failed"], payload["spool_failed"], payload["deadman"]) == (33, 2, deadman)
     assert client.heartbeat(device_id, payload).ok
     token = live_issuer.create_token("responder")
     device_info = live_issuer.request("GET", f"/v1/devices/{device_id}", token).json()
     assert device_info["last_heartbeat_at"] is not None
+    assert device_info["health"]["readlog_failed"] == 33 and device_info["health"]["deadman"] == deadman
 
 
 def test_backoff_doubles_and_caps() -> None:

@@ -111,9 +111,14 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 def test_atomic_replace_still_recorded(
     fan_target: Path, fan_collector: FanCollector, fan_sensor_factory: Callable[..., object]
 ) -> None:
-    fan_sensor_factory([fan_target], fan_collector)
+    """The planter's replace: the new inode is marked (watch_new_file) before the rename."""
+    sensor = fan_sensor_factory([fan_target], fan_collector)
     for round_ in range(3):
-        fan_atomic_replace(fan_target, f"[prod-backup]\nround = {round_}\n")
+        fan_atomic_replace(
+            fan_target,
+            f"[prod-backup]\nround = {round_}\n",
+            lambda fd: sensor.watch_new_file(str(fan_target), fd),  # type: ignore[attr-defined]
+        )
         reader = subprocess.Popen(["cat", str(fan_target)], stdout=subprocess.PIPE)
         out, _ = reader.communicate(timeout=10)
         assert f"round = {round_}" in out.decode()
@@ -165,10 +170,14 @@ def test_stalled_capture_fails_open_within_budget(
 
 
 def _fds_open_on(path: Path) -> int:
+    """Open file descriptions of `path` in this process (the marks' O_PATH pins do not count)."""
     count = 0
     for entry in os.scandir("/proc/self/fd"):
         with contextlib.suppress(OSError):
-            count += os.readlink(entry.path) == str(path)
+            if os.readlink(entry.path) == str(path):
+                info = Path(f"/proc/self/fdinfo/{entry.name}").read_text()
+                flags = int(next(x for x in info.splitlines() if x.startswith("flags:")).split()[1], 8)
+                count += not flags & os.O_PATH
     return count
 
 

@@ -73,6 +73,7 @@ CASES = [
     ("sensor_unhealthy", dict(reads=(read("aws_tool"),), sensor_healthy=False), "context_incomplete"),
     ("lost_events", dict(reads=(read("aws_tool"),), lost_events=3), "context_incomplete"),
     ("partial_read", dict(reads=(read("aws_tool", partial=True),)), "context_incomplete"),
+    ("readlog_failed", dict(reads=(read("aws_tool"),), readlog_failed=33), "context_incomplete"),
     # several rules: the most severe wins, all are listed
     (
         "scanner_and_shell",
@@ -141,6 +142,7 @@ def test_selftest_is_mentioned() -> None:
     [
         ({"sensor": {"healthy": True, "lost_events": 1}, "spool_dropped": 3, "spool_rejected": 2}, 6),
         ({"sensor": {"healthy": True, "lost_events": 0}, "spool_rejected": 1}, 1),
+        ({"sensor": {"healthy": True, "lost_events": 0}, "spool_failed": 33, "readlog_failed": 33}, 33),
         ({"sensor": {"healthy": True}, "spool_dropped": "many", "spool_rejected": -4}, 0),  # forged junk
         ({}, 0),
     ],
@@ -179,3 +181,18 @@ def test_a_self_test_read_does_not_explain_a_later_real_use() -> None:
     own = read("self_test", user="root", minutes_before=60, **TRIGGER)
     verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(own,)))
     assert verdict.hint == "key_copied_elsewhere", verdict.reasons
+
+
+def test_reads_missing_from_the_host_read_log_make_the_context_incomplete() -> None:
+    """A full state disk: 33 reads could not be written to the agent's read log (issue #10)."""
+    from issuer.alerts.enrich import agent_health
+    from issuer.models import Device
+
+    health = {"sensor": {"healthy": True, "lost_events": 0}, "readlog_failed": 33}
+    device = Device(id="dev_x", hostname="h", os="linux", last_heartbeat_at=USE, health=health)
+    facts = agent_health(device, USE, stale_after_seconds=600)
+    assert (facts["readlog_failed"], facts["lost_events"]) == (33, 0)  # the spool sent them
+    verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(), readlog_failed=33))
+    assert verdict.hint == "context_incomplete", verdict.reasons
+    assert any("could not write 33 read(s) to its local read log" in r for r in verdict.reasons)
+    assert not any("no read of the file was recorded" in r for r in verdict.reasons)
