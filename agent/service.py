@@ -3,7 +3,8 @@
 Threads:
   main      enrollment, the periodic pass (user rescan, plant/repair/refresh every target,
             sensor and watcher paths), due re-plants after backoff, state/health persistence
-  consumer  sensor events from a bounded queue: classify, record in the read log, spool
+  consumer  sensor events from a bounded queue: establish the reader's provenance (on a worker with
+            a deadline, agent.events.probe), classify, record in the read log, spool
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
   repair    the tamper watcher (agent.planting.repair) and watchdog's observer
   sensor    whatever the chosen sensor runs
@@ -30,7 +31,9 @@ from agent import __version__
 from agent.clock import to_iso, utcnow
 from agent.config import AgentConfig
 from agent.events.bounds import bound_event
+from agent.events.probe import BoundedProbe, ProvenanceProbe, with_provenance
 from agent.events.secrets import KnownSecrets
+from agent.events.trust import Classification, judge
 from agent.planting.planter import Planter, resolve_targets
 from agent.planting.repair import RepairWatcher
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
@@ -93,6 +96,7 @@ class AgentService:
         self.spool: Spool | None = None
         self.readlog: Any = None
         self.classifier: Any = None
+        self.provenance: BoundedProbe | None = None
         self.planter: Planter | None = None
         self.watcher: RepairWatcher | None = None
         self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
@@ -112,6 +116,7 @@ class AgentService:
                 st.service_pid, st.service_started_at = os.getpid(), to_iso(self.clock())
             self.spool = Spool(store.dir / SPOOL_FILE, config.spool_max_events)
             self.readlog, self.classifier = _open_readlog(config, store.dir / READLOG_FILE)
+            self.provenance = _provenance_probe(config)
             client = make_client(config)
             targets, errors = resolve_targets(config)
             try:
@@ -125,6 +130,7 @@ class AgentService:
                 config, store, client, emit=self._spool_put, clock=self.clock, on_secret=self._scrub_secret
             )
             self.planter.sync(targets, errors)
+            self._skip_planted()
             self._start_sensor()
             self.watcher = RepairWatcher(self.planter)
             self.watcher.start(self.planter.paths)
@@ -180,6 +186,8 @@ class AgentService:
             self.spool.close()
         if self.readlog is not None and hasattr(self.readlog, "close"):
             self.readlog.close()
+        if self.provenance is not None:
+            self.provenance.close()
         log.info("tripkey-agent stopped")
 
     # ------------------------------------------------------------------ sensor
@@ -224,7 +232,7 @@ class AgentService:
             if event is None:
                 return
             try:
-                label = self.classifier.classify(event) if self.classifier else None
+                event, label = self._triage(event)
                 # Scrub the planted secrets, then bound every string so the event fits the read
                 # log's budget and the issuer's API limits (agent.events.bounds).
                 event = bound_event(event, self._secrets)
@@ -234,6 +242,23 @@ class AgentService:
                     self.store.state.last_event_at = to_iso(event.time)
             except Exception:
                 log.exception("could not record a read of %s", getattr(event, "path", "?"))
+
+    def _triage(self, event: Any) -> tuple[Any, Classification | None]:
+        """The reader's provenance (bounded in time) and the label it supports."""
+        if self.classifier is None:
+            return event, None
+        if self.provenance is None:
+            label, rule = self.classifier.explain(event)
+            return event, Classification(label, rule, reason="by name only: provenance recording is off")
+        provenance = self.provenance.reader(event)
+        if provenance.error:
+            log.warning("provenance of pid %s (%s): %s", event.pid, event.exe, provenance.error)
+        event = with_provenance(event, provenance)
+        return event, judge(self.classifier, event, provenance, self.provenance.file)
+
+    def _skip_planted(self) -> None:
+        if self.provenance is not None and self.planter is not None:
+            self.provenance.probe.set_skip_paths(self.planter.paths)
 
     # ------------------------------------------------------------------ self-reports
 
@@ -331,6 +356,7 @@ class AgentService:
         assert self.planter is not None
         targets, errors = resolve_targets(self.config)
         self.planter.sync(targets, errors)
+        self._skip_planted()
         paths = self.planter.paths
         if self.sensor is not None:
             try:
@@ -378,6 +404,20 @@ def _open_readlog(config: AgentConfig, path: Path) -> tuple[Any, Any]:
     readlog = ReadLog(path, retention_days=config.readlog_retention_days, max_mb=config.readlog_max_mb)
     classifier = Classifier.from_config(list(config.classification_rules))
     return readlog, classifier
+
+
+def _provenance_probe(config: AgentConfig) -> BoundedProbe | None:
+    if not config.provenance:
+        log.warning("provenance = false: readers are classified by name alone, which a name can fool")
+        return None
+    from agent.events.packages import detect
+
+    probe = ProvenanceProbe(
+        packages=detect(),
+        max_hash_bytes=config.provenance_hash_max_mb * 1024 * 1024,
+        hash_seconds=config.provenance_hash_seconds,
+    )
+    return BoundedProbe(probe, timeout=config.provenance_timeout)
 
 
 def run_service(config: AgentConfig, *, sensor_factory: Callable[..., Any] | None = None) -> int:

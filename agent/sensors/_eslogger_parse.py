@@ -42,6 +42,7 @@ from typing import Any
 
 from agent.events.bounds import MAX_ANCESTORS
 from agent.events.model import ProcessInfo, ReadEvent, parse_utc
+from agent.events.provenance import CodeSigning, signing_from_flags
 
 SENSOR_NAME = "eslogger"
 EVENT_EXEC, EVENT_OPEN, EVENT_FORK, EVENT_EXIT = 9, 10, 11, 15
@@ -67,6 +68,7 @@ class ProcRecord:
     start_time: dt.datetime | None = None
     cwd: str | None = None
     pidversion: int | None = None
+    signing: CodeSigning | None = None  # signing_id, team_id, platform binary, CS flags of the image
 
 
 Fallback = Callable[[int], ProcRecord | None]
@@ -115,6 +117,12 @@ def process_record(proc: Any) -> ProcRecord:
         uid=_int(token.get("ruid")),
         start_time=parse_time(proc.get("start_time")),
         pidversion=_int(token.get("pidversion")),
+        signing=signing_from_flags(
+            proc.get("signing_id"),
+            proc.get("team_id"),
+            proc.get("is_platform_binary"),
+            proc.get("codesigning_flags"),
+        ),
     )
 
 
@@ -152,6 +160,7 @@ class ProcessTable:
         known.uid = seen.uid if seen.uid is not None else known.uid
         known.start_time = seen.start_time or known.start_time
         known.pidversion = seen.pidversion if seen.pidversion is not None else known.pidversion
+        known.signing = seen.signing or known.signing
         return known
 
     def exit(self, pid: int) -> None:
@@ -334,6 +343,8 @@ class EsloggerParser:
             start_time=seen.start_time or proc.start_time,
             cwd=proc.cwd,
             ancestors=self.ancestors(seen.ppid),
+            # The signature of the image that opened the file (the message's own process).
+            signing=seen.signing or proc.signing,
         )
 
     def ancestors(self, ppid: int | None) -> tuple[ProcessInfo, ...]:
