@@ -1,6 +1,7 @@
 """`tripkey-issuer`: run the issuer, manage its database schema and its API tokens.
 
-Exit status: 0 success, 1 runtime failure (database, network), 2 bad usage or configuration.
+Exit status: 0 success, 1 runtime failure (database, network), 2 bad usage or configuration,
+3 `check` found something to fix.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(show)
 
     ingest_secret.register(sub)
+
+    check = sub.add_parser(
+        "check",
+        help="look for problems to fix (exit 3 if any)",
+        description="Check the configuration and the pool for problems an operator should fix: an account "
+        "of the pool on a public list of known canary accounts (secret scanners recognise its keys offline "
+        "from the account id in the key id), and more. Exit 0 when all is well, 3 when a check warns.",
+    )
+    _common(check)
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="do not call AWS (use only the registry's keys and account ids)",
+    )
 
     token = sub.add_parser("token", help="create, list and revoke API tokens", description="API tokens.")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -156,6 +171,25 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from issuer.checks import OK, CheckContext, run_checks
+
+    settings = _settings(args)
+    database = _database(settings)
+    gateway = None
+    try:
+        if not args.offline:
+            from issuer.aws.gateway import AwsGateway
+
+            gateway = AwsGateway(settings.minting_config())
+        results = run_checks(settings, CheckContext(gateway=gateway, sessionmaker=database.sessionmaker))
+    finally:
+        database.dispose()
+    text = "\n".join(f"{r.status.upper():8} {r.check}: {r.message}" for r in results)
+    _emit(args, {"results": [r.to_dict() for r in results]}, text)
+    return 0 if all(r.status == OK for r in results) else 3
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     data = _settings(args).redacted()
     _emit(args, data, "\n".join(f"{key} = {json.dumps(value, default=str)}" for key, value in data.items()))
@@ -218,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": cmd_token,
         "config": cmd_config_show,
         "ingest-secret": ingest_secret.run,
+        "check": cmd_check,
     }
     try:
         return handlers[args.command](args)

@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.support.detection",
     "tests.support.client",
     "tests.support.e2e",
+    "tests.support.pushpath",
 ]
 
 

@@ -88,7 +88,8 @@ ENUMERATION = "enumeration"  # listing and reading the account
 PRIVILEGE = "privilege"  # attempts to gain or mint access
 WRITE = "write"  # changing or using resources
 UNKNOWN_CALL = "unknown"  # the last-used safety net names a service, not a call
-KIND_ORDER = (PRIVILEGE, WRITE, ENUMERATION, IDENTITY, UNKNOWN_CALL)
+AWS_ACTION = "aws_action"  # AWS acting on the key itself (its quarantine policy)
+KIND_ORDER = (PRIVILEGE, WRITE, ENUMERATION, IDENTITY, AWS_ACTION, UNKNOWN_CALL)
 
 _IDENTITY_CALLS = frozenset({"GetCallerIdentity", "GetAccessKeyInfo"})
 _PRIVILEGE_CALLS = frozenset(
@@ -372,7 +373,7 @@ def make_call(
     return Call(
         time=time,
         name=f"{service}:{event_name}" if service else (event_name or "unknown"),
-        kind=call_kind(event_name, event_source),
+        kind=AWS_ACTION if quarantine else call_kind(event_name, event_source),
         region=region,
         source_ip=source_ip,
         relation=relation,
