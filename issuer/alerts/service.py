@@ -80,7 +80,8 @@ def _title(kind: str, credential: Credential, event: AwsEvent) -> str:
 
 
 def _merge_summary(summary: dict[str, Any], event: AwsEvent) -> dict[str, Any]:
-    merged = {key: list(summary.get(key) or []) for key in SUMMARY_KEYS}
+    # Other keys (what the sinks were told: issuer.alerts.updates) are kept as they are.
+    merged = {**summary, **{key: list(summary.get(key) or []) for key in SUMMARY_KEYS}}
     values = {
         "source_ips": event.source_ip,
         "user_agents": event.user_agent,
