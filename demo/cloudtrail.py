@@ -274,7 +274,7 @@ class CloudTrailRecorder:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> CloudTrailRecorder:
         for target, name in (
@@ -302,7 +302,12 @@ class CloudTrailRecorder:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every record made so far was delivered (or failed); False on timeout."""
         done = threading.Event()
-        threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
+
+        def wait_for_queue() -> None:
+            self._queue.join()
+            done.set()
+
+        threading.Thread(target=wait_for_queue, daemon=True).start()
         return done.wait(timeout)
 
     # ---- AWS's own action --------------------------------------------------------------------
@@ -339,7 +344,7 @@ class CloudTrailRecorder:
 
             def _body(self) -> bytes:
                 if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    chunks = []
+                    chunks: list[bytes] = []
                     while True:
                         size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
                         if size == 0:

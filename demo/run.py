@@ -352,10 +352,10 @@ def _alert_with_reads(
             # both attacker calls came through the push path with their user agent and address.
             reads = (alert.get("enrichment") or {}).get("reads") or []
             delivered = all(d.get("status") != "pending" for d in alert.get("deliveries") or [])
-            summary = alert.get("summary") or {}
+            activity = alert.get("summary") or {}
             pushed = (
-                "sqs" in (summary.get("detection_sources") or [])
-                and len(summary.get("event_names") or []) >= 2
+                "sqs" in (activity.get("detection_sources") or [])
+                and len(activity.get("event_names") or []) >= 2
             )
             if (reads or os.geteuid() != 0) and pushed and alert.get("deliveries") and delivered:
                 return alert

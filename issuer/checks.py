@@ -63,12 +63,12 @@ def known_canary_accounts(settings: Settings, context: CheckContext) -> list[Che
             rows = session.execute(
                 select(Credential.account, Credential.account_id, Credential.access_key_id)
             ).all()
-        for account, account_id, key_id in rows:
+        for pool_account, account_id, key_id in rows:
             if account_id:
-                pool.append((account, account_id, "the registry"))
-            decoded = account_from_key_id(key_id)
+                pool.append((str(pool_account), str(account_id), "the registry"))
+            decoded = account_from_key_id(str(key_id))
             if decoded:
-                pool.append((account, decoded, f"decoded from access key id {key_id}"))
+                pool.append((str(pool_account), decoded, f"decoded from access key id {key_id}"))
     results = [CheckResult(name, WARN, f.message(canaries)) for f in check_accounts(pool, canaries)]
     for text in unknown:
         results.append(CheckResult(name, WARN, f"could not learn the id of pool account {text}"))

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -65,11 +66,12 @@ def record_address(
         return
     now = now or utcnow()
     for _ in range(2):
-        changed = session.execute(
+        result = session.execute(
             update(DeviceAddress)
             .where(DeviceAddress.device_id == device_id, DeviceAddress.address == address)
             .values(last_seen=now, seen_count=DeviceAddress.seen_count + 1)
-        ).rowcount
+        )
+        changed = cast(CursorResult[Any], result).rowcount
         if not changed:
             try:
                 with session.begin_nested():

@@ -39,7 +39,9 @@ class PackageOwner:
 
 
 class PackageDb(Protocol):
-    name: str | None  # "dpkg" | "rpm" | None when the system has no package database
+    @property
+    def name(self) -> str | None:
+        """ "dpkg" | "rpm" | None when the system has no package database."""
 
     def owner(self, path: str) -> PackageOwner: ...
 
@@ -82,14 +84,14 @@ class _Cache:
 class NoPackages:
     """A system without a package database we read (macOS, Windows, a container)."""
 
-    name = None
+    name: str | None = None
 
     def owner(self, path: str) -> PackageOwner:
         return PackageOwner(None)
 
 
 class DpkgDb:
-    name = "dpkg"
+    name: str | None = "dpkg"
 
     def __init__(self, info_dir: Path = DPKG_INFO) -> None:
         self.info_dir = Path(info_dir)
@@ -148,7 +150,7 @@ class DpkgDb:
 
 
 class RpmDb:
-    name = "rpm"
+    name: str | None = "rpm"
 
     def __init__(self, rpm: str = "rpm", db: Path | None = None) -> None:
         self.rpm = rpm

@@ -258,13 +258,13 @@ class AwsFacts:
         return _unique(c.family for c in self.calls if c.family != "none")
 
     def addresses(self) -> list[tuple[str, str]]:
-        return _unique((c.source_ip, c.relation) for c in self.calls if c.source_ip)  # type: ignore[misc]
+        return _unique((c.source_ip, c.relation) for c in self.calls if c.source_ip)
 
     def regions(self) -> list[str]:
-        return _unique(c.region for c in self.calls if c.region)  # type: ignore[misc]
+        return _unique(c.region for c in self.calls if c.region)
 
     def error_codes(self) -> list[str]:
-        return _unique(c.error_code for c in self.calls if c.error_code)  # type: ignore[misc]
+        return _unique(c.error_code for c in self.calls if c.error_code)
 
     def quarantines(self) -> list[Call]:
         return [c for c in self.calls if c.quarantine]

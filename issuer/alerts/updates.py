@@ -115,7 +115,8 @@ def consider_update(
     if not sink_names or alert.status not in OPEN_STATUSES:
         return None
     summary = dict(alert.summary or {})
-    before = summary.get("notified") if isinstance(summary.get("notified"), dict) else {}
+    notified = summary.get("notified")
+    before: dict[str, Any] = notified if isinstance(notified, dict) else {}
     changes = describe_changes(before, alert.enrichment or {})
     if not changes:
         return None

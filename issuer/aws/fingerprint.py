@@ -80,8 +80,9 @@ def load_list(path: Path | None = None) -> KnownCanaryList:
         if not isinstance(account, str) or not _ACCOUNT.match(account):
             raise CanaryListError(f"{where}: accounts[{index}].id must be a 12-digit account id")
         accounts[account] = str(entry.get("note") or "")
-    source = data.get("source") if isinstance(data.get("source"), dict) else {}
-    return KnownCanaryList(accounts, {k: str(v) for k, v in source.items()}, where)
+    source = data.get("source")
+    described = {str(k): str(v) for k, v in source.items()} if isinstance(source, dict) else {}
+    return KnownCanaryList(accounts, described, where)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

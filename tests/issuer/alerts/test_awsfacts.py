@@ -36,11 +36,13 @@ CLI_V1 = (
     [
         (CLI_V1, "aws_cli_v1"),
         (
-            "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0-1014-aws exe/x86_64.ubuntu.22 prompt/off command/sts.get-caller-identity",
+            "aws-cli/2.15.30 Python/3.11.8 Linux/6.5.0-1014-aws exe/x86_64.ubuntu.22 prompt/off "
+            "command/sts.get-caller-identity",
             "aws_cli_v2",
         ),
         (
-            "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux#6.1.0 md/arch#x86_64 lang/python#3.11.7 Botocore/1.34.0",
+            "Boto3/1.34.0 md/Botocore#1.34.0 ua/2.0 os/linux#6.1.0 md/arch#x86_64 lang/python#3.11.7 "
+            "Botocore/1.34.0",
             "boto3",
         ),
         (
@@ -49,7 +51,8 @@ CLI_V1 = (
         ),
         (
             "APN/1.0 HashiCorp/1.0 Terraform/1.5.7 (+https://www.terraform.io) terraform-provider-aws/5.17.0 "
-            "(+https://registry.terraform.io/providers/hashicorp/aws) aws-sdk-go-v2/1.21.0 os/linux lang/go#1.20.8",
+            "(+https://registry.terraform.io/providers/hashicorp/aws) aws-sdk-go-v2/1.21.0 os/linux "
+            "lang/go#1.20.8",
             "terraform",
         ),
         ("TruffleHog", "secret_scanner_verifier"),
