@@ -5,6 +5,11 @@ Rules are data (``classify_rules.toml`` beside this module, its header documents
 the organisation's rules come first and so take precedence. First match wins. Interpreters are
 looked through: ``python3 /usr/bin/aws s3 ls`` is the program ``aws``, ``python -m awscli`` the
 program ``awscli``; ``python -c ...`` is just ``python`` (unknown unless a rule matches its code).
+
+A name is only a claim: `Classifier.match` also says *what* a rule matched (the executable, argv[0],
+the script, the command line or an ancestor), so agent.events.trust can check that part's provenance
+before a trusted label holds. A rule may pin what it expects (`sha256`, `package`, `signing_id`,
+`team_id`, `signer`). `explain`/`classify` are the name-only view (tests, benchmarks).
 """
 
 from __future__ import annotations

@@ -162,6 +162,8 @@ def describe_provenance(prov: dict[str, Any] | None) -> str:
             parts.append(f"signer team {signing['team_id']} ({_text(signing.get('signing_id'))})")
         else:
             parts.append(f"signer none ({_text(signing.get('signing_id'))}, ad-hoc or unsigned)")
+    elif isinstance(prov.get("exe"), dict) and prov["exe"].get("package_db") is None:
+        parts.append("package/signer unknown")  # no package database, no signature reported (Windows)
     script = prov.get("script")
     if isinstance(script, dict):
         parts.append(f"script {_text(script.get('path'))}: {describe_file(script)}")
