@@ -36,6 +36,9 @@ from tests.support.pushpath import PushPath
 
 PROFILE = "prod-backup"
 HOOK_SECRET = "triage-e2e-webhook-secret"
+# Long enough that a loaded machine's late heartbeat never looks like a stale agent; the last scenario
+# waits this long after stopping the agent.
+STALE_AFTER = 30
 SETPRIV = ["setpriv", "--clear-groups"]
 
 
@@ -132,7 +135,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         aws_endpoint=push_path.moto_url,
         sqs_queue_url=push_path.queue_url,
         poll_interval=120,  # the last-used safety net stays on, but the push path is what is tested
-        stale_after_seconds=15,
+        stale_after_seconds=STALE_AFTER,
         alert_update_min_interval=0,
         sinks=[{"type": "webhook", "name": "soc", "url": hook.url, "secret": HOOK_SECRET}],
     )
@@ -223,8 +226,10 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
                     lambda: alert_for(key_id, kind, hint), 60, f"the {name} alert to say {hint}", None
                 )
             except AssertionError:
+                seen = alert_for(key_id, kind) or {}
+                said = json.dumps(seen.get("verdict"), indent=1)
                 raise AssertionError(
-                    f"{name}: {json.dumps(alert_for(key_id, kind), indent=1)[:6000]}"
+                    f"{name}: expected {hint}; the alert says {said}\n{json.dumps(seen)[:4000]}"
                 ) from None
             hints[name] = alert
             return alert
@@ -337,7 +342,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         # --- context_incomplete: the agent is stopped; the key is used after it went stale ---------
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=30)
-        time.sleep(16)  # stale_after_seconds = 15
+        time.sleep(STALE_AFTER + 1)
         aws(push_path.aws_url, "sts", "get-caller-identity", keys=copied["stale"])
         settle("stale", copied["stale"][0], "context_incomplete")
     finally:
