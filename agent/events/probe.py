@@ -108,6 +108,8 @@ def user_place(path: str, homes: Sequence[str] = ()) -> str | None:
         if "/appdata/local/temp/" in lowered or "/windows/temp/" in lowered:
             return "temp"
         return "home" if lowered[2:].startswith("/users/") and "/users/public/" not in lowered else None
+    if any(text.startswith(h) for h in homes):  # a user's own home, wherever it is
+        return "home"
     for temp in _TEMP_DIRS:
         if text == temp or text.startswith(temp + "/"):
             return temp.removeprefix("/private")
@@ -115,7 +117,7 @@ def user_place(path: str, homes: Sequence[str] = ()) -> str | None:
         return "temp"
     if text.startswith("/run/user/"):
         return "/run/user"
-    if any(text.startswith(root) for root in _HOME_ROOTS) or any(text.startswith(h) for h in homes):
+    if any(text.startswith(root) for root in _HOME_ROOTS):
         return "home"
     return None
 

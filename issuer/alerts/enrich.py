@@ -24,6 +24,9 @@ from issuer.models import AgentEvent, Credential, Detection, Device, Placement
 AFTER_USE_WINDOW = dt.timedelta(minutes=10)
 # Agent clocks drift; a read a little "before" the issuer minted the key is still of this key.
 CLOCK_SKEW = dt.timedelta(minutes=2)
+# CloudTrail's eventTime has whole seconds, and a scanner verifies its find within the same second it
+# read the file: a read up to this long "after" the recorded first use can still be how the key left.
+USE_TIME_SLACK = dt.timedelta(seconds=3)
 MAX_READS = 200
 
 
@@ -63,7 +66,7 @@ def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:
         "provenance": read.get("provenance") if isinstance(read.get("provenance"), dict) else None,
         "claimed_label": read.get("claimed_label"),
         "trust_reason": read.get("trust_reason"),
-        "after_first_use": as_utc(event.time) > first_use,
+        "after_first_use": as_utc(event.time) > first_use + USE_TIME_SLACK,
     }
 
 
@@ -157,7 +160,7 @@ def build_context(
     placement: Placement = credential.placement
     device: Device = placement.device
     planted = as_utc(credential.created_at)
-    leak_end = first_use
+    leak_end = first_use + USE_TIME_SLACK
     if credential.retired_at is not None:
         # After rotation the file holds another key: later reads cannot have leaked this one.
         leak_end = min(leak_end, as_utc(credential.retired_at) + CLOCK_SKEW)

@@ -282,6 +282,31 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
             assert all(r["signature_ok"] for r in hook.requests)
         finally:
             relay.close()
+        # The same user's own "aws" in her home: an interpreter's claim rests on its script.
+        (alice.home / "bin").mkdir(mode=0o755)
+        fake_aws = alice.home / "bin" / "aws"
+        fake_aws.write_text("import sys\nprint(open(sys.argv[1]).read())\n")
+        os.chown(alice.home / "bin", alice.uid, alice.gid)
+        os.chown(fake_aws, alice.uid, alice.gid)
+        as_user(alice, "/usr/bin/python3", str(fake_aws), str(files["masquerade"]))
+        [home_read] = wait(
+            lambda: [
+                r
+                for r in reads_by(os.path.realpath("/usr/bin/python3"))
+                if r.raw["cmdline"][1:2] == [str(fake_aws)]
+            ],
+            30,
+            "the home-made aws's read",
+            agent,
+        )[:1]
+        assert (home_read.raw["classification"], home_read.raw["claimed_label"]) == (
+            "masquerading",
+            "aws_tool",
+        )
+        assert (
+            f"the script {fake_aws}" in home_read.raw["trust_reason"]
+            and "in home" in home_read.raw["trust_reason"]
+        )
 
         # --- scanner_verification: a root-installed scanner read, then TruffleHog's identity check ---
         (scanner_dir / "bin").mkdir(parents=True, mode=0o755)
