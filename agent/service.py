@@ -31,7 +31,8 @@ from agent import __version__
 from agent.clock import to_iso, utcnow
 from agent.config import AgentConfig
 from agent.events.bounds import bound_event
-from agent.events.probe import BoundedProbe, ProvenanceProbe, with_provenance
+from agent.events.probe import ProvenanceProbe, with_provenance
+from agent.events.probe_deadline import BoundedProbe
 from agent.events.secrets import KnownSecrets
 from agent.events.trust import Classification, judge
 from agent.planting.planter import Planter, resolve_targets

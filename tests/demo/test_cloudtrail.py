@@ -10,7 +10,8 @@ import urllib.parse
 import boto3
 import requests
 
-from demo.cloudtrail import DETAIL_TYPE, error_of, request_action, signing_scope
+from demo.cloudtrail import DETAIL_TYPE
+from demo.cloudtrail_requests import error_of, request_action, signing_scope
 from issuer.detection.events import parse_json_events
 from tests.support.pushpath import PushPath
 

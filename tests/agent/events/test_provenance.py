@@ -18,7 +18,8 @@ import pytest
 
 from agent.events.model import ReadEvent
 from agent.events.packages import DpkgDb, spellings
-from agent.events.probe import BoundedProbe, ProvenanceProbe, argv0_leads_to, user_place
+from agent.events.probe import ProvenanceProbe, argv0_leads_to, user_place
+from agent.events.probe_deadline import BoundedProbe
 from agent.events.provenance import ReaderProvenance
 from tests.support.paths import requires_root
 
