@@ -3,7 +3,8 @@
 Threads:
   main      enrollment, the periodic pass (user rescan, plant/repair/refresh every target,
             sensor and watcher paths), due re-plants after backoff, state/health persistence
-  consumer  sensor events from a bounded queue: classify, record in the read log, spool
+  consumer  sensor events from a bounded queue: establish the reader's provenance (on a worker with
+            a deadline, agent.events.probe), classify, record in the read log, spool
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
   repair    the tamper watcher (agent.planting.repair) and watchdog's observer
   sensor    whatever the chosen sensor runs; a sensor that holds readers pets the deadman
@@ -38,7 +39,10 @@ from agent.clock import to_iso, utcnow
 from agent.config import AgentConfig
 from agent.deadman import Deadman
 from agent.events.bounds import bound_event
+from agent.events.probe import ProvenanceProbe, with_provenance
+from agent.events.probe_deadline import BoundedProbe
 from agent.events.secrets import KnownSecrets
+from agent.events.trust import Classification, judge
 from agent.planting.planter import Planter, resolve_targets
 from agent.planting.repair import RepairWatcher
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
@@ -108,6 +112,7 @@ class AgentService:
         self.losses: LossCounters | None = None
         self.classifier: Any = None
         self.selftest_mark: MarkReader | None = None
+        self.provenance: BoundedProbe | None = None
         self.planter: Planter | None = None
         self.watcher: RepairWatcher | None = None
         self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
@@ -131,6 +136,7 @@ class AgentService:
             self.spool = Spool(store.dir / SPOOL_FILE, config.spool_max_events)
             self.readlog, self.classifier = _open_readlog(config, store.dir / READLOG_FILE)
             self.selftest_mark = MarkReader(store.dir)
+            self.provenance = _provenance_probe(config)
             client = make_client(config)
             targets, errors = resolve_targets(config)
             try:
@@ -150,6 +156,7 @@ class AgentService:
                 on_new_file=self._watch_new_file,
             )
             self.planter.sync(targets, errors)
+            self._skip_planted()
             self._start_sensor()
             self.watcher = RepairWatcher(self.planter, on_change=self._target_changed)
             self.watcher.start(self.planter.paths)
@@ -205,6 +212,8 @@ class AgentService:
             self.spool.close()
         if self.readlog is not None and hasattr(self.readlog, "close"):
             self.readlog.close()
+        if self.provenance is not None:
+            self.provenance.close()
         if self.losses is not None:
             self.losses.close()
         self.deadman.stop()
@@ -280,10 +289,12 @@ class AgentService:
     def _record(self, event: Any) -> None:
         """Read log first (the host's record of truth), then the spool. A read the read log cannot
         take (disk full, database error) is counted and still spooled for the issuer."""
+        label: Classification | None
         if self.selftest_mark is not None and self.selftest_mark.is_selftest(event):
-            label: str | None = SELF_TEST  # `tripkey-agent trigger` reading its own canary
+            # `tripkey-agent trigger` reading its own canary: the agent knows it, no rule decides it.
+            label = Classification(SELF_TEST, reason="the agent's own self-test (tripkey-agent trigger)")
         else:
-            label = self.classifier.classify(event) if self.classifier else None
+            event, label = self._triage(event)
         # Scrub the planted secrets, then bound every string so the event fits the read
         # log's budget and the issuer's API limits (agent.events.bounds).
         event = bound_event(event, self._secrets)
@@ -301,6 +312,23 @@ class AgentService:
             self.losses.lose(counter, exc)
         else:
             log.error("could not keep an event (%s): %s", counter, exc)
+
+    def _triage(self, event: Any) -> tuple[Any, Classification | None]:
+        """The reader's provenance (bounded in time) and the label it supports."""
+        if self.classifier is None:
+            return event, None
+        if self.provenance is None:
+            label, rule = self.classifier.explain(event)
+            return event, Classification(label, rule, reason="by name only: provenance recording is off")
+        provenance = self.provenance.reader(event)
+        if provenance.error:
+            log.warning("provenance of pid %s (%s): %s", event.pid, event.exe, provenance.error)
+        event = with_provenance(event, provenance)
+        return event, judge(self.classifier, event, provenance, self.provenance.file)
+
+    def _skip_planted(self) -> None:
+        if self.provenance is not None and self.planter is not None:
+            self.provenance.probe.set_skip_paths(self.planter.paths)
 
     # ------------------------------------------------------------------ self-reports
 
@@ -402,6 +430,7 @@ class AgentService:
         assert self.planter is not None
         targets, errors = resolve_targets(self.config)
         self.planter.sync(targets, errors)
+        self._skip_planted()
         paths = self.planter.paths
         if self.sensor is not None:
             try:
@@ -451,6 +480,20 @@ def _open_readlog(config: AgentConfig, path: Path) -> tuple[Any, Any]:
     readlog = ReadLog(path, retention_days=config.readlog_retention_days, max_mb=config.readlog_max_mb)
     classifier = Classifier.from_config(list(config.classification_rules))
     return readlog, classifier
+
+
+def _provenance_probe(config: AgentConfig) -> BoundedProbe | None:
+    if not config.provenance:
+        log.warning("provenance = false: readers are classified by name alone, which a name can fool")
+        return None
+    from agent.events.packages import detect
+
+    probe = ProvenanceProbe(
+        packages=detect(),
+        max_hash_bytes=config.provenance_hash_max_mb * 1024 * 1024,
+        hash_seconds=config.provenance_hash_seconds,
+    )
+    return BoundedProbe(probe, timeout=config.provenance_timeout)
 
 
 def run_service(

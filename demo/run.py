@@ -1,8 +1,11 @@
 """`tripkey demo`: the whole flow on this machine, on loopback, with embedded defaults.
 
-It starts an emulated AWS account (moto server), the issuer (SQLite in a temporary directory) and an
-agent planting into a sandbox credentials file, then plays a curious reader and an attacker, waits
-for the detection and prints the alert as a responder reads it. Every part is a real process started
+It starts an emulated AWS account (moto server) with a CloudTrail of its own (demo/cloudtrail.py: a
+recorder in front of moto delivering each call through an EventBridge rule to an SQS queue), the
+issuer (SQLite in a temporary directory, reading that queue) and an agent planting into a sandbox
+credentials file, then plays a curious reader and an attacker, waits for the detection — through
+the push path, as in a real account — and prints the alert as a responder reads it: the reader, the
+attacker's user agent, calls and source address, and the verdict. Every part is a real process started
 through the same commands an operator uses (`tripkey-issuer serve`, `tripkey-agent run`, `aws`), so
 the demo exercises the product, not a shortcut. Everything stops at the end, whatever happened.
 """
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from demo.cloudtrail import CloudTrailRecorder, setup_push_path
 from demo.processes import (
     DemoError,
     DemoInterrupted,
@@ -90,12 +94,15 @@ def run_demo(output_dir: Path, *, timeout: float, keep: bool, quiet: bool) -> di
     base_env = dict(os.environ)
     with workdir(keep) as work:
         procs = Processes(work)
+        recorders: list[CloudTrailRecorder] = []
         # Without this, SIGTERM or SIGHUP (a closed terminal) would end Python at once, skip the
         # `finally` below and leave every child running.
         with signals_handled(raise_interrupted):
             try:
-                return _run(steps, procs, work, base_env, output_dir, timeout)
+                return _run(steps, procs, work, base_env, output_dir, timeout, recorders)
             finally:
+                for recorder in recorders:
+                    recorder.stop()
                 procs.stop_all()
                 if keep:
                     steps.say(f"kept the demo's files in {work}")
@@ -108,6 +115,7 @@ def _run(
     base_env: dict[str, str],
     output_dir: Path,
     timeout: float,
+    recorders: list[CloudTrailRecorder],
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     remaining = lambda: max(1.0, deadline - time.monotonic())  # noqa: E731
@@ -126,6 +134,14 @@ def _run(
     wait_until(lambda: _http_ok(f"{aws_url}/moto-api/"), remaining(), "the emulated AWS account", [moto])
     admin_env = {**_aws_env(base_env, None), **_bootstrap_issuer_user(aws_url, base_env)}
     steps.detail(f"AWS endpoint {aws_url}; created the issuer's IAM user")
+    # The account's CloudTrail: a recorder in front of moto; each call it sees reaches the issuer's
+    # SQS queue through events:PutEvents and an EventBridge rule, the way AWS delivers it.
+    operator = (admin_env["AWS_ACCESS_KEY_ID"], admin_env["AWS_SECRET_ACCESS_KEY"])
+    queue_url = setup_push_path(aws_url, operator)
+    recorder = CloudTrailRecorder(aws_url, operator).start()
+    recorders.append(recorder)
+    steps.detail(f"CloudTrail -> EventBridge rule -> SQS queue {queue_url.rsplit('/', 1)[-1]}")
+    steps.detail(f"every other client reaches the account through its recorder at {recorder.url}")
 
     # 2. The issuer.
     steps.step("starting the Tripkey issuer (SQLite in a temporary directory)")
@@ -153,8 +169,11 @@ def _run(
             f"127.0.0.1:{issuer_port}",
             "--aws-endpoint",
             aws_url,
+            "--sqs-queue-url",
+            queue_url,
+            # GetAccessKeyLastUsed stays on as the safety net; the push path is faster.
             "--poll-interval",
-            "1",
+            "30",
         ],
         issuer_env,
     )
@@ -214,7 +233,7 @@ def _run(
     attacker_env = _aws_env(base_env, credentials)
     for argv in (["sts", "get-caller-identity"], ["s3", "ls"]):
         done = subprocess.run(
-            [aws_cli, "--endpoint-url", aws_url, "--profile", DEMO_PROFILE, *argv],
+            [aws_cli, "--endpoint-url", recorder.url, "--profile", DEMO_PROFILE, *argv],
             env=attacker_env,
             capture_output=True,
             text=True,
@@ -229,7 +248,7 @@ def _run(
         steps.detail(f"aws {' '.join(argv)} -> {outcome}")
 
     # 5. Detection.
-    steps.step("waiting for the issuer to detect the key's use and raise an alert")
+    steps.step("waiting for the issuer to detect the key's use (CloudTrail -> EventBridge -> SQS) and alert")
     raised: list[dict[str, Any]] = []  # an alert seen before its reads arrived, for the error
     try:
         alert = wait_until(
@@ -329,10 +348,16 @@ def _alert_with_reads(
             credential = (alert.get("enrichment") or {}).get("credential") or {}
             if credential.get("access_key_id") != key_id:
                 continue
-            # Wait until the agent's reads have reached the issuer, unless attribution is off.
+            # Wait until the agent's reads have reached the issuer (unless attribution is off) and
+            # both attacker calls came through the push path with their user agent and address.
             reads = (alert.get("enrichment") or {}).get("reads") or []
             delivered = all(d.get("status") != "pending" for d in alert.get("deliveries") or [])
-            if (reads or os.geteuid() != 0) and alert.get("deliveries") and delivered:
+            activity = alert.get("summary") or {}
+            pushed = (
+                "sqs" in (activity.get("detection_sources") or [])
+                and len(activity.get("event_names") or []) >= 2
+            )
+            if (reads or os.geteuid() != 0) and pushed and alert.get("deliveries") and delivered:
                 return alert
             raised[:] = [alert]
             # The alert is re-enriched as reads arrive; poll again.

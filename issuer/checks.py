@@ -8,18 +8,29 @@ when they load, before any check runs.
 
 Nothing here changes anything: no database is created or migrated, no socket is left open, AWS is
 asked only `sts:GetCallerIdentity` (which needs no permission).
+
+known_canary_accounts: is an account of the pool, or an account a registered key belongs to, on a
+public list of known canary accounts (issuer.aws.fingerprint)? Also run at issuer start, as warnings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from issuer.aws.fingerprint import CanaryListError, account_from_key_id, check_accounts, load_list
 from issuer.db import DatabaseUnreachable, inspect_database, sqlite_file
 from issuer.listen import ListenError, bind_listen_socket
+from issuer.models import Credential
 from issuer.settings import Settings
+
+log = logging.getLogger(__name__)
 
 OK = "ok"
 WARN = "warn"
@@ -44,6 +55,8 @@ class CheckContext:
 
     settings: Settings
     gateway_factory: Callable[[Settings], Any] | None = None
+    offline: bool = False  # `check --offline`: no AWS call, the registry's key ids only
+    sessionmaker: Callable[[], Session] | None = None  # the registry, when its database is usable
     _gateway: Any = None
 
     def gateway(self) -> Any:
@@ -204,12 +217,61 @@ def check_detection(ctx: CheckContext) -> Iterator[CheckResult]:
         )
 
 
+def check_known_canary_accounts(ctx: CheckContext) -> Iterator[CheckResult]:
+    """Secret scanners recognise canaries offline from the account id encoded in an access key id:
+    warn when an account of the pool is on the public list they use."""
+    name = "fingerprint"
+    settings = ctx.settings
+    try:
+        canaries = load_list(settings.known_canary_accounts_file)
+    except CanaryListError as exc:
+        yield CheckResult(name, FAIL, str(exc), "fix or remove known_canary_accounts_file")
+        return
+    pool: list[tuple[str, str, str]] = []
+    unknown: list[str] = []
+    if not ctx.offline:
+        for account in settings.accounts:
+            try:
+                pool.append((account.name, ctx.gateway().account_id(account.name), "sts:GetCallerIdentity"))
+            except Exception as exc:  # AWS, network, credentials: said (the aws check says more)
+                unknown.append(f"{account.name} ({type(exc).__name__}: {str(exc)[:200]})")
+    if ctx.sessionmaker is not None:
+        with ctx.sessionmaker() as session:
+            query = select(Credential.account, Credential.account_id, Credential.access_key_id)
+            rows = session.execute(query).all()
+        for pool_account, account_id, key_id in rows:
+            if account_id:
+                pool.append((str(pool_account), str(account_id), "the registry"))
+            decoded = account_from_key_id(str(key_id))
+            if decoded:
+                pool.append((str(pool_account), decoded, f"decoded from access key id {key_id}"))
+    found = check_accounts(pool, canaries)
+    for finding in found:
+        yield CheckResult(
+            name,
+            WARN,
+            finding.message(canaries),
+            "mint from an account that is not on the list (a new canary account)",
+        )
+    for text in unknown:
+        yield CheckResult(name, SKIP, f"could not learn the id of pool account {text}")
+    if not found:
+        ids = sorted({account_id for _, account_id, _ in pool})
+        yield CheckResult(
+            name,
+            OK,
+            f"no account of the pool is on the list of {len(canaries.accounts)} known canary accounts "
+            f"({canaries.describe_source()}); checked {len(ids)} account id(s)",
+        )
+
+
 CHECKS: list[tuple[str, Check]] = [
     ("settings", check_settings),
     ("database", check_database),
     ("listen", check_listen),
     ("aws", check_aws),
     ("detection", check_detection),
+    ("fingerprint", check_known_canary_accounts),
 ]
 
 
@@ -223,6 +285,16 @@ def run_checks(ctx: CheckContext, checks: Iterable[tuple[str, Check]] | None = N
     return results
 
 
+def warn_at_start(settings: Settings, gateway: Any, sessionmaker: Callable[[], Session]) -> list[CheckResult]:
+    """The fingerprint check at issuer start: every warning is logged (never fatal: it still serves)."""
+    ctx = CheckContext(settings, gateway_factory=lambda _settings: gateway, sessionmaker=sessionmaker)
+    results = run_checks(ctx, [("fingerprint", check_known_canary_accounts)])
+    for result in results:
+        if result.status not in (OK, SKIP):
+            log.warning("fingerprint check: %s", result.message)
+    return results
+
+
 __all__ = [
     "CHECKS",
     "FAIL",
@@ -233,4 +305,5 @@ __all__ = [
     "CheckContext",
     "CheckResult",
     "run_checks",
+    "warn_at_start",
 ]

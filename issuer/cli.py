@@ -8,6 +8,7 @@ database the running issuer does not use. Exit codes: EPILOG below (also `tripke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -115,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(check)
     _serve_flags(check)
+    check.add_argument(
+        "--offline", action="store_true", help="no AWS call (the fingerprint check uses registered key ids)"
+    )
 
     migrate = _sub(
         sub,
@@ -282,9 +286,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from issuer.checks import FAIL, CheckContext, run_checks
+    from issuer.db import DatabaseError, open_existing
 
     settings = _serve_settings(args)
-    results = run_checks(CheckContext(settings))
+    database = None
+    with contextlib.suppress(DatabaseError):  # the database check says what is wrong with it
+        database = open_existing(settings.db_url, settings.database_origin())
+    try:
+        ctx = CheckContext(
+            settings,
+            offline=args.offline,
+            sessionmaker=database.sessionmaker if database is not None else None,
+        )
+        results = run_checks(ctx)
+    finally:
+        if database is not None:
+            database.dispose()
     failed = [r for r in results if r.status == FAIL]
     lines = []
     for result in results:

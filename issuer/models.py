@@ -174,6 +174,21 @@ class Alert(Base):
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # An update to the sinks is owed but was held back by the rate limit: send it at this time.
+    update_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class DeviceAddress(Base):
+    """An address a device's agent reached the issuer from (heartbeats and uploads): the device's
+    egress as the issuer saw it, to tell "used from this device's network" from "from elsewhere"."""
+
+    __tablename__ = "device_addresses"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    address: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    seen_count: Mapped[int] = mapped_column(Integer, default=1)
 
 
 class Detection(Base):
@@ -243,6 +258,7 @@ __all__ = [
     "Delivery",
     "Detection",
     "Device",
+    "DeviceAddress",
     "IngestCounter",
     "Placement",
     "PollerLock",

@@ -98,6 +98,13 @@ class Settings(_Strict):
     # HTTP API
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     stale_after_seconds: int = Field(default=3600, gt=0)
+    # Reverse proxies in front of the issuer (addresses or CIDRs): only when a request comes from one
+    # of them is its X-Forwarded-For believed for the device's egress address; never otherwise.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Triage
+    device_address_window_days: float = Field(default=30.0, gt=0)  # addresses a device was "seen at"
+    alert_update_min_interval: float = Field(default=300.0, ge=0)  # at most one update per alert per
+    known_canary_accounts_file: Path | None = None  # None = the list shipped in issuer/data/
 
     @field_validator("listen")
     @classmethod
@@ -107,6 +114,18 @@ class Settings(_Strict):
 
     # Which layer set each top-level key ("--db", "TRIPKEY_DB_URL", "config file X"); see source_of().
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, proxies: list[str]) -> list[str]:
+        import ipaddress
+
+        for index, value in enumerate(proxies):
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted_proxies[{index}]: {value!r} is not an address or CIDR") from None
+        return proxies
 
     @field_validator("sinks")
     @classmethod

@@ -131,11 +131,42 @@ def _reads_block(reads: list[Any]) -> str:
         )
         lines.append(f"      exe: {text(read.get('exe'))}")
         lines.append(f"      cmdline: {cmdline(read.get('cmdline'))}")
+        provenance = _provenance_line(read)
+        if provenance:
+            lines.append(f"      provenance: {provenance}")
         ancestors = [_dict(a) for a in _list(read.get("ancestors"))]
         if ancestors:
             chain = " <- ".join(f"{text(a.get('exe'))}[{text(a.get('pid'))}]" for a in ancestors)
             lines.append(f"      parents: {chain}")
     return "\n".join(lines)
+
+
+def _provenance_line(read: Mapping[str, Any]) -> str:
+    """Where the reader's executable came from, in one line (and a claim it did not support)."""
+    exe = _dict(_dict(read.get("provenance")).get("exe"))
+    parts = []
+    if exe.get("error"):
+        parts.append(str(exe["error"]))
+    elif exe:
+        parts.append(f"owner {text(exe.get('owner') or exe.get('uid'))}")
+        if exe.get("user_writable"):
+            parts.append(f"user-writable ({text(exe.get('writable_via'))})")
+        if exe.get("user_place"):
+            parts.append(f"in {exe['user_place']}")
+        if exe.get("package_db") or exe.get("package"):
+            parts.append(f"package {exe.get('package') or 'none'}")
+        if exe.get("sha256"):
+            parts.append(f"sha256 {str(exe['sha256'])[:12]}…")
+    if read.get("claimed_label"):
+        parts.append(f"claims to be {read['claimed_label']}: masquerading")
+    return ", ".join(parts)
+
+
+def _addresses(aws: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{text(_dict(a).get('address'))} ({text(_dict(a).get('meaning'))})"
+        for a in _list(aws.get("source_addresses"))
+    ]
 
 
 def _note_line(note: Any) -> str:
@@ -160,6 +191,7 @@ def alert_report(alert: Mapping[str, Any]) -> str:
     sensor = _dict(health.get("sensor"))
     reads = _list(enrichment.get("reads"))
     window = _dict(enrichment.get("reads_window"))
+    aws = _dict(enrichment.get("aws"))
     selftest = " [SELFTEST]" if alert.get("selftest") else ""
 
     parts = [
@@ -204,9 +236,11 @@ def alert_report(alert: Mapping[str, Any]) -> str:
                     ("first seen", alert.get("first_seen")),
                     ("last seen", alert.get("last_seen")),
                     ("event count", alert.get("event_count")),
-                    ("source IPs", summary.get("source_ips")),
+                    ("source IPs", _addresses(aws) or summary.get("source_ips")),
                     ("user agents", summary.get("user_agents")),
+                    ("agent families", aws.get("user_agent_families")),
                     ("API calls", summary.get("event_names")),
+                    ("kinds of calls", aws.get("call_kinds")),
                     ("regions", summary.get("regions")),
                     ("error codes", summary.get("error_codes")),
                     ("detected via", summary.get("detection_sources")),
@@ -248,13 +282,27 @@ def alert_report(alert: Mapping[str, Any]) -> str:
         section(
             "DELIVERIES",
             "\n".join(
-                f"  {text(_dict(d).get('sink'))}: {text(_dict(d).get('status'))}"
+                f"  {text(_dict(d).get('sink'))}"
+                + (f" (update #{_dict(d)['revision']})" if _dict(d).get("revision") else "")
+                + f": {text(_dict(d).get('status'))}"
                 f" (attempts {text(_dict(d).get('attempts'))}, delivered {text(_dict(d).get('delivered_at'))}"
                 f", last error {text(_dict(d).get('last_error'))})"
                 for d in _list(alert.get("deliveries"))
             ),
         ),
     ]
+    updates = [_dict(u) for u in _list(alert.get("updates"))]
+    if updates:
+        parts.append(
+            section(
+                "UPDATES SENT",
+                "\n".join(
+                    f"  #{text(u.get('revision'))} {text(u.get('at'))}: "
+                    + "; ".join(str(change) for change in _list(u.get("changes")))
+                    for u in updates
+                ),
+            )
+        )
     notes = _list(alert.get("notes"))
     if notes:
         parts.append(section("NOTES", "\n".join(_note_line(n) for n in notes)))

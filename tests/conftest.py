@@ -30,6 +30,7 @@ pytest_plugins = [
     "tests.support.client",
     "tests.support.e2e",
     "tests.support.enforced",
+    "tests.support.pushpath",
 ]
 
 

@@ -68,6 +68,10 @@ class AgentConfig:
     readlog_max_mb: int = 100
     spool_max_events: int = 100_000
     classification_rules: tuple[dict[str, Any], ...] = ()
+    provenance: bool = True  # record each reader's owner, package/signer and SHA-256 (consumer side)
+    provenance_timeout: float = 5.0  # a probe slower than this (a hung file system) is given up
+    provenance_hash_max_mb: int = 256  # larger executables are not hashed (said in the read)
+    provenance_hash_seconds: float = 2.0  # a hash taking longer is abandoned (and not retried)
     fail_open_ms: int = 100  # fanotify permission events: a reader is never held longer
     deadman_seconds: float = 1.5  # a stopped/wedged agent is killed (its readers released) after this
     issuer_timeout: float = 15.0
@@ -99,9 +103,18 @@ INT_KEYS = {
     "readlog_max_mb",
     "spool_max_events",
     "fail_open_ms",
+    "provenance_hash_max_mb",
 }
-FLOAT_KEYS = {"heartbeat_interval", "upload_interval", "check_interval", "issuer_timeout", "deadman_seconds"}
-BOOL_KEYS = {"force_default_profile", "all_users", "selfreport"}
+FLOAT_KEYS = {
+    "heartbeat_interval",
+    "upload_interval",
+    "check_interval",
+    "issuer_timeout",
+    "deadman_seconds",
+    "provenance_timeout",
+    "provenance_hash_seconds",
+}
+BOOL_KEYS = {"force_default_profile", "all_users", "selfreport", "provenance"}
 OPTIONAL_STR_KEYS = {
     "issuer_url",
     "enroll_token",

@@ -5,6 +5,11 @@ Rules are data (``classify_rules.toml`` beside this module, its header documents
 the organisation's rules come first and so take precedence. First match wins. Interpreters are
 looked through: ``python3 /usr/bin/aws s3 ls`` is the program ``aws``, ``python -m awscli`` the
 program ``awscli``; ``python -c ...`` is just ``python`` (unknown unless a rule matches its code).
+
+A name is only a claim: `Classifier.match` also says *what* a rule matched (the executable, argv[0],
+the script, the command line or an ancestor), so agent.events.trust can check that part's provenance
+before a trusted label holds. A rule may pin what it expects (`sha256`, `package`, `signing_id`,
+`team_id`, `signer`). `explain`/`classify` are the name-only view (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -20,47 +25,23 @@ from importlib import resources
 from typing import Any
 
 from agent.events.model import ProcessInfo, ReadEvent
+from agent.events.scripts import SCRIPT_SUFFIXES, base_name, is_interpreter, script_argument
 
 UNKNOWN = "unknown"
+MASQUERADING = "masquerading"
 LABELS = ("aws_tool", "indexer_backup_av", "secret_scanner", "shell_utility", "editor", UNKNOWN)
 # Given by the agent itself, never by a rule: a rule could otherwise excuse any reader as the self-test.
 RESERVED_LABELS = frozenset({"self_test"})
 _LABEL_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CONDITIONS = ("program", "cmdline_contains", "cmdline_regex", "ancestor")
-_ALLOWED_KEYS = frozenset({"name", "label", *_CONDITIONS})
+# Pins: what the matched program must be for the label to hold (agent.events.trust).
+PINS = ("sha256", "package", "signing_id", "team_id", "signer")
+_ALLOWED_KEYS = frozenset({"name", "label", *_CONDITIONS, *PINS})
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
-# Interpreters whose first non-option argument is the program that actually runs.
-_INTERPRETERS = (
-    "python*",
-    "pypy*",
-    "node",
-    "nodejs",
-    "deno",
-    "bun",
-    "ruby",
-    "perl",
-    "perl5*",
-    "php*",
-    "sh",
-    "bash",
-    "dash",
-    "zsh",
-    "ksh",
-    "java",
-    "osascript",
-    "pwsh",
-    "powershell",
-)
-# Python's -E/-I/-O are switches (no value), so they are deliberately absent from both sets.
-_CODE_FLAGS = frozenset({"-c", "-e", "--eval", "-p", "--print", "-command", "-Command"})
-_VALUE_FLAGS = frozenset(
-    {"-W", "-X", "-Q", "-r", "--require", "-cp", "-classpath", "--class-path", "--import", "--loader", "-o"}
-)
-
-
-_SCRIPT_SUFFIXES = frozenset(
-    {".py", ".pyw", ".js", ".mjs", ".cjs", ".ts", ".jar", ".sh", ".bash", ".rb", ".pl", ".php", ".ps1"}
-)
+# What a rule's conditions matched: the reader's executable, its argv[0], the script an interpreter
+# runs, only its command line, or an ancestor ("ancestor:N", parent = 0). Provenance is checked there.
+EXE, ARGV0, SCRIPT, CMDLINE = "exe", "argv0", "script", "cmdline"
 
 
 class RuleError(ValueError):
@@ -75,6 +56,10 @@ class Rule:
     cmdline_contains: tuple[str, ...] = ()
     cmdline_regex: re.Pattern[str] | None = None
     ancestor: tuple[str, ...] = ()
+    pins: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (pin kind, accepted values), see PINS
+
+    def pinned(self, kind: str) -> tuple[str, ...]:
+        return next((values for name, values in self.pins if name == kind), ())
 
     @classmethod
     def from_dict(cls, raw: Any, where: str) -> Rule:
@@ -103,6 +88,16 @@ class Rule:
                 compiled = re.compile(regex)
             except re.error as exc:
                 raise RuleError(f"{where}: invalid cmdline_regex {regex!r}: {exc}") from None
+        pins = []
+        for kind in PINS:
+            values = _strings(raw, kind, where)
+            if kind == "sha256":
+                values = tuple(v.lower() for v in values)
+                bad = [v for v in values if not _SHA256_RE.match(v)]
+                if bad:
+                    raise RuleError(f"{where}: 'sha256' pins must be 64 hex digits, got {bad[0]!r}")
+            if values:
+                pins.append((kind, values))
         return cls(
             label=label,
             name=name,
@@ -110,18 +105,28 @@ class Rule:
             cmdline_contains=_strings(raw, "cmdline_contains", where),
             cmdline_regex=compiled,
             ancestor=tuple(p.lower() for p in _strings(raw, "ancestor", where)),
+            pins=tuple(pins),
         )
 
     def matches(
-        self, programs: frozenset[str], cmdline: str, ancestors: Callable[[], list[frozenset[str]]]
-    ) -> bool:
-        if self.program and not _any_glob(self.program, programs):
-            return False
+        self, programs: ProgramNames, cmdline: str, ancestors: Callable[[], list[frozenset[str]]]
+    ) -> str | None:
+        """What the rule matched (EXE, ARGV0, SCRIPT, CMDLINE or "ancestor:N"), or None."""
+        subject = CMDLINE
+        if self.program:
+            subject = programs.matched(_globs_regex(self.program))  # type: ignore[assignment]
+            if subject is None:
+                return None
         if self.cmdline_contains and not any(s in cmdline for s in self.cmdline_contains):
-            return False
+            return None
         if self.cmdline_regex is not None and not self.cmdline_regex.search(cmdline):
-            return False
-        return not self.ancestor or any(_any_glob(self.ancestor, names) for names in ancestors())
+            return None
+        if self.ancestor:
+            for index, names in enumerate(ancestors()):
+                if _any_glob(self.ancestor, names):
+                    return f"ancestor:{index}" if subject == CMDLINE else subject
+            return None
+        return subject
 
 
 def _strings(raw: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -146,46 +151,46 @@ def _any_glob(patterns: tuple[str, ...], names: frozenset[str]) -> bool:
     return any(regex.match(name) for name in names)
 
 
-def _base(path: str | None) -> str | None:
-    if not path:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProgramNames:
+    """A reader's names by where they came from (lower case, no .exe)."""
+
+    exe: str | None
+    argv0: str | None
+    script: frozenset[str] = frozenset()
+
+    def all(self) -> frozenset[str]:
+        return frozenset(n for n in (self.exe, self.argv0) if n) | self.script
+
+    def matched(self, regex: re.Pattern[str]) -> str | None:
+        """Which source a rule's program globs match, preferring the executable itself."""
+        if self.exe and regex.match(self.exe):
+            return EXE
+        if any(regex.match(n) for n in self.script):
+            return SCRIPT
+        if self.argv0 and regex.match(self.argv0):
+            return ARGV0
         return None
-    path = path.removesuffix(" (deleted)")
-    name = re.split(r"[\\/]", path)[-1].lower()
-    return name.removesuffix(".exe") or None
 
 
-def _script_of(argv: Sequence[str]) -> str | None:
-    """The script or module an interpreter runs: first non-option argument, or `-m MODULE`."""
-    args = iter(argv[1:])
-    for arg in args:
-        if arg in _CODE_FLAGS:
-            return None
-        if arg in ("-m", "-jar", "-File", "-file"):
-            return next(args, None)
-        if arg in _VALUE_FLAGS:
-            next(args, None)
-            continue
-        if arg.startswith("-") and arg != "-":
-            if arg.startswith("-m") and len(arg) > 2 and not arg.startswith("--"):  # python -mawscli
-                return arg[2:]
-            continue
-        return arg
-    return None
+def reader_names(exe: str | None, cmdline: Sequence[str]) -> ProgramNames:
+    exe_name = base_name(exe)
+    argv0 = base_name(cmdline[0] if cmdline else None)
+    script: set[str] = set()
+    if is_interpreter([exe_name, argv0]):
+        _, name = script_argument(cmdline)
+        base = base_name(name)
+        if base:
+            script.add(base)
+            stem, ext = os.path.splitext(base)
+            if ext in SCRIPT_SUFFIXES:
+                script.add(stem)
+    return ProgramNames(exe_name, argv0, frozenset(script))
 
 
 def program_names(exe: str | None, cmdline: Sequence[str]) -> frozenset[str]:
     """Names a rule's `program` globs are matched against (lower case, no .exe)."""
-    names = {n for n in (_base(exe), _base(cmdline[0] if cmdline else None)) if n}
-    if any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in _INTERPRETERS):
-        script = _script_of(cmdline)
-        if script:
-            base = _base(script)
-            if base:
-                names.add(base)
-                stem, ext = os.path.splitext(base)
-                if ext in _SCRIPT_SUFFIXES:
-                    names.add(stem)
-    return frozenset(names)
+    return reader_names(exe, cmdline).all()
 
 
 class Classifier:
@@ -205,9 +210,9 @@ class Classifier:
         extra = [Rule.from_dict(raw, f"config rule #{i + 1}") for i, raw in enumerate(extra_rules or [])]
         return cls([*extra, *_default_rules()])
 
-    def explain(self, event: ReadEvent) -> tuple[str, str | None]:
-        """(label, name of the rule that matched, or None)."""
-        programs = program_names(event.exe, event.cmdline)
+    def match(self, event: ReadEvent) -> tuple[Rule | None, str | None]:
+        """(the first rule that matches, what it matched) or (None, None)."""
+        programs = reader_names(event.exe, event.cmdline)
         cmdline = " ".join(event.cmdline)
         lineage = event.ancestors
 
@@ -216,9 +221,15 @@ class Classifier:
             return [_ancestor_names(a) for a in lineage]
 
         for rule in self.rules:
-            if rule.matches(programs, cmdline, ancestors):
-                return rule.label, rule.name
-        return UNKNOWN, None
+            subject = rule.matches(programs, cmdline, ancestors)
+            if subject is not None:
+                return rule, subject
+        return None, None
+
+    def explain(self, event: ReadEvent) -> tuple[str, str | None]:
+        """(label, name of the rule that matched, or None), by name alone (no provenance)."""
+        rule, _ = self.match(event)
+        return (rule.label, rule.name) if rule else (UNKNOWN, None)
 
     def classify(self, event: ReadEvent) -> str:
         return self.explain(event)[0]

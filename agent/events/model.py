@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent.events.bounds import ANCESTOR_ARGV_BUDGET, MAX_ANCESTORS, READER_ARGV_BUDGET, printable, trim_argv
+from agent.events.provenance import CodeSigning, ReaderProvenance
 from agent.events.redact import redact_argv
 
 
@@ -60,6 +61,7 @@ READER_FIELDS = (
     "access",
     "sensor",
     "ancestors",
+    "provenance",
     "partial",
 )
 
@@ -81,6 +83,11 @@ class ReadEvent:
     start_time: dt.datetime | None = None
     cwd: str | None = None
     ancestors: tuple[ProcessInfo, ...] = ()  # parent first, up to pid 1
+    # What the sensor's OS reported about the reader's code signature (macOS eslogger), if anything.
+    signing: CodeSigning | None = None
+    # Where the reader's code came from (agent.events.probe): attached on the consumer thread after
+    # the reader was let go, never by a sensor. None until then.
+    provenance: ReaderProvenance | None = None
     # Part of the context was not captured when the read happened (filled from /proc later, or
     # missing), like osquery's `partial` column: the alert then says its context may be incomplete.
     partial: bool = False
@@ -115,6 +122,7 @@ class ReadEvent:
             "access": self.access,
             "sensor": self.sensor,
             "ancestors": [a.to_dict() for a in self.ancestors],
+            "provenance": self.provenance.to_dict() if self.provenance else None,
             "partial": self.partial,
         }
 

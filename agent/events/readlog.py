@@ -2,7 +2,8 @@
 
 SQLite in WAL mode (``<state_dir>/reads.db``, mode 0600): the sensor consumer thread writes, the
 ``tripkey-agent reads`` command reads from another process at the same time. One row per ReadEvent
-(its fields, ancestors as JSON, the classification and a UUID event id). Never file contents: a
+(its fields, ancestors and the reader's provenance as JSON, the classification — with the label a
+reader claimed when its provenance did not support it, and why — and a UUID event id). Never file contents: a
 ReadEvent has none. Secrets on a reader's command line (``aws configure set aws_secret_access_key
 X``, ``--password=X``, anything shaped like an AWS secret key) are already ``[REDACTED]`` in the
 ReadEvent itself (agent/events/redact.py); on top, strings registered with
@@ -31,10 +32,12 @@ from typing import Any
 from agent.clock import utcnow
 from agent.events.model import READER_FIELDS, ReadEvent
 from agent.events.secrets import KnownSecrets, known
+from agent.events.trust import Classification
 
-_SCHEMA_VERSION = 2
-# Upgrades of an existing log, by the version they start from (new logs get _SCHEMA whole).
-_MIGRATIONS = {1: ("ALTER TABLE reads ADD COLUMN partial INTEGER NOT NULL DEFAULT 0",)}
+# Schema versions: 1 = the first; 2 adds the reader's provenance, claimed label and trust reason;
+# 3 adds `partial` (context not all captured when the read happened). Added in place on open, so an
+# upgraded agent keeps every read it logged before.
+_SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reads (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -54,12 +57,30 @@ CREATE TABLE IF NOT EXISTS reads (
     sensor         TEXT NOT NULL,
     ancestors      TEXT NOT NULL,
     classification TEXT NOT NULL,
+    provenance     TEXT,
+    claimed_label  TEXT,
+    trust_reason   TEXT,
     partial        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS reads_by_time ON reads (time_epoch);
 CREATE INDEX IF NOT EXISTS reads_by_path ON reads (path, time_epoch);
 """
-_COLUMNS = ("event_id", "time", "path", *READER_FIELDS, "classification")
+_COLUMNS = ("event_id", "time", "path", *READER_FIELDS, "classification", "claimed_label", "trust_reason")
+# What each older schema lacks, and how it is added.
+_MIGRATIONS = {
+    2: (
+        "ALTER TABLE reads ADD COLUMN provenance TEXT",
+        "ALTER TABLE reads ADD COLUMN claimed_label TEXT",
+        "ALTER TABLE reads ADD COLUMN trust_reason TEXT",
+    ),
+    3: ("ALTER TABLE reads ADD COLUMN partial INTEGER NOT NULL DEFAULT 0",),
+}
+_ADDED_IN = {"provenance": 2, "claimed_label": 2, "trust_reason": 2, "partial": 3}
+
+
+def _select_list(version: int) -> str:
+    """The query's columns for a database at `version` (a newer column reads as NULL)."""
+    return ", ".join(f"NULL AS {name}" if _ADDED_IN.get(name, 1) > version else name for name in _COLUMNS)
 
 
 class ReadLogError(Exception):
@@ -113,7 +134,7 @@ class ReadLog:
         if not 1 <= version <= _SCHEMA_VERSION:
             db.close()
             raise ReadLogError(f"{self.path} has schema {version}, this Tripkey reads 1 to {_SCHEMA_VERSION}")
-        self._version = version  # an older log (read-only: not upgraded) lacks the newer columns
+        self._version = version
         return db
 
     def _open(self) -> sqlite3.Connection:
@@ -131,12 +152,19 @@ class ReadLog:
                 db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # must precede the first table
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")
-            for start in range(max(version, 1), _SCHEMA_VERSION):
-                if version:  # an existing log of an older Tripkey: upgrade it in place
-                    for statement in _MIGRATIONS[start]:
+            if version == 0:
+                db.executescript(_SCHEMA)
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                for step in range(version + 1, _SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS.get(step, ()):
                         db.execute(statement)
-            db.executescript(_SCHEMA)
+                # In the same transaction: a crash leaves either the old schema or the new one.
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                db.execute("COMMIT")
+                db.executescript(_SCHEMA)  # indexes (IF NOT EXISTS)
             db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self._version = _SCHEMA_VERSION
         except sqlite3.Error as exc:
             raise ReadLogError(f"cannot open the read log {self.path}: {exc}") from exc
         return db
@@ -152,11 +180,19 @@ class ReadLog:
     def _scrub(self, text: str | None) -> str | None:
         return self._secrets.scrub_optional(text)
 
-    def record(self, event: ReadEvent, classification: str) -> str:
-        """Store one read; returns its new event id (UUID4 string)."""
+    def record(self, event: ReadEvent, classification: str | Classification | None) -> str:
+        """Store one read with its label (a plain label, or a Classification with the claim and
+        its evidence); returns its new event id (UUID4 string)."""
         self._writable()
+        if not isinstance(classification, Classification):
+            classification = Classification(classification or "unknown")
         event_id = str(uuid.uuid4())
         data = event.to_dict()
+        provenance = (
+            json.dumps(self._secrets.scrub_payload({"p": data["provenance"]})["p"])
+            if data["provenance"] is not None
+            else None
+        )
         ancestors = [{**a, "cmdline": [self._scrub(arg) for arg in a["cmdline"]]} for a in data["ancestors"]]
         row = (
             event_id,
@@ -174,14 +210,17 @@ class ReadLog:
             event.access,
             event.sensor,
             json.dumps(ancestors),
-            classification,
+            classification.label,
+            provenance,
+            classification.claimed,
+            self._scrub(classification.reason),
             int(event.partial),
         )
         with self._lock:
             self._db.execute(
                 "INSERT INTO reads (event_id, time, time_epoch, path, pid, ppid, exe, cmdline, uid, user,"
-                " start_time, cwd, access, sensor, ancestors, classification, partial)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_time, cwd, access, sensor, ancestors, classification, provenance, claimed_label,"
+                " trust_reason, partial) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
             self._since_prune += 1
@@ -204,8 +243,7 @@ class ReadLog:
         if path is not None:
             where.append("path = ?")
             args.append(path)
-        columns = [c if c != "partial" or self._version >= 2 else "0 AS partial" for c in _COLUMNS]
-        sql = f"SELECT {', '.join(columns)} FROM reads"
+        sql = f"SELECT {_select_list(self._version)} FROM reads"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY time_epoch DESC, seq DESC"
@@ -219,6 +257,7 @@ class ReadLog:
             item = dict(zip(_COLUMNS, row, strict=True))
             item["cmdline"] = json.loads(item["cmdline"])
             item["ancestors"] = json.loads(item["ancestors"])
+            item["provenance"] = json.loads(item["provenance"]) if item["provenance"] else None
             item["partial"] = bool(item["partial"])
             out.append(item)
         return out

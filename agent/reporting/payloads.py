@@ -17,20 +17,27 @@ from agent.clock import to_iso
 from agent.events.bounds import TEXT_BUDGET, bound_optional, bound_text
 from agent.events.model import READER_FIELDS, ReadEvent
 from agent.events.secrets import KnownSecrets, known
+from agent.events.trust import Classification
 from agent.state import StateStore
 
 Secrets = Iterable[str] | KnownSecrets
 
 
 def read_event_payload(
-    event: ReadEvent, event_id: str, classification: str | None, *, secrets: Secrets = ()
+    event: ReadEvent, event_id: str, classification: str | Classification | None, *, secrets: Secrets = ()
 ) -> dict[str, Any]:
-    """A sensor ReadEvent as the "read" event (never file contents)."""
+    """A sensor ReadEvent as the "read" event (never file contents), with its provenance and, when
+    the reader's provenance did not support the label its name claims, that claim and why."""
     data = event.to_dict()
     read = {key: data.get(key) for key in READER_FIELDS}
     if event.start_time is not None:
         read["start_time"] = to_iso(event.start_time)
-    read["classification"] = classification
+    if isinstance(classification, Classification):
+        read["classification"] = classification.label
+        read["claimed_label"] = classification.claimed
+        read["trust_reason"] = bound_optional(classification.reason, TEXT_BUDGET)
+    else:
+        read["classification"] = classification
     payload = {
         "event_id": event_id,
         "kind": "read",

@@ -46,6 +46,7 @@ from typing import Any
 
 from agent.events.bounds import MAX_ANCESTORS
 from agent.events.model import ProcessInfo, ReadEvent, parse_utc
+from agent.events.provenance import CodeSigning, signing_from_flags
 from agent.sensors._eslogger_filter import OpenFilter
 
 SENSOR_NAME = "eslogger"
@@ -73,10 +74,7 @@ class ProcRecord:
     start_time: dt.datetime | None = None
     cwd: str | None = None
     pidversion: int | None = None
-    # Code-signing identity (reader provenance): signing id ("com.apple.cat") and Team ID of the
-    # signer; None for unsigned/ad-hoc code (team) or when eslogger did not say.
-    signing_id: str | None = None
-    team_id: str | None = None
+    signing: CodeSigning | None = None  # signing_id, team_id, platform binary, CS flags of the image
 
 
 Fallback = Callable[[int], ProcRecord | None]
@@ -141,8 +139,12 @@ def process_record(proc: Any) -> ProcRecord:
         uid=ruid,
         start_time=parse_time(proc.get("start_time")),
         pidversion=pidversion,
-        signing_id=_text(proc.get("signing_id")),
-        team_id=_text(proc.get("team_id")),
+        signing=signing_from_flags(
+            proc.get("signing_id"),
+            proc.get("team_id"),
+            proc.get("is_platform_binary"),
+            proc.get("codesigning_flags"),
+        ),
     )
 
 
@@ -180,8 +182,7 @@ class ProcessTable:
         known.uid = seen.uid if seen.uid is not None else known.uid
         known.start_time = seen.start_time or known.start_time
         known.pidversion = seen.pidversion if seen.pidversion is not None else known.pidversion
-        known.signing_id = seen.signing_id or known.signing_id
-        known.team_id = seen.team_id or known.team_id
+        known.signing = seen.signing or known.signing
         return known
 
     def exit(self, pid: int) -> None:
@@ -382,6 +383,8 @@ class EsloggerParser:
             start_time=seen.start_time or proc.start_time,
             cwd=proc.cwd,
             ancestors=self.ancestors(seen.ppid),
+            # The signature of the image that opened the file (the message's own process).
+            signing=seen.signing or proc.signing,
         )
 
     def ancestors(self, ppid: int | None) -> tuple[ProcessInfo, ...]:

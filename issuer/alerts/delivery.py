@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from issuer.alerts.serialize import alert_to_dict
 from issuer.alerts.sinks import DELIVERED, DeliveryFailed, Sink
+from issuer.alerts.updates import update_of
 from issuer.models import Alert, Delivery
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class DeliveryWorker:
                 session.commit()
                 return 0
             payload = alert_to_dict(session, alert, with_deliveries=False)
+            update = update_of(alert, delivery.revision)
+            if update is not None:  # a later revision: the same alert, marked as an update
+                payload["update"] = update
 
         error: str | None = None
         outcome = None

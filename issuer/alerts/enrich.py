@@ -1,4 +1,6 @@
-"""Host context for an alert: device, placement, credential, reads, self-reports, agent health.
+"""Context for an alert: device, placement, credential, reads (with each reader's provenance),
+self-reports, agent health, and the AWS side (issuer.alerts.awsfacts): user-agent families, the
+kinds of calls, regions, errors, and each source address against the device's own egress.
 
 The reads that matter are those of the planted file between the credential's planting and its first
 use: one of them is how the key left the host (unless it travelled without being read, which is a
@@ -13,14 +15,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from issuer import registry
+from issuer import egress, registry
+from issuer.alerts.awsfacts import AwsFacts, make_call
 from issuer.alerts.verdict import ReadFact, SelfReportFact, Verdict, VerdictInput, decide
 from issuer.detection.events import as_utc
-from issuer.models import AgentEvent, Credential, Device, Placement
+from issuer.models import AgentEvent, Credential, Detection, Device, Placement
 
 AFTER_USE_WINDOW = dt.timedelta(minutes=10)
 # Agent clocks drift; a read a little "before" the issuer minted the key is still of this key.
 CLOCK_SKEW = dt.timedelta(minutes=2)
+# CloudTrail's eventTime has whole seconds, and a scanner verifies its find within the same second it
+# read the file: a read up to this long "after" the recorded first use can still be how the key left.
+USE_TIME_SLACK = dt.timedelta(seconds=3)
 MAX_READS = 200
 
 
@@ -58,7 +64,10 @@ def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:
         "sensor": read.get("sensor"),
         "ancestors": read.get("ancestors") or [],
         "partial": bool(read.get("partial")),
-        "after_first_use": as_utc(event.time) > first_use,
+        "provenance": read.get("provenance") if isinstance(read.get("provenance"), dict) else None,
+        "claimed_label": read.get("claimed_label"),
+        "trust_reason": read.get("trust_reason"),
+        "after_first_use": as_utc(event.time) > first_use + USE_TIME_SLACK,
     }
 
 
@@ -106,6 +115,41 @@ def agent_health(device: Device, at: dt.datetime, stale_after_seconds: int) -> d
     }
 
 
+MAX_DETECTIONS = 500
+
+
+def aws_facts(
+    session: Session, alert_id: str | None, device: Device, first_use: dt.datetime, window: dt.timedelta
+) -> AwsFacts:
+    """The AWS side of an alert: its detections, each source address against the addresses the
+    device reached the issuer from in `window` before the first use (and since)."""
+    seen = egress.addresses(egress.seen_addresses(session, device.id, first_use - window))
+    if alert_id is None:
+        return AwsFacts(calls=(), device_addresses=tuple(seen))
+    rows = session.scalars(
+        select(Detection)
+        .where(Detection.alert_id == alert_id)
+        .order_by(Detection.event_time, Detection.id)
+        .limit(MAX_DETECTIONS)
+    ).all()
+    calls = tuple(
+        make_call(
+            time=as_utc(row.event_time),
+            event_name=row.event_name,
+            event_source=row.event_source,
+            region=row.region,
+            source_ip=row.source_ip,
+            user_agent=row.user_agent,
+            error_code=row.error_code,
+            detection_source=row.source,
+            raw=row.raw if isinstance(row.raw, dict) else None,
+            device_addresses=seen,
+        )
+        for row in rows
+    )
+    return AwsFacts(calls=calls, device_addresses=tuple(seen))
+
+
 def build_context(
     session: Session,
     credential: Credential,
@@ -113,13 +157,15 @@ def build_context(
     *,
     stale_after_seconds: int,
     selftest: bool = False,
+    alert_id: str | None = None,
+    address_window_days: float = 30.0,
 ) -> tuple[dict[str, Any], Verdict]:
     """Return (enrichment, verdict) for an alert about `credential` first used at `first_use`."""
     first_use = as_utc(first_use)
     placement: Placement = credential.placement
     device: Device = placement.device
     planted = as_utc(credential.created_at)
-    leak_end = first_use
+    leak_end = first_use + USE_TIME_SLACK
     if credential.retired_at is not None:
         # After rotation the file holds another key: later reads cannot have leaked this one.
         leak_end = min(leak_end, as_utc(credential.retired_at) + CLOCK_SKEW)
@@ -148,6 +194,9 @@ def build_context(
             cmdline=tuple(record["cmdline"]),
             pid=record["pid"],
             partial=record["partial"],
+            provenance=record["provenance"],
+            claimed=record["claimed_label"] if isinstance(record["claimed_label"], str) else None,
+            trust_reason=record["trust_reason"] if isinstance(record["trust_reason"], str) else None,
         )
         for row, record in zip(rows, reads, strict=True)
         if as_utc(row.time) <= leak_end
@@ -167,6 +216,7 @@ def build_context(
     self_reports = [_self_report_record(row) for row in relevant_reports]
 
     health = agent_health(device, first_use, stale_after_seconds)
+    aws = aws_facts(session, alert_id, device, first_use, dt.timedelta(days=address_window_days))
     enrichment = {
         "device": device_facts(device),
         "placement": {
@@ -185,6 +235,7 @@ def build_context(
         "reads": reads,
         "self_reports": self_reports,
         "agent_health": health,
+        "aws": aws.to_dict(),
     }
     verdict = decide(
         VerdictInput(
@@ -200,6 +251,7 @@ def build_context(
             lost_events=health["lost_events"],
             readlog_failed=health["readlog_failed"],
             selftest=selftest,
+            aws=aws,
         )
     )
     return enrichment, verdict

@@ -50,6 +50,7 @@ def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = Tru
         "enrichment": alert.enrichment or {},
         "verdict": alert.verdict or {"hint": None, "reasons": []},
         "notes": list(alert.notes or []),
+        "updates": list(summary.get("updates") or []),
         "created_at": _iso(alert.created_at),
         "updated_at": _iso(alert.updated_at),
     }
@@ -60,6 +61,7 @@ def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = Tru
         data["deliveries"] = [
             {
                 "sink": row.sink,
+                "revision": row.revision,
                 "status": row.status,
                 "attempts": row.attempts,
                 "last_error": row.last_error,

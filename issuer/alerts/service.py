@@ -2,7 +2,10 @@
 
 An incident stays open until resolved: later detections of the same credential (and kind) join the
 open or acknowledged alert; a use after resolution opens a new alert. A use during an active
-self-test window opens a low-severity `selftest` alert that pages nobody.
+self-test window opens a low-severity `selftest` alert that pages nobody. When AWS itself attaches
+its compromised-key quarantine policy to a canary principal, the alert is of its own kind,
+`aws_key_published`: AWS found the key published. A joined event that brings something materially
+new updates the alert in the sinks (issuer.alerts.updates).
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from issuer.alerts.awsfacts import quarantine_policy
 from issuer.alerts.enrich import build_context
+from issuer.alerts.updates import consider_update, mark_notified
 from issuer.detection.events import AwsEvent, as_utc
 from issuer.detection.matching import TAMPER, Match
 from issuer.models import Alert, Credential, Delivery, Detection, SelfTest, utcnow
 
 CANARY_USE = "canary_use"
 PRINCIPAL_TAMPER = "principal_tamper"
+AWS_KEY_PUBLISHED = "aws_key_published"
 SELFTEST = "selftest"
-SEVERITY = {CANARY_USE: "high", PRINCIPAL_TAMPER: "high", SELFTEST: "low"}
+SEVERITY = {CANARY_USE: "high", PRINCIPAL_TAMPER: "high", AWS_KEY_PUBLISHED: "high", SELFTEST: "low"}
+ALERT_KINDS = (CANARY_USE, PRINCIPAL_TAMPER, AWS_KEY_PUBLISHED, SELFTEST)
 OPEN_STATUSES = ("open", "acknowledged")
 SUMMARY_KEYS = ("source_ips", "user_agents", "event_names", "regions", "error_codes")
 MAX_SUMMARY_VALUES = 50
@@ -58,6 +65,12 @@ def _title(kind: str, credential: Credential, event: AwsEvent) -> str:
     placement = credential.placement
     where = f"{placement.device.hostname} / {placement.local_user} / profile {placement.profile}"
     call = f"{event.event_source}:{event.event_name}" if event.event_source else event.event_name or "a call"
+    if kind == AWS_KEY_PUBLISHED:
+        policy = quarantine_policy(event.event_name, event.raw) or "its quarantine policy"
+        return (
+            f"AWS found canary credential {credential.access_key_id} published: it attached "
+            f"{policy.rsplit('/', 1)[-1]} to {credential.principal_name} ({where})"
+        )
     if kind == PRINCIPAL_TAMPER:
         who = event.caller_arn or event.access_key_id or "unknown caller"
         return f"Canary principal {credential.principal_name} tampered with: {call} by {who} ({where})"
@@ -67,7 +80,8 @@ def _title(kind: str, credential: Credential, event: AwsEvent) -> str:
 
 
 def _merge_summary(summary: dict[str, Any], event: AwsEvent) -> dict[str, Any]:
-    merged = {key: list(summary.get(key) or []) for key in SUMMARY_KEYS}
+    # Other keys (what the sinks were told: issuer.alerts.updates) are kept as they are.
+    merged = {**summary, **{key: list(summary.get(key) or []) for key in SUMMARY_KEYS}}
     values = {
         "source_ips": event.source_ip,
         "user_agents": event.user_agent,
@@ -92,6 +106,8 @@ def record_match(
     *,
     sink_names: Iterable[str],
     stale_after_seconds: int,
+    address_window_days: float = 30.0,
+    update_min_interval: float = 300.0,
 ) -> RecordResult:
     """Record one matched event: a Detection row plus a new or joined Alert. Caller commits."""
     # Serialise concurrent detections of one credential before reading anything we will update: a
@@ -112,7 +128,9 @@ def record_match(
         return RecordResult(alert_id=None, created=False, duplicate=True)  # same event via another path
 
     when = as_utc(event.event_time)
-    if match.kind == TAMPER:
+    if match.kind == TAMPER and quarantine_policy(event.event_name, event.raw):
+        kind = AWS_KEY_PUBLISHED
+    elif match.kind == TAMPER:
         kind = PRINCIPAL_TAMPER
     else:
         selftest = active_selftest(session, credential.id, when)
@@ -179,16 +197,32 @@ def record_match(
     alert.event_count = (alert.event_count or 0) + 1
     alert.summary = _merge_summary(alert.summary or {}, event)
     alert.updated_at = utcnow()
-    refresh_context(session, alert, credential, stale_after_seconds=stale_after_seconds)
+    session.flush()  # the new Detection is part of the AWS facts refresh_context reads
+    refresh_context(
+        session,
+        alert,
+        credential,
+        stale_after_seconds=stale_after_seconds,
+        address_window_days=address_window_days,
+    )
 
+    sinks = list(sink_names)
     if created:
-        for sink in sink_names:
+        for sink in sinks:
             session.add(Delivery(alert_id=alert.id, sink=sink, revision=0, status="pending", attempts=0))
+        mark_notified(alert, utcnow())
+    else:
+        consider_update(session, alert, sinks, min_interval=update_min_interval, now=utcnow())
     return RecordResult(alert_id=alert.id, created=created, duplicate=False)
 
 
 def refresh_context(
-    session: Session, alert: Alert, credential: Credential | None = None, *, stale_after_seconds: int
+    session: Session,
+    alert: Alert,
+    credential: Credential | None = None,
+    *,
+    stale_after_seconds: int,
+    address_window_days: float = 30.0,
 ) -> None:
     """Recompute enrichment and verdict (reads uploaded after the alert opened are picked up)."""
     if credential is None:
@@ -203,8 +237,16 @@ def refresh_context(
         as_utc(alert.first_seen),
         stale_after_seconds=stale_after_seconds,
         selftest=alert.kind == SELFTEST,
+        alert_id=alert.id,
+        address_window_days=address_window_days,
     )
     reasons = list(verdict.reasons)
+    if alert.kind == AWS_KEY_PUBLISHED:
+        reasons.insert(
+            0,
+            "AWS itself found this key published (typically in a public code repository) and "
+            "quarantined its principal: treat the key as public, whoever used it",
+        )
     if alert.kind == PRINCIPAL_TAMPER:
         reasons.insert(
             0,

@@ -126,9 +126,10 @@ class WebhookSink(Sink):
 
 def _headline(alert: dict[str, Any]) -> str:
     verdict = alert.get("verdict") or {}
-    return (
-        f"[Tripkey {alert.get('severity', '?').upper()}] {alert.get('title')} — hint: {verdict.get('hint')}"
-    )
+    update = alert.get("update") if isinstance(alert.get("update"), dict) else None
+    marker = f" UPDATE {update.get('revision')}" if update else ""
+    severity = str(alert.get("severity", "?")).upper()
+    return f"[Tripkey {severity}{marker}] {alert.get('title')} — hint: {verdict.get('hint')}"
 
 
 def _text_body(alert: dict[str, Any]) -> str:
@@ -142,8 +143,10 @@ def _text_body(alert: dict[str, Any]) -> str:
         f"first seen: {alert.get('first_seen')}  events: {alert.get('event_count')}",
         f"host: {device.get('hostname')} ({device.get('device_id')})  user: {placement.get('local_user')}"
         f"  file: {placement.get('path')}  profile: {placement.get('profile')}",
+        *[f"what changed: {change}" for change in ((alert.get("update") or {}).get("changes") or [])],
         f"calls: {', '.join(summary.get('event_names') or [])}",
         f"source IPs: {', '.join(summary.get('source_ips') or [])}",
+        f"user agents: {', '.join(summary.get('user_agents') or [])}",
         "reasons:",
         *[f"  - {reason}" for reason in (alert.get("verdict") or {}).get("reasons", [])],
     ]
@@ -204,7 +207,7 @@ class PagerDutySink(Sink):
         device = (alert.get("enrichment") or {}).get("device") or {}
         payload = {
             "routing_key": self.routing_key,
-            "event_action": "trigger",
+            "event_action": "trigger",  # the same dedup_key: an update refreshes the same incident
             "dedup_key": f"tripkey-{alert.get('id')}",
             "payload": {
                 "summary": str(alert.get("title"))[:1024],

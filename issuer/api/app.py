@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -43,6 +44,15 @@ def _start_detection(settings: Settings, database: Database, gateway: Any) -> An
     return runner
 
 
+def _fingerprint_warnings(settings: Settings, gateway: Any, sessionmaker: Any) -> None:
+    from issuer.checks import warn_at_start
+
+    try:
+        warn_at_start(settings, gateway, sessionmaker)
+    except Exception:
+        log.exception("the known-canary-accounts check failed")
+
+
 def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = True) -> FastAPI:
     """Build the app. `aws_gateway`: use this one instead of building it from settings."""
     database = Database(settings.db_url)
@@ -56,6 +66,14 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
 
             app.state.aws_gateway = AwsGateway(settings.minting_config())
         runner = await run_in_threadpool(_start_detection, settings, database, app.state.aws_gateway)
+        # Fingerprint resistance: warn if the pool is on a public list of canary accounts (in the
+        # background: it may call AWS, and an answer that never comes must not hold the start).
+        threading.Thread(
+            target=_fingerprint_warnings,
+            args=(settings, app.state.aws_gateway, database.sessionmaker),
+            name="tk-fingerprint-check",
+            daemon=True,
+        ).start()
         app.state.detection_runner = runner
         log.info("issuer %s ready (database %s)", __version__, database.engine.url.get_backend_name())
         try:

@@ -24,6 +24,16 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_peer_address(request: Request) -> str | None:
+    """The address the request came from: the TCP peer, or behind a configured trusted proxy the
+    client it names in X-Forwarded-For (issuer.egress.client_address)."""
+    from issuer.egress import client_address
+
+    settings: Settings = request.app.state.settings
+    peer = request.client.host if request.client else None
+    return client_address(peer, request.headers.get("x-forwarded-for"), settings.trusted_proxies)
+
+
 def get_gateway(request: Request) -> Any:
     gateway = getattr(request.app.state, "aws_gateway", None)
     if gateway is None:  # only before the lifespan ran, i.e. a misuse in tests
@@ -33,4 +43,5 @@ def get_gateway(request: Request) -> Any:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+PeerAddressDep = Annotated[str | None, Depends(get_peer_address)]
 GatewayDep = Annotated["AwsGateway", Depends(get_gateway)]

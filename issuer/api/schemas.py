@@ -151,6 +151,52 @@ class Ancestor(RequestBody):
     uid: Uid | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class FileProvenanceIn(RequestBody):
+    """One file (executable or script) as the agent examined it (agent/events/provenance.py)."""
+
+    path: LongText
+    error: LongText | None = None
+    uid: Uid | None = None
+    owner: OptName = None
+    gid: Uid | None = None
+    mode: Text40 | None = None
+    size: Annotated[int, Field(ge=0)] | None = None
+    user_writable: bool | None = None
+    writable_via: LongText | None = None
+    user_place: Text40 | None = None
+    package: OptName = None
+    package_db: Text40 | None = None
+    package_verified: bool | None = None
+    sha256: Sha256 | None = None
+    hash_error: LongText | None = None
+    replaced: bool = False
+
+
+class CodeSigningIn(RequestBody):
+    signing_id: OptName = None
+    team_id: OptName = None
+    platform_binary: bool | None = None
+    valid: bool | None = None
+    adhoc: bool | None = None
+    signer: OptName = None
+    source: Text40 = "eslogger"
+
+
+class ProvenanceIn(RequestBody):
+    """Where the reader's code came from: executable, the script an interpreter ran, signature."""
+
+    exe: FileProvenanceIn | None = None
+    script: FileProvenanceIn | None = None
+    script_kind: Literal["file", "module", "inline"] | None = None
+    script_name: LongText | None = None
+    signing: CodeSigningIn | None = None
+    argv0_is_exe: bool | None = None
+    error: LongText | None = None
+
+
 class ReadInfo(RequestBody):
     pid: Pid
     ppid: Pid | None = None
@@ -163,8 +209,12 @@ class ReadInfo(RequestBody):
     access: Word16 = "open"
     sensor: Word40
     classification: Text40 | None = None
+    # When the reader's provenance did not support the label its name claims: that label, and why.
+    claimed_label: Text40 | None = None
+    trust_reason: LongText | None = None
     ancestors: Annotated[list[Ancestor], Field(max_length=64)] = []
     partial: bool = False  # part of the context was filled after the fact or is missing
+    provenance: ProvenanceIn | None = None
     # ReadEvent.to_dict() also carries these; accepted so the agent can send it as is.
     time: UtcTime | None = None
     path: Text4096 | None = None
@@ -286,8 +336,11 @@ class ReadRecord(BaseModel):
     access: str | None = None
     sensor: str | None = None
     classification: str | None = None
+    claimed_label: str | None = None
+    trust_reason: str | None = None
     ancestors: list[dict[str, Any]] = []
     partial: bool = False
+    provenance: dict[str, Any] | None = None
 
 
 class ReadList(BaseModel):

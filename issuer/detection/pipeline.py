@@ -52,14 +52,17 @@ def process_events(
     sink_names: Collection[str],
     stale_after_seconds: int,
     own_arns: Collection[str] = (),
+    address_window_days: float = 30.0,
+    update_min_interval: float = 300.0,
 ) -> ProcessStats:
     """Match and record each event in its own transaction; return what happened."""
     stats = ProcessStats()
+    policy = {"address_window_days": address_window_days, "update_min_interval": update_min_interval}
     for event in events:
         stats.events += 1
         for attempt in range(_RETRIES):
             try:
-                _process_one(sessionmaker, event, stats, sink_names, stale_after_seconds, own_arns)
+                _process_one(sessionmaker, event, stats, sink_names, stale_after_seconds, own_arns, policy)
                 break
             except OperationalError:
                 # SQLite "database is locked" between replicas, or a PostgreSQL serialisation hiccup.
@@ -76,6 +79,7 @@ def _process_one(
     sink_names: Collection[str],
     stale_after_seconds: int,
     own_arns: Collection[str],
+    policy: dict[str, float],
 ) -> None:
     with sessionmaker() as session:
         matches = match_event(session, event, own_arns=own_arns)
@@ -87,7 +91,12 @@ def _process_one(
         outcome = []
         for match in matches:
             result = record_match(
-                session, event, match, sink_names=sink_names, stale_after_seconds=stale_after_seconds
+                session,
+                event,
+                match,
+                sink_names=sink_names,
+                stale_after_seconds=stale_after_seconds,
+                **policy,
             )
             outcome.append(result)
         session.commit()

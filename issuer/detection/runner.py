@@ -11,6 +11,7 @@ several replicas can run side by side; detections are idempotent by event id.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import os
 import secrets
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from issuer.alerts.delivery import DeliveryWorker
 from issuer.alerts.sinks import Sink, build_sinks
+from issuer.alerts.updates import promote_due_updates
 from issuer.detection.events import AwsEvent
 from issuer.detection.last_used import LastUsedPoller
 from issuer.detection.locks import Lease
@@ -127,12 +129,14 @@ class DetectionRunner:
             sink_names=[sink.name for sink in self.sinks],
             stale_after_seconds=self.settings.stale_after_seconds,
             own_arns=self.own_arns() if any(e.target_user_name for e in events) else (),
+            address_window_days=getattr(self.settings, "device_address_window_days", 30.0),
+            update_min_interval=getattr(self.settings, "alert_update_min_interval", 300.0),
         )
         stats.malformed = malformed
         with self._stats_lock:
             self.last_stats.add(stats)
-        if stats.alerts_opened:
-            self._wake_delivery.set()
+        if stats.alerts_opened or stats.alerts_joined:
+            self._wake_delivery.set()  # a joined event may have made an update
         return stats
 
     def _handler(self, source: str) -> Callable[[list[AwsEvent], int], None]:
@@ -145,6 +149,8 @@ class DetectionRunner:
         """Try due deliveries if we hold the delivery lease; return the attempts made."""
         if not self.delivery.sinks or not self.delivery_lease.acquire():
             return 0
+        with self.sessionmaker() as session:  # updates the rate limit held back, now due
+            promote_due_updates(session, list(self.delivery.sinks), dt.datetime.now(dt.UTC))
         return self.delivery.run_once(still_leader=self.delivery_lease.acquire)
 
     def wake(self) -> None:

@@ -56,9 +56,11 @@ RULES = (
         ),
     ),
     Rule(
-        "read events depend only on themselves and the clock",
+        "read events depend only on themselves, the clock and the OS flags",
         lambda s, d: (
-            within(s, "agent.events") and within(d, "agent") and not within(d, "agent.events", "agent.clock")
+            within(s, "agent.events")
+            and within(d, "agent")
+            and not within(d, "agent.events", "agent.clock", "agent.osflags")
         ),
     ),
     Rule(
@@ -111,7 +113,10 @@ BAD_EDGES = {
         "agent.credfile.edit",
         "agent.config",
     ),
-    "read events depend only on themselves and the clock": ("agent.events.readlog", "agent.sensors.base"),
+    "read events depend only on themselves, the clock and the OS flags": (
+        "agent.events.readlog",
+        "agent.sensors.base",
+    ),
     "sensors depend only on events, the OS flags and the clock": (
         "agent.sensors._fanotify",
         "agent.reporting.spool",

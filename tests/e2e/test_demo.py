@@ -60,6 +60,26 @@ def test_demo_names_the_curious_reader_and_leaves_nothing_behind(tmp_path: Path)
     assert "grep -A2 prod-backup" in done.stdout and "VERDICT" in done.stdout
     assert "aws s3 ls -> denied" in done.stdout
     assert "byte-identical: yes" in done.stdout
+    # Detected through the emulated account's CloudTrail -> EventBridge -> SQS, so the alert shows the
+    # attacker's user agent, calls and source address (the last-used safety net records none of them).
+    assert "sqs" in alert["summary"]["detection_sources"]
+    assert set(alert["summary"]["event_names"]) == {
+        "sts.amazonaws.com:GetCallerIdentity",
+        "s3.amazonaws.com:ListBuckets",
+    }
+    assert all(ua.startswith("aws-cli/1.") for ua in alert["summary"]["user_agents"])
+    assert alert["enrichment"]["aws"]["source_addresses"] == [
+        {"address": "127.0.0.1", "relation": "device_network", "meaning": "this device's network"}
+    ]
+    assert "source IPs:     127.0.0.1 (this device's network)" in done.stdout
+    assert "agent families: aws_cli_v1" in done.stdout
+    assert "API calls:      sts.amazonaws.com:GetCallerIdentity, s3.amazonaws.com:ListBuckets" in done.stdout
+    assert "detected via:   sqs" in done.stdout
+    # The reasons quote the evidence: the reader's package and hash, the agent family, the address.
+    reasons = json.dumps(alert["verdict"]["reasons"])
+    assert "sha256 " in reasons
+    assert "package grep" in reasons or not Path("/var/lib/dpkg/status").exists()
+    assert "AWS CLI v1" in reasons and "127.0.0.1 (this device's network)" in reasons
     assert "aws_secret_access_key" not in done.stdout + json.dumps(alert)
     # The JSONL sink got the same alert.
     lines = (output / "alerts.jsonl").read_text().splitlines()

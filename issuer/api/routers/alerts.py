@@ -70,6 +70,7 @@ class VerdictOut(BaseModel):
 
 class DeliveryOut(BaseModel):
     sink: str
+    revision: int = Field(default=0, description="0: the alert; n > 0: its n-th update (`updates`)")
     status: str
     attempts: int
     last_error: str | None
@@ -79,9 +80,14 @@ class DeliveryOut(BaseModel):
 class AlertOut(_AlertHead):
     summary: SummaryOut
     enrichment: dict[str, Any] = Field(
-        description="device, placement, credential, reads_window, reads[], self_reports[], agent_health"
+        description="device, placement, credential, reads_window, reads[] (each with its reader's "
+        "provenance), self_reports[], agent_health, aws (calls, user-agent families, source addresses "
+        "against the device's own, regions, error codes)"
     )
     verdict: VerdictOut
+    updates: list[dict[str, Any]] = Field(
+        default=[], description="updates sent to the sinks: revision, time, what changed (docs/detection.md)"
+    )
     deliveries: list[DeliveryOut]
     notes: list[dict[str, Any]]
     created_at: str | None
@@ -125,7 +131,12 @@ def show_alert(
     batches, so reads that arrived after the alert opened are shown too."""
     alert = _get_alert(session, alert_id)
     if alert.status != "resolved":
-        refresh_context(session, alert, stale_after_seconds=settings.stale_after_seconds)
+        refresh_context(
+            session,
+            alert,
+            stale_after_seconds=settings.stale_after_seconds,
+            address_window_days=settings.device_address_window_days,
+        )
         session.commit()
     return alert_to_dict(session, alert)
 

@@ -70,6 +70,8 @@ def _process(request: Request, settings: Settings, events: list[AwsEvent], malfo
         events,
         sink_names=[str(s.get("name") or s.get("type")) for s in settings.sinks],
         stale_after_seconds=settings.stale_after_seconds,
+        address_window_days=settings.device_address_window_days,
+        update_min_interval=settings.alert_update_min_interval,
     )
 
 

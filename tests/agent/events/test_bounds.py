@@ -155,6 +155,45 @@ def test_the_largest_possible_event_fits_the_issuers_schema_and_body_limit() -> 
     EventBatch.model_validate_json(body)  # raises on any field over the issuer's limits
 
 
+def test_the_largest_event_with_the_largest_provenance_still_fits() -> None:
+    """A reader's provenance is built from hostile names too (its path, the directory that makes it
+    writable, its script): each string is cut by the probe, so the worst event still fits."""
+    from agent.events.bounds import NAME_BUDGET, PATH_BUDGET, TEXT_BUDGET
+    from agent.events.probe import with_provenance
+    from agent.events.provenance import CodeSigning, FileProvenance, ReaderProvenance, signing_from_flags
+    from agent.events.trust import Classification
+
+    def worst_file() -> FileProvenance:
+        return FileProvenance(
+            path=bound_text("/" + HOSTILE * 5_000, PATH_BUDGET),
+            owner=bound_text(HOSTILE * 500, NAME_BUDGET),
+            writable_via=bound_text(HOSTILE * 5_000, TEXT_BUDGET),
+            user_writable=True,
+            user_place="home",
+            package=bound_text(HOSTILE * 500, NAME_BUDGET),
+            package_db="dpkg",
+            hash_error=bound_text(HOSTILE * 5_000, TEXT_BUDGET),
+            error=bound_text(HOSTILE * 5_000, TEXT_BUDGET),
+        )
+
+    signing = signing_from_flags(HOSTILE * 500, HOSTILE * 500, False, 3)
+    assert isinstance(signing, CodeSigning)
+    provenance = ReaderProvenance(
+        exe=worst_file(),
+        script=worst_file(),
+        script_kind="file",
+        script_name=bound_text(HOSTILE * 5_000, PATH_BUDGET),
+        signing=signing,
+        error=bound_text(HOSTILE * 5_000, TEXT_BUDGET),
+    )
+    bounded = with_provenance(bound_event(hostile_event()), provenance)
+    claim = Classification("masquerading", "secret scanners", "secret_scanner", HOSTILE * 50_000)
+    payload = read_event_payload(bounded, str(uuid.uuid4()), claim)
+    body = json.dumps({"events": [payload]})
+    assert len(body.encode()) <= Settings().max_body_bytes
+    EventBatch.model_validate_json(body)
+
+
 def test_the_ci_runner_shape_is_accepted() -> None:
     """The regression itself: a parent `sh -c` with a 10 kB script."""
     parent = ProcessInfo(pid=99, exe="/usr/bin/dash", cmdline=("sh", "-c", ": " * 5_000 + "; make test"))

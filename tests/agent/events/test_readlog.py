@@ -81,8 +81,54 @@ def test_record_and_query_round_trip(log: ReadLog):
             {"pid": 9, "exe": None, "cmdline": [], "uid": None},  # exited before it could be read
         ],
         "classification": "shell_utility",
+        "provenance": None,
+        "claimed_label": None,
+        "trust_reason": None,
         "partial": False,
     }
+
+
+# Schema 1 as the first Tripkey release created it (agent/events/readlog.py before provenance).
+SCHEMA_V1 = """
+CREATE TABLE reads (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, time TEXT NOT NULL,
+    time_epoch REAL NOT NULL, path TEXT NOT NULL, pid INTEGER NOT NULL, ppid INTEGER, exe TEXT,
+    cmdline TEXT NOT NULL, uid INTEGER, user TEXT, start_time TEXT, cwd TEXT, access TEXT NOT NULL,
+    sensor TEXT NOT NULL, ancestors TEXT NOT NULL, classification TEXT NOT NULL);
+CREATE INDEX reads_by_time ON reads (time_epoch);
+CREATE INDEX reads_by_path ON reads (path, time_epoch);
+INSERT INTO reads (event_id, time, time_epoch, path, pid, cmdline, access, sensor, ancestors, classification)
+VALUES ('old-1', '2026-11-22T11:00:00+00:00', 1795345200.0, '/home/alice/.aws/credentials', 7,
+        '["cat"]', 'open', 'audit', '[]', 'shell_utility');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_schema_1_read_log_is_migrated_in_place_keeping_every_read(tmp_path: Path):
+    path = tmp_path / "reads.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_V1)
+    # `tripkey-agent reads` may run before the upgraded agent has opened the log: it reads schema 1.
+    with ReadLog(path, readonly=True) as old:
+        (row,) = old.query()
+        assert row["event_id"] == "old-1" and row["provenance"] is None and row["claimed_label"] is None
+    with ReadLog(path) as upgraded:
+        from agent.events.trust import Classification
+
+        upgraded.record(
+            event(), Classification("masquerading", "secret scanners", "secret_scanner", "in /tmp")
+        )
+        rows = upgraded.query()
+    assert [r["event_id"] for r in rows][1] == "old-1"
+    assert (rows[0]["classification"], rows[0]["claimed_label"], rows[0]["trust_reason"]) == (
+        "masquerading",
+        "secret_scanner",
+        "in /tmp",
+    )
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    with ReadLog(path) as again:  # opening a migrated log again changes nothing
+        assert len(again.query()) == 2
 
 
 def test_query_newest_first_with_since_path_and_limit(log: ReadLog):
@@ -258,14 +304,14 @@ def test_table_and_json_lines(log: ReadLog):
     assert [json.loads(line)["pid"] for line in lines] == [8, 7]
 
 
-def test_a_version_1_log_is_read_as_is_and_upgraded_in_place(tmp_path: Path) -> None:
+def test_a_version_2_log_is_read_as_is_and_upgraded_in_place(tmp_path: Path) -> None:
     """An agent upgraded over an existing read log: nothing of it is lost, `partial` is added."""
     path = tmp_path / "reads.db"
     with ReadLog(path) as current:
         current.record(event(), "shell_utility")
     db = sqlite3.connect(path)
     db.execute("ALTER TABLE reads DROP COLUMN partial")  # the layout Tripkey wrote before
-    db.execute("PRAGMA user_version = 1")
+    db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
     with ReadLog(path, readonly=True) as old:
@@ -276,4 +322,4 @@ def test_a_version_1_log_is_read_as_is_and_upgraded_in_place(tmp_path: Path) -> 
         rows = {r["pid"]: r["partial"] for r in upgraded.query()}
     assert rows == {100: False, 101: True}
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3

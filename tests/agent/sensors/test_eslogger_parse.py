@@ -68,6 +68,26 @@ def test_open_of_planted_file_carries_command_line_and_ancestors() -> None:
     assert parser.malformed == 0 and parser.dropped == 0
 
 
+def test_the_readers_code_signature_travels_with_the_read() -> None:
+    """es_process_t's signing_id, team_id, is_platform_binary and codesigning_flags (CS_VALID 0x1,
+    CS_ADHOC 0x2 in <kern/cs_blobs.h>) become the read's CodeSigning: Apple's cat vouches for itself,
+    an ad-hoc signed "trufflehog" in Downloads names itself and vouches for nothing."""
+    parser = EsloggerParser([CRED])
+    [apple] = parse_all(parser, shell_session())
+    assert apple.signing is not None and apple.signing.platform_binary is True
+    assert apple.signing.signing_id == "com.apple.cat" and apple.signing.vouches()
+    fake = proc(777, "/Users/alice/Downloads/trufflehog", ppid=480)
+    fake.update(
+        signing_id="com.trufflesecurity.trufflehog",
+        team_id=None,
+        is_platform_binary=False,
+        codesigning_flags=0x3,
+    )
+    [event] = parser.feed(line(open_msg(fake, CRED)))
+    assert event.signing is not None and event.signing.adhoc is True and event.signing.valid is True
+    assert not event.signing.vouches()
+
+
 def test_forked_child_without_exec_inherits_parent_argv() -> None:
     python = proc(700, "/usr/bin/python3", ppid=480)
     worker = proc(701, "/usr/bin/python3", ppid=700)

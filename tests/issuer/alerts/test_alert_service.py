@@ -258,6 +258,34 @@ def test_enrichment_reads_window_and_verdict(det_sessionmaker, det_credential, d
     assert not any("/usr/bin/less" in reason for reason in alert.verdict["reasons"]), "after use: no leak"
 
 
+def test_a_read_in_the_same_second_as_the_use_can_be_the_leak(
+    det_sessionmaker, det_credential, det_add_read
+) -> None:  # type: ignore[no-untyped-def]
+    """Regression: a scanner reads at 03:17:00.086 and verifies the key; CloudTrail records the call at
+    03:17:00 (whole seconds). The read must count as before the use, not after it."""
+    cred = det_credential()
+    use = now().replace(microsecond=0) - dt.timedelta(minutes=1)
+    det_add_read(
+        cred,
+        when=use + dt.timedelta(milliseconds=86),
+        exe="/opt/tools/trufflehog",
+        classification="secret_scanner",
+        cmdline=["trufflehog", "filesystem", "/home"],
+    )
+    whoami = cloudtrail_event(
+        access_key_id=cred.access_key_id,
+        when=use,
+        event_name="GetCallerIdentity",
+        event_source="sts.amazonaws.com",
+        user_agent="TruffleHog",
+        error_code=None,
+    )
+    run(det_sessionmaker, whoami)
+    [alert] = alerts(det_sessionmaker)
+    assert alert.enrichment["reads"][0]["after_first_use"] is False
+    assert alert.verdict["hint"] == "scanner_verification"
+
+
 def test_self_report_and_stale_agent(det_sessionmaker, det_credential, det_add_read) -> None:  # type: ignore[no-untyped-def]
     stale = det_credential(heartbeat_at=now() - dt.timedelta(days=2))
     run(det_sessionmaker, cloudtrail_event(access_key_id=stale.access_key_id))

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from issuer.alerts.awsfacts import AwsFacts, make_call
 from issuer.alerts.verdict import ReadFact, SelfReportFact, VerdictInput, decide
 
 USE = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
@@ -196,3 +197,177 @@ def test_reads_missing_from_the_host_read_log_make_the_context_incomplete() -> N
     assert verdict.hint == "context_incomplete", verdict.reasons
     assert any("could not write 33 read(s) to its local read log" in r for r in verdict.reasons)
     assert not any("no read of the file was recorded" in r for r in verdict.reasons)
+
+
+# ----- readers and AWS facts together -----------------------------------------------------------------
+
+DEVICE_IP = "198.51.100.7"
+CLI = "aws-cli/1.46.3 md/Botocore#1.43.62 ua/2.1 os/linux#6.18 lang/python#3.11.7"
+
+
+def call(name: str, source: str, ip: str = DEVICE_IP, agent: str = CLI, raw: dict | None = None):  # type: ignore[no-untyped-def, type-arg]
+    return make_call(
+        time=USE,
+        event_name=name,
+        event_source=source,
+        region="us-east-1",
+        source_ip=ip,
+        user_agent=agent,
+        error_code=None,
+        detection_source="sqs",
+        raw=raw,
+        device_addresses=[DEVICE_IP],
+    )
+
+
+def facts(*calls) -> AwsFacts:  # type: ignore[no-untyped-def]
+    return AwsFacts(calls=tuple(calls), device_addresses=(DEVICE_IP,))
+
+
+SCANNER = read("secret_scanner", exe="/usr/local/bin/trufflehog", cmdline=("trufflehog", "filesystem", "."))
+IDENTITY_BY_TRUFFLEHOG = call("GetCallerIdentity", "sts.amazonaws.com", "203.0.113.50", "TruffleHog")
+
+
+def test_a_scanner_read_and_its_verifiers_identity_check_are_consistent() -> None:
+    verdict = decide(
+        VerdictInput(
+            first_use=USE, placement_user="alice", reads=(SCANNER,), aws=facts(IDENTITY_BY_TRUFFLEHOG)
+        )
+    )
+    assert verdict.hint == "scanner_verification"
+    assert "consistent: sts:GetCallerIdentity via a secret scanner's verifier" in verdict.reasons[0]
+
+
+def test_a_scanner_read_followed_by_enumeration_from_elsewhere_is_not() -> None:
+    enumeration = call("ListBuckets", "s3.amazonaws.com", "203.0.113.50")
+    verdict = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=(SCANNER,),
+            aws=facts(IDENTITY_BY_TRUFFLEHOG, enumeration),
+        )
+    )
+    assert verdict.hint == "suspicious"
+    assert (
+        "s3:ListBuckets via AWS CLI v1 from 203.0.113.50 (an address this device was never seen at)"
+        in (verdict.reasons[0])
+    )
+    assert "a scanner verifying its find does not do that" in verdict.reasons[0]
+
+
+def test_the_owners_aws_tool_then_a_use_from_elsewhere_is_suspicious() -> None:
+    reads = (read("aws_tool"),)
+    home = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=reads,
+            aws=facts(call("ListBuckets", "s3.amazonaws.com")),
+        )
+    )
+    assert home.hint == "curious_user" and "198.51.100.7 (this device's network)" in home.reasons[0]
+    away = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=reads,
+            aws=facts(call("ListBuckets", "s3.amazonaws.com", "203.0.113.9")),
+        )
+    )
+    assert away.hint == "suspicious" and "used from outside this device's network" in away.reasons[0]
+
+
+def test_privilege_attempts_are_suspicious_whoever_read_the_file() -> None:
+    verdict = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=(read("aws_tool"),),
+            aws=facts(call("CreateUser", "iam.amazonaws.com")),
+        )
+    )
+    assert verdict.hint == "suspicious"
+    assert any(
+        "privilege attempt(s) with the key: iam:CreateUser via AWS CLI v1" in r for r in verdict.reasons
+    )
+
+
+def test_a_masquerading_reader_is_named_with_its_evidence() -> None:
+    provenance = {
+        "exe": {
+            "path": "/tmp/x/trufflehog",
+            "owner": "bob",
+            "uid": 1001,
+            "user_writable": True,
+            "writable_via": "/tmp/x: owner bob",
+            "user_place": "/tmp",
+            "package": None,
+            "package_db": "dpkg",
+            "sha256": "ab" * 32,
+        },
+        "script": None,
+        "signing": None,
+    }
+    fake = ReadFact(
+        time=USE - dt.timedelta(minutes=3),
+        classification="masquerading",
+        user="bob",
+        exe="/tmp/x/trufflehog",
+        cmdline=("trufflehog", "filesystem", "/home"),
+        pid=77,
+        provenance=provenance,
+        claimed="secret_scanner",
+        trust_reason="masquerading as secret_scanner: it lies in a user-writable place (/tmp)",
+    )
+    verdict = decide(
+        VerdictInput(first_use=USE, placement_user="bob", reads=(fake,), aws=facts(IDENTITY_BY_TRUFFLEHOG))
+    )
+    assert verdict.hint == "suspicious"
+    reason = verdict.reasons[0]
+    assert reason.startswith("suspicious: reader masquerading as secret_scanner: /tmp/x/trufflehog")
+    for evidence in (
+        "owner bob",
+        "writable by a non-root user (/tmp/x: owner bob)",
+        "in /tmp",
+        "package none",
+        "sha256 abababababab…",
+    ):
+        assert evidence in reason
+
+
+def test_aws_finding_the_key_published_says_so() -> None:
+    quarantine = call(
+        "AttachUserPolicy",
+        "iam.amazonaws.com",
+        "AWS Internal",
+        "AWS Internal",
+        raw={
+            "requestParameters": {
+                "userName": "svc-backup-x",
+                "policyArn": "arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV2",
+            }
+        },
+    )
+    verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(), aws=facts(quarantine)))
+    assert verdict.hint == "key_copied_elsewhere"
+    assert any(
+        "AWS found this key published: it attached arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV2" in r
+        for r in verdict.reasons
+    )
+    assert not any("privilege attempt" in r for r in verdict.reasons)  # AWS's own action, not an attack
+
+
+def test_a_self_report_does_not_excuse_a_use_from_elsewhere() -> None:
+    reads = (read("editor", minutes_before=7, **VIM),)
+    verdict = decide(
+        VerdictInput(
+            first_use=USE,
+            placement_user="alice",
+            reads=reads,
+            self_reports=(report(5),),
+            aws=facts(call("GetCallerIdentity", "sts.amazonaws.com", "203.0.113.9")),
+        )
+    )
+    assert verdict.hint == "suspicious"
+    assert any("a self-report explains a read, not a use from outside" in r for r in verdict.reasons)
