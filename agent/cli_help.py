@@ -41,4 +41,12 @@ EXAMPLES = {
         "sudo tripkey-agent trigger --target /home/alice/.aws/credentials --json",
     ],
     "tray": ["tripkey-agent tray", "tripkey-agent tray --show"],
+    "service": [
+        "tripkey-agent.exe service   # started by the Windows Service Control Manager, never by hand",
+        "tripkey-agent.exe service --configure-recovery   # what the MSI runs after installing",
+    ],
+    "sensors": [
+        "sudo tripkey-agent sensors          # what can run here, and what `auto` picks and why",
+        "sudo tripkey-agent sensors --live   # start it on a scratch file; a child `cat` reads it",
+    ],
 }

@@ -309,7 +309,8 @@ def test_check_passes_on_a_good_setup_and_changes_nothing(tmp_path: Path, moto_u
     report = json.loads(result.stdout)
     by_check = {r["check"]: r for r in report["checks"]}
     assert report["ok"] is True
-    assert set(by_check) == {"settings", "database", "listen", "aws", "detection"}
+    assert set(by_check) == {"settings", "database", "listen", "aws", "detection", "fingerprint"}
+    assert by_check["fingerprint"]["status"] == "ok"  # moto's account is on no list of known canaries
     assert by_check["database"]["status"] == "warn" and "will create it" in by_check["database"]["message"]
     assert "AWS account 123456789012" in by_check["aws"]["message"]
     assert not db.exists()  # check never creates the database

@@ -92,7 +92,7 @@ def test_config_env_var_names_the_file(tmp_path: Path) -> None:
         ('profile = "default"\n', 'profile "default"'),
         ('profile = "has space"\n', "not a usable AWS CLI profile name"),
         ('profile = "[x]"\n', "not a usable AWS CLI profile name"),
-        ('sensor = "ebpf"\n', "sensor must be one of"),
+        ('sensor = "bpf"\n', "sensor must be one of"),
         ('issuer_url = "ftp://x"\n', "issuer_url must be an http(s) URL"),
         ("heartbeat_interval = 0\n", "heartbeat_interval must be greater than zero"),
         ('rotate_days = "soon"\n', "rotate_days must be a number"),

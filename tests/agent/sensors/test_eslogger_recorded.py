@@ -41,7 +41,7 @@ def test_process_identity_in_each_schema_version() -> None:
     exit_v9 = process_record(recorded_message("exit-v9")["process"])
     assert (exit_v9.pid, exit_v9.uid, exit_v9.pidversion, exit_v9.ppid) == (11221, 0, 170692, 532)
     assert exit_v9.exe == "/usr/sbin/ipconfig"
-    assert (exit_v9.signing_id, exit_v9.team_id) == ("com.apple.ipconfig", None)
+    assert (exit_v9.signing.signing_id, exit_v9.signing.team_id) == ("com.apple.ipconfig", None)
 
     fork_v10 = recorded_message("fork-v10")
     # audit_token: [auid, euid, egid, ruid, rgid, pid, asid, pidversion]
@@ -49,11 +49,11 @@ def test_process_identity_in_each_schema_version() -> None:
     child = process_record(fork_v10["event"]["fork"]["child"])
     assert (parent.pid, parent.uid, parent.pidversion) == (19745, 501, 35165)
     assert (child.pid, child.ppid, child.pidversion) == (21497, 19745, 38282)
-    assert (child.signing_id, child.team_id) == ("net.mullvad.vpn", "CKG9MXH72F")
+    assert (child.signing.signing_id, child.signing.team_id) == ("net.mullvad.vpn", "CKG9MXH72F")
 
     exec_v11 = process_record(recorded_message("exec-v11")["event"]["exec"]["target"])
     assert (exec_v11.pid, exec_v11.uid) == (11085, 501)
-    assert exec_v11.signing_id == "com.apple.localizationswitcherd"
+    assert exec_v11.signing.signing_id == "com.apple.localizationswitcherd"
 
 
 def test_recorded_exec_then_open_gives_argv_cwd_and_signing_identity() -> None:
@@ -64,7 +64,10 @@ def test_recorded_exec_then_open_gives_argv_cwd_and_signing_identity() -> None:
     [(event, reader)] = reads
     assert (event.pid, event.ppid, event.exe) == (97391, 58916, "/bin/connection-checker")
     assert event.cmdline == ("/bin/connection-checker",) and event.cwd == "/bin/mullvadvpn-app"
-    assert (reader.signing_id, reader.team_id) == ("connection_checker-04fde7bdb8bceee3", None)
+    assert (reader.signing.signing_id, reader.signing.team_id) == (
+        "connection_checker-04fde7bdb8bceee3",
+        None,
+    )
     assert parser.malformed == 0 and parser.dropped == 0 and parser.skipped_opens == 0
 
 
@@ -76,7 +79,7 @@ def test_recorded_fork_with_list_audit_tokens_then_open_of_the_planted_file() ->
     app = "/Applications/Mullvad VPN.app/Contents/MacOS/Mullvad VPN"
     assert (event.pid, event.ppid, event.exe, event.uid) == (21497, 19745, app, 501)
     assert [(a.pid, a.exe) for a in event.ancestors][:1] == [(19745, app)]
-    assert (reader.signing_id, reader.team_id) == ("net.mullvad.vpn", "CKG9MXH72F")
+    assert (reader.signing.signing_id, reader.signing.team_id) == ("net.mullvad.vpn", "CKG9MXH72F")
 
 
 def test_opens_of_other_files_are_never_decoded_and_their_sequence_numbers_still_count(
