@@ -10,64 +10,72 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from issuer.models import AgentEvent, SelfTest, utcnow
+from issuer.pagination import Page, SortKey, paginate
 from issuer.registry import get_device, get_device_credential
 from issuer.tokens import new_id
 
+# Rows per INSERT statement: 11 columns each keeps a statement far below SQLite's and PostgreSQL's
+# bound-parameter limits (32,766 and 65,535) while still amortising the round trip.
+INSERT_CHUNK = 500
+
+
+def _insert_ignoring_duplicates(session: Session) -> Any:
+    """INSERT ... ON CONFLICT (device_id, event_id) DO NOTHING in the session's SQL dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(AgentEvent).on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(AgentEvent).on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+    raise NotImplementedError(f"agent events need SQLite or PostgreSQL, not {dialect}")
+
+
+def _row(device_id: str, event: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    detail = dict(event.get("detail") or {})
+    read = detail if event["kind"] == "read" else {}
+    return {
+        "event_id": event["event_id"],
+        "device_id": device_id,
+        "kind": event["kind"],
+        "time": event["time"],
+        "path": event["path"],
+        "pid": read.get("pid"),
+        "exe": read.get("exe"),
+        "user": read.get("user") or detail.get("user"),
+        "classification": read.get("classification"),
+        "detail": detail,
+        "received_at": now,
+    }
+
 
 def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Store new events, skip known event_ids. Return (accepted, duplicates)."""
+    """Store new events, skip known event_ids. Return (accepted, duplicates).
+
+    One multi-row INSERT ... ON CONFLICT DO NOTHING per chunk: the database skips what it already
+    has (also what a concurrent upload of the same batch inserted a moment earlier), so there is no
+    read-then-insert race and no per-row round trip. RETURNING lists what each statement inserted,
+    so accepted + duplicates always equals the events sent.
+    """
     get_device(session, device_id)
-    for attempt in range(3):
-        wanted: dict[str, Mapping[str, Any]] = {}
-        for event in events:
-            wanted.setdefault(event["event_id"], event)
-        known = (
-            set(
-                session.scalars(
-                    select(AgentEvent.event_id).where(
-                        AgentEvent.device_id == device_id, AgentEvent.event_id.in_(list(wanted))
-                    )
-                )
-            )
-            if wanted
-            else set()
-        )
-        now = utcnow()
-        for event_id, event in wanted.items():
-            if event_id in known:
-                continue
-            detail = dict(event.get("detail") or {})
-            read = detail if event["kind"] == "read" else {}
-            session.add(
-                AgentEvent(
-                    event_id=event_id,
-                    device_id=device_id,
-                    kind=event["kind"],
-                    time=event["time"],
-                    path=event["path"],
-                    pid=read.get("pid"),
-                    exe=read.get("exe"),
-                    user=read.get("user") or detail.get("user"),
-                    classification=read.get("classification"),
-                    detail=detail,
-                    received_at=now,
-                )
-            )
-        try:
-            session.commit()
-        except IntegrityError:  # the same events uploaded concurrently: count again
-            session.rollback()
-            if attempt == 2:
-                raise
-            continue
-        accepted = len(wanted) - len(known)
-        return accepted, len(events) - accepted
-    raise AssertionError("unreachable")
+    wanted: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        wanted.setdefault(event["event_id"], event)
+    now = utcnow()
+    rows = [_row(device_id, event, now) for event in wanted.values()]
+    accepted = 0
+    for start in range(0, len(rows), INSERT_CHUNK):
+        statement = _insert_ignoring_duplicates(session).values(rows[start : start + INSERT_CHUNK])
+        # RETURNING names the rows actually inserted; rowcount is not reliable for this on psycopg.
+        accepted += len(session.execute(statement.returning(AgentEvent.event_id)).all())
+    session.commit()
+    return accepted, len(events) - accepted
 
 
 def create_selftest(session: Session, device_id: str, credential_id: str, window_seconds: float) -> SelfTest:
@@ -104,6 +112,22 @@ def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
         raise ValueError(f"since must be like 24h, 30m, 7d or an ISO 8601 time, got {value!r}") from exc
 
 
+READ_ORDER = (SortKey(AgentEvent.time, descending=True), SortKey(AgentEvent.event_id, descending=True))
+
+
+def _reads_query(
+    device_id: str, since: dt.datetime | None, until: dt.datetime | None, path: str | None
+) -> Select[Any]:
+    query = select(AgentEvent).where(AgentEvent.device_id == device_id, AgentEvent.kind == "read")
+    if since is not None:
+        query = query.where(AgentEvent.time >= since)
+    if until is not None:
+        query = query.where(AgentEvent.time <= until)
+    if path:
+        query = query.where(AgentEvent.path == path)
+    return query
+
+
 def query_reads(
     session: Session,
     device_id: str,
@@ -115,14 +139,36 @@ def query_reads(
 ) -> list[AgentEvent]:
     """Read events of a device, newest first."""
     get_device(session, device_id)
-    query = select(AgentEvent).where(AgentEvent.device_id == device_id, AgentEvent.kind == "read")
-    if since is not None:
-        query = query.where(AgentEvent.time >= since)
-    if until is not None:
-        query = query.where(AgentEvent.time <= until)
-    if path:
-        query = query.where(AgentEvent.path == path)
-    return list(session.scalars(query.order_by(AgentEvent.time.desc(), AgentEvent.event_id).limit(limit)))
+    query = _reads_query(device_id, since, until, path)
+    return list(
+        session.scalars(query.order_by(AgentEvent.time.desc(), AgentEvent.event_id.desc()).limit(limit))
+    )
+
+
+def reads_page(
+    session: Session,
+    device_id: str,
+    *,
+    since: dt.datetime,
+    path: str | None,
+    since_text: str,
+    limit: int,
+    cursor: str | None,
+) -> Page[AgentEvent]:
+    """One page of a device's reads, newest first. The cursor is tied to the `since` text the client
+    sent; a relative one (`24h`) is evaluated again for each page, so its oldest edge moves by the
+    seconds the paging takes (the CLI sends an absolute time for exactly one window)."""
+    get_device(session, device_id)
+    return paginate(
+        session,
+        _reads_query(device_id, since, None, path),
+        kind="reads",
+        keys=READ_ORDER,
+        key_of=lambda e: (e.time, e.event_id),
+        limit=limit,
+        cursor=cursor,
+        filters={"device_id": device_id, "since": since_text, "path": path},
+    )
 
 
 def read_record(event: AgentEvent) -> dict[str, Any]:

@@ -16,8 +16,10 @@ from starlette.concurrency import run_in_threadpool
 
 from issuer import __version__
 from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
-from issuer.api.routers import alerts, credentials, devices, enroll, events, health, ingest
+from issuer.api.observe import MetricsMiddleware
+from issuer.api.routers import alerts, coverage, credentials, devices, enroll, events, health, ingest
 from issuer.db import Database
+from issuer.metrics import Metrics
 from issuer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ _DESCRIPTION = (
 )
 
 
-def _start_detection(settings: Settings, database: Database, gateway: Any) -> Any:
+def _start_detection(settings: Settings, database: Database, gateway: Any, metrics: Metrics) -> Any:
     if not settings.detection_enabled():
         log.info("no detection source or sink configured; detection runner not started")
         return None
@@ -39,6 +41,7 @@ def _start_detection(settings: Settings, database: Database, gateway: Any) -> An
         log.error("detection is configured but issuer.detection.runner cannot be imported: %s", exc)
         raise
     runner = DetectionRunner(settings, database.sessionmaker, gateway)
+    runner.on_events = metrics.observe_aws_events
     runner.start()
     return runner
 
@@ -55,7 +58,9 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
             from issuer.aws.gateway import AwsGateway
 
             app.state.aws_gateway = AwsGateway(settings.minting_config())
-        runner = await run_in_threadpool(_start_detection, settings, database, app.state.aws_gateway)
+        runner = await run_in_threadpool(
+            _start_detection, settings, database, app.state.aws_gateway, app.state.metrics
+        )
         app.state.detection_runner = runner
         log.info("issuer %s ready (database %s)", __version__, database.engine.url.get_backend_name())
         try:
@@ -76,8 +81,12 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
     app.state.sessionmaker = database.sessionmaker
     app.state.aws_gateway = aws_gateway
     app.state.detection_runner = None
+    metrics = Metrics()
+    metrics.watch(database.sessionmaker, lambda: app.state.detection_runner)
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
-    for module in (health, enroll, devices, credentials, events, alerts, ingest):
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything, 413s too
+    for module in (health, enroll, devices, credentials, events, alerts, ingest, coverage):
         app.include_router(module.router)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from issuer import agent_events, registry
 from issuer.api.auth import DeviceAuth
@@ -20,13 +20,16 @@ router = APIRouter(tags=["agent events"])
 
 
 @router.post("/v1/devices/{device_id}/events", response_model=EventsAccepted)
-def upload_events(device_id: str, body: EventBatch, _auth: DeviceAuth, session: SessionDep) -> EventsAccepted:
+def upload_events(
+    device_id: str, body: EventBatch, _auth: DeviceAuth, session: SessionDep, request: Request
+) -> EventsAccepted:
     """Store a batch (≤ 1000) of events; an event_id seen before counts as a duplicate, not an error."""
     events = [
         {"event_id": e.event_id, "kind": e.kind, "time": e.time, "path": e.path, "detail": e.payload()}
         for e in body.events
     ]
     accepted, duplicates = agent_events.store_events(session, device_id, events)
+    request.app.state.metrics.observe_agent_events(accepted, duplicates)
     return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
 
