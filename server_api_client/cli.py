@@ -7,11 +7,12 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
 
 from server_api_client import formatting as fmt
 from server_api_client.client import IssuerClient
+from server_api_client.coverage_format import coverage_report
 from server_api_client.errors import (
     AuthError,
     IssuerUnreachable,
@@ -49,6 +50,8 @@ examples:
   tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX
   tripkey reads --device dev_abc --since 7d
   tripkey devices list --stale --json
+  tripkey devices list --unhealthy --os linux --jsonl | jq .hostname
+  tripkey coverage
 """
 
 DEMO_EXTRA_MESSAGE = "tripkey demo needs the issuer extra: pip install 'tripkey[issuer,dev]'"
@@ -112,6 +115,33 @@ def _leaf(sub: Any, name: str, help_text: str, *, json_flag: bool = True) -> arg
     return parser
 
 
+def _list_leaf(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A list command: follows the issuer's pages; --json prints one object, --jsonl one line per item."""
+    parser = _leaf(sub, name, help_text, json_flag=False)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    output.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="stream one JSON object per line as pages arrive (for large fleets and pipes)",
+    )
+    parser.add_argument("--limit", type=_positive, metavar="N", help="at most N items (default: all)")
+    parser.add_argument(
+        "--page-size", type=_positive, metavar="N", help="items per request to the issuer (default: its own)"
+    )
+    return parser
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def _an_id(value: str) -> str:
     """An id argument: an empty one ("$ID" of an unset variable) is a usage error, not a traceback."""
     if not value.strip():
@@ -137,8 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Alerts: one per incident of a canary credential.",
     )
     alert_cmds = alerts.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(alert_cmds, "list", "list alerts, newest first")
+    p = _list_leaf(alert_cmds, "list", "list alerts, newest first")
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
+    p.add_argument("--severity", choices=["low", "medium", "high", "critical"], help="only this severity")
+    p.add_argument("--kind", help="only this kind: canary_use, principal_tamper, selftest")
+    p.add_argument("--since", help="only alerts active since: a duration (24h, 7d) or an ISO 8601 time")
+    p.add_argument("--until", help="only alerts first seen before: a duration or an ISO 8601 time")
+    p.add_argument("--device", metavar="ID", type=_an_id, help="only alerts of this device")
     p.set_defaults(func=cmd_alerts_list)
     p = _leaf(alert_cmds, "show", "the full alert: verdict, placement, AWS activity, readers of the file")
     p.add_argument("alert_id", metavar="ID", type=_an_id)
@@ -149,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--note", help="a note stored with the alert (who/why)")
         p.set_defaults(func=cmd_alerts_transition, transition=action)
 
-    p = _leaf(commands, "reads", "reads of the planted files on one device (who opened them, when, how)")
+    p = _list_leaf(commands, "reads", "reads of the planted files on one device (who opened them, when, how)")
     p.add_argument(
         "--device", required=True, metavar="ID", type=_an_id, help="device id (see `tripkey devices list`)"
     )
@@ -157,7 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", default="24h", help="a duration (30m, 24h, 7d) or an ISO 8601 time (default 24h)"
     )
     p.add_argument("--path", help="only reads of this file")
-    p.add_argument("--limit", type=int, help="at most this many reads (newest first)")
     p.set_defaults(func=cmd_reads)
 
     creds = commands.add_parser(
@@ -171,19 +205,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("access_key_id", metavar="ACCESS_KEY_ID", type=_an_id)
     p.set_defaults(func=cmd_credentials_lookup)
+    p = _list_leaf(cred_cmds, "list", "canary credentials of the fleet (or one device), oldest first")
+    p.add_argument("--device", metavar="ID", type=_an_id, help="only this device's credentials")
+    p.add_argument("--status", choices=["active", "retired", "revoked", "expired"], help="only this state")
+    p.add_argument("--backend", choices=["iam-user", "sts-federation"], help="only this minting backend")
+    p.add_argument("--account", help="only this account of the pool")
+    p.set_defaults(func=cmd_credentials_list)
 
     devices = commands.add_parser(
         "devices", help="enrolled devices and their coverage", description="Enrolled devices."
     )
     device_cmds = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(device_cmds, "list", "every enrolled device with heartbeat, sensor and planted targets")
+    p = _list_leaf(device_cmds, "list", "enrolled devices with heartbeat, sensor and planted targets")
     p.add_argument("--stale", action="store_true", help="only devices whose agent stopped reporting")
+    p.add_argument(
+        "--unhealthy", action="store_true", help="only devices whose sensor is unhealthy or never reported"
+    )
+    p.add_argument(
+        "--not-planted", action="store_true", help="only devices where some expected target is not planted"
+    )
+    p.add_argument("--os", help="only this OS (linux, darwin, windows)")
+    p.add_argument("--agent-version", metavar="VERSION", help="only agents of this version")
+    p.add_argument("--sensor", metavar="NAME", help="only devices with this sensor (fanotify, audit, ...)")
+    p.add_argument("--search", metavar="TEXT", help="part of the hostname or serial number")
     p.set_defaults(func=cmd_devices_list)
     p = _leaf(
         device_cmds, "show", "one device's coverage: heartbeat, sensor health, planted targets, credentials"
     )
     p.add_argument("device_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_devices_show)
+
+    p = _leaf(
+        commands,
+        "coverage",
+        "the fleet at a glance: devices by OS and agent version, planted vs expected targets, sensors "
+        "and their health, stale agents, lost events",
+    )
+    p.set_defaults(func=cmd_coverage)
 
     p = commands.add_parser(
         "demo",
@@ -207,14 +265,25 @@ def _emit_json(out: Out, data: Any) -> None:
 
 
 def _emit_list(
-    out: Out, args: argparse.Namespace, key: str, rows: list[dict[str, Any]], table: Any, empty: str
+    out: Out, args: argparse.Namespace, key: str, rows: Iterable[dict[str, Any]], table: Any, empty: str
 ) -> int:
-    """`{key: rows}` with --json; else the table, or `empty` when there is nothing (still exit 0)."""
+    """--jsonl: one line per row as it arrives; --json: `{key: rows}`; else the table, or `empty`
+    when there is nothing (still exit 0)."""
+    if getattr(args, "jsonl", False):
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+            out.flush()  # a pipe downstream (jq, a SIEM loader) sees each page as it arrives
+        return EXIT_OK
+    collected = list(rows)
     if args.json:
-        _emit_json(out, {key: rows})
+        _emit_json(out, {key: collected})
     else:
-        out.write((table(rows) if rows else empty) + "\n")
+        out.write((table(collected) if collected else empty) + "\n")
     return EXIT_OK
+
+
+def _paging(args: argparse.Namespace) -> dict[str, Any]:
+    return {"max_items": args.limit, "page_size": args.page_size}
 
 
 def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
@@ -226,7 +295,18 @@ def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: st
 
 
 def cmd_alerts_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    alerts = [a.raw for a in client.list_alerts(status=args.status)]
+    alerts = (
+        a.raw
+        for a in client.iter_alerts(
+            status=args.status,
+            severity=args.severity,
+            kind=args.kind,
+            since=args.since,
+            until=args.until,
+            device_id=args.device,
+            **_paging(args),
+        )
+    )
     empty = f"no {args.status + ' ' if args.status else ''}alerts"
     return _emit_list(out, args, "alerts", alerts, fmt.alerts_table, empty)
 
@@ -243,11 +323,10 @@ def cmd_alerts_transition(client: IssuerClient, args: argparse.Namespace, out: O
 
 
 def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    reads = [
-        r.raw for r in client.device_reads(args.device, since=args.since, path=args.path, limit=args.limit)
-    ]
+    reads = (
+        r.raw
+        for r in client.iter_device_reads(args.device, since=args.since, path=args.path, **_paging(args))
+    )
     empty = f"no reads on device {args.device} since {args.since}"
     return _emit_list(out, args, "reads", reads, fmt.reads_table, empty)
 
@@ -257,9 +336,36 @@ def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: 
     return _emit_one(out, args, cred, fmt.credential_report(cred))
 
 
+def cmd_credentials_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    credentials = (
+        c.raw
+        for c in client.iter_credentials(
+            device_id=args.device,
+            status=args.status,
+            backend=args.backend,
+            account=args.account,
+            **_paging(args),
+        )
+    )
+    return _emit_list(out, args, "credentials", credentials, fmt.credentials_table, "no credentials")
+
+
 def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    devices = [d.raw for d in client.list_devices() if d.stale or not args.stale]
-    empty = "no stale devices" if args.stale else "no enrolled devices"
+    devices = (
+        d.raw
+        for d in client.iter_devices(
+            stale=True if args.stale else None,
+            sensor_healthy=False if args.unhealthy else None,
+            planted=False if args.not_planted else None,
+            os=args.os,
+            agent_version=args.agent_version,
+            sensor=args.sensor,
+            q=args.search,
+            **_paging(args),
+        )
+    )
+    filtered = args.stale or args.unhealthy or args.not_planted or args.os or args.search
+    empty = "no stale devices" if args.stale else "no matching devices" if filtered else "no enrolled devices"
     return _emit_list(out, args, "devices", devices, fmt.devices_table, empty)
 
 
@@ -268,6 +374,11 @@ def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -
     credentials = [c.raw for c in client.list_credentials(args.device_id)]
     text = fmt.device_report(device, credentials)
     return _emit_one(out, args, {**device, "credentials": credentials}, text)
+
+
+def cmd_coverage(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    report = client.coverage()
+    return _emit_one(out, args, report, coverage_report(report))
 
 
 # ------------------------------------------------------------------------------------------ main
