@@ -70,10 +70,14 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
     now = utcnow()
     rows = [_row(device_id, event, now) for event in wanted.values()]
     accepted = 0
-    for start in range(0, len(rows), INSERT_CHUNK):
-        statement = _insert_ignoring_duplicates(session).values(rows[start : start + INSERT_CHUNK])
+    if rows:
+        # One compiled single-row statement, executed for many rows: SQLAlchemy's "insertmanyvalues"
+        # sends them as multi-row INSERTs of up to INSERT_CHUNK rows (building a 500-row VALUES
+        # clause statement by statement would cost more than the database's work).
+        statement = _insert_ignoring_duplicates(session).returning(AgentEvent.event_id)
+        connection = session.connection().execution_options(insertmanyvalues_page_size=INSERT_CHUNK)
         # RETURNING names the rows actually inserted; rowcount is not reliable for this on psycopg.
-        accepted += len(session.execute(statement.returning(AgentEvent.event_id)).all())
+        accepted = len(connection.execute(statement, rows).all())
     session.commit()
     return accepted, len(events) - accepted
 
