@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
-# tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm.
+# tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm;
+# for the fleet simulation (bench/fleet and its small test): HAProxy as the replicas' load balancer.
 
-.PHONY: demo test test-all lint typecheck system-deps bench clean
+.PHONY: demo test test-all lint typecheck system-deps bench bench-fleet clean
 
 $(STAMP): pyproject.toml
 	@# Debian splits venv/ensurepip into python3-venv: install it when missing (root + apt).
@@ -33,6 +34,7 @@ system-deps:
 	command -v wixl >/dev/null 2>&1 || missing="$$missing wixl"; \
 	command -v msiinfo >/dev/null 2>&1 || missing="$$missing msitools"; \
 	command -v rpmbuild >/dev/null 2>&1 || missing="$$missing rpm"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
@@ -72,6 +74,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# 100,000 simulated devices against issuer replicas behind HAProxy on PostgreSQL (a few minutes).
+bench-fleet: system-deps $(STAMP)
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from issuer.api.schemas import Heartbeat
 from issuer.device_health import health_columns
 from issuer.models import Alert, ApiToken, Credential, Device, Placement
 from issuer.tokens import TOKEN_PREFIX
@@ -86,9 +87,12 @@ def seed_devices(
     prefix: str = "host",
     with_tokens: bool = True,
     hash_token: Callable[[str], str] = lambda raw: hashlib.sha256(raw.encode()).hexdigest(),
+    uniform: bool = False,
 ) -> list[SeededDevice]:
     """Insert `count` devices (and their device tokens) with a deterministic mix of OS, agent
-    version, staleness, sensor health, planting and lost events; commit; return what was made."""
+    version, staleness, sensor health, planting and lost events; commit; return what was made.
+    `uniform`: every device healthy, one target planted, heartbeat in the last 5 minutes, its health
+    exactly `health_document(os, True, 1, 1, 0, version)` (a fleet in its steady state)."""
     rng = random.Random(seed)
     now = now or dt.datetime.now(dt.UTC)
     devices: list[SeededDevice] = []
@@ -99,7 +103,7 @@ def seed_devices(
         version = VERSIONS[rng.randrange(3)]
         # One microsecond apart plus ties every 7th device: keyset order must break ties by id.
         enrolled = now - dt.timedelta(days=30) + dt.timedelta(microseconds=index - index % 7)
-        kind = rng.random()
+        kind = 1.0 if uniform else rng.random()
         heartbeat: dt.datetime | None
         if kind < 0.05:
             heartbeat, healthy = None, None  # enrolled, never reported
@@ -110,6 +114,8 @@ def seed_devices(
         expected = rng.choice((0, 1, 1, 2, 3)) if healthy is not None else 0
         planted = expected if rng.random() > 0.15 else max(0, expected - 1)
         lost = rng.choice((0, 0, 0, 0, 2))
+        if uniform:
+            healthy, expected, planted, lost = True, 1, 1, 0
         device_id = f"dev_{prefix}{index:07d}{secrets.token_hex(2)}"
         hostname = f"{prefix}-{os}-{index:06d}"
         serial = f"SN{index:08d}"
@@ -135,7 +141,11 @@ def seed_devices(
             "spool_rejected": 0,
         }
         if healthy is not None:
-            health = health_document(os, healthy, expected, planted, lost, version)
+            # Stored as the heartbeat route stores it (validated, defaults filled in), so a later
+            # identical heartbeat through the API finds nothing changed.
+            health = Heartbeat.model_validate(
+                health_document(os, healthy, expected, planted, lost, version)
+            ).model_dump(mode="json")
             row.update(health=health, **health_columns(health))
         device_rows.append(row)
         token = TOKEN_PREFIX["device"] + secrets.token_urlsafe(32)
