@@ -38,7 +38,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"enroll through the LB: {enroll['count']} devices, p50 {enroll['p50_ms']:.0f} ms,"
         f" p99 {enroll['p99_ms']:.0f} ms, {enroll['errors']} errors;"
         f" seeding {o['devices']:,} devices took {report['seed_seconds']:.1f} s",
-        f"requests started > 1 s late (load generator behind): {report['late_starts']}",
+        f"requests started > 1 s late: {report['late_starts']:,}; still queued in the generator a minute"
+        f" after the end (cancelled, their events drained from the spools): {report['cancelled_at_end']:,}",
         f"killed replica 1 at: {report['killed_at_s']:.0f} s"
         if report["killed_at_s"] is not None
         else "no replica killed",

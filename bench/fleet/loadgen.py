@@ -49,6 +49,7 @@ class ShardJob:
     connections: int
     drain_seconds: float
     seed: int
+    grace_seconds: float = 60.0
 
 
 @dataclasses.dataclass
@@ -62,6 +63,7 @@ class ShardResult:
     events_in_spool: int = 0  # still undelivered after the drain: the agent would keep them
     mints_ok: int = 0
     late_starts: int = 0  # requests that started over 1 s after they were due
+    cancelled_at_end: int = 0  # still queued in the generator a grace period after the run ended
 
 
 def _read_event(device: int, seq: int, now: float) -> dict[str, Any]:
@@ -154,6 +156,7 @@ class Shard:
             self.result.events_generated += self.job.events_per_batch
         if not batch:
             return
+        self.spool[index] = batch  # until acknowledged: a cancelled upload leaves it in the spool
         ok, data = await self._call(
             "events",
             f"/v1/devices/{device.device_id}/events",
@@ -164,8 +167,8 @@ class Shard:
         )
         if ok and isinstance(data, dict):
             self.result.events_acknowledged += int(data.get("accepted", 0)) + int(data.get("duplicates", 0))
-        else:
-            self.spool[index] = batch + self.spool.get(index, [])  # kept, sent again with the next batch
+            if self.spool.get(index) is batch:
+                del self.spool[index]
 
     async def mint(self, due: float) -> None:
         index = self.rng.randrange(len(self.job.devices))
@@ -222,7 +225,14 @@ class Shard:
             wake = min(schedule[0][0] if schedule else end, next_mint, end)
             await asyncio.sleep(min(0.05, max(0.001, wake - time.time())))
         if self.tasks:
-            await asyncio.wait(list(self.tasks))
+            # Requests still queued when the time is up get a bounded grace period; what is left is
+            # cancelled and counted (event batches go back to their spool and are drained below).
+            _, pending = await asyncio.wait(list(self.tasks), timeout=job.grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            self.result.cancelled_at_end = len(pending)
         await self._drain()
         self.pool.close()
         self.result.events_in_spool = sum(len(batch) for batch in self.spool.values())

@@ -275,6 +275,7 @@ def _report(
         "routes": routes,
         "total_per_second": sum(r["per_second"] for r in routes.values()),
         "late_starts": sum(r["late_starts"] for r in shard_results),
+        "cancelled_at_end": sum(r.get("cancelled_at_end", 0) for r in shard_results),
         "events": {
             "generated": generated,
             "stored": facts["agent_events"],
