@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from issuer.models import AgentEvent, SelfTest, utcnow
+from issuer.errors import NotFound
+from issuer.models import AgentEvent, Device, SelfTest, utcnow
 from issuer.pagination import Page, SortKey, paginate
-from issuer.registry import get_device, get_device_credential
+from issuer.registry import get_device, get_device_credential, is_plain_id
 from issuer.tokens import new_id
 
 # Rows per INSERT statement: 11 columns each keeps a statement far below SQLite's and PostgreSQL's
@@ -63,7 +64,9 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
     read-then-insert race and no per-row round trip. RETURNING lists what each statement inserted,
     so accepted + duplicates always equals the events sent.
     """
-    get_device(session, device_id)
+    # Only whether the device exists: its row (health JSON and all) is not needed to store events.
+    if not is_plain_id(device_id) or session.scalar(select(Device.id).where(Device.id == device_id)) is None:
+        raise NotFound(f"no device {device_id!r}")
     wanted: dict[str, Mapping[str, Any]] = {}
     for event in events:
         wanted.setdefault(event["event_id"], event)
