@@ -265,27 +265,31 @@ def _store_direct(issuer: LiveIssuer) -> list[dict[str, Any]]:
                                        **{k: v for k, v in event.items()}))  # fmt: skip
         session.commit()
 
-    rows = []
     device_id, _ = issuer.enroll("bench-store")
-    for name, store in (
+    methods = (
         ("INSERT ... ON CONFLICT DO NOTHING per batch (store_events)", agent_events.store_events),
         ("row by row with a duplicate pre-check (before)", row_by_row),
-    ):
-        batch_events = events(name[:3])
-        with issuer.session() as session:
-            started = time.perf_counter()
-            for start in range(0, EVENTS, 1000):
-                store(session, device_id, batch_events[start : start + 1000])
-            seconds = time.perf_counter() - started
-        rows.append(
-            {
-                "measure": f"store read events, batches of 1000: {name}",
-                "count": EVENTS,
-                "per_second": round(EVENTS / seconds),
-                "note": "database layer only",
-            }
-        )
-    return rows
+    )
+    best: dict[str, float] = {}
+    # Alternating rounds, best of each: the machine is shared, so one slow moment must not decide.
+    for round_ in range(2):
+        for name, store in methods if round_ == 0 else reversed(methods):
+            batch_events = events(f"{name[:3]}{round_}")
+            with issuer.session() as session:
+                started = time.perf_counter()
+                for start in range(0, EVENTS, 1000):
+                    store(session, device_id, batch_events[start : start + 1000])
+                seconds = time.perf_counter() - started
+            best[name] = max(best.get(name, 0.0), EVENTS / seconds)
+    return [
+        {
+            "measure": f"store read events, batches of 1000: {name}",
+            "count": EVENTS,
+            "per_second": round(best[name]),
+            "note": "database layer only; best of 2 alternating rounds",
+        }
+        for name, _ in methods
+    ]
 
 
 def _detect(

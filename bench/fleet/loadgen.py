@@ -131,7 +131,8 @@ class Shard:
                 self._note(route, due, False, reason)
                 return False, data
             self.result.retries[route] = self.result.retries.get(route, 0) + 1
-            await asyncio.sleep(0.25 * (2**attempt) * self.rng.uniform(0.5, 1.5))
+            # The agent's own schedule (server_api_client: backoff 0.5 s, doubling, jittered).
+            await asyncio.sleep(0.5 * (2**attempt) * self.rng.uniform(0.5, 1.5))
         raise AssertionError("unreachable")
 
     async def heartbeat(self, index: int, due: float) -> None:
@@ -188,10 +189,10 @@ class Shard:
         )
         self.result.mints_ok += int(ok)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, func: Any, *args: Any) -> None:
         async def guarded() -> None:
             async with self.in_flight:
-                await coro
+                await func(*args)  # made here: a task cancelled while queued leaves no coroutine behind
 
         task = asyncio.ensure_future(guarded())
         self.tasks.add(task)
@@ -214,13 +215,13 @@ class Shard:
             while schedule and schedule[0][0] <= now:
                 due, kind, index = heapq.heappop(schedule)
                 if kind == 0:
-                    self._spawn(self.heartbeat(index, due))
+                    self._spawn(self.heartbeat, index, due)
                     heapq.heappush(schedule, (due + job.heartbeat_interval, 0, index))
                 else:
-                    self._spawn(self.upload(index, due))
+                    self._spawn(self.upload, index, due)
                     heapq.heappush(schedule, (due + job.event_interval, 1, index))
             if next_mint <= now:
-                self._spawn(self.mint(next_mint))
+                self._spawn(self.mint, next_mint)
                 next_mint += self.rng.expovariate(job.mint_rate)
             wake = min(schedule[0][0] if schedule else end, next_mint, end)
             await asyncio.sleep(min(0.05, max(0.001, wake - time.time())))
