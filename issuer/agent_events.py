@@ -20,23 +20,20 @@ from issuer.pagination import Page, SortKey, paginate
 from issuer.registry import get_device, get_device_credential, is_plain_id
 from issuer.tokens import new_id
 
-# Rows per INSERT statement: a whole batch (the API takes at most 1000 events); 11 columns each stays
-# below SQLite's and PostgreSQL's bound-parameter limits (32,766 and 65,535).
+# SQLite: rows per INSERT statement, a whole batch (the API takes at most 1000 events); 11 columns
+# each stays below SQLite's bound-parameter limit (32,766).
 INSERT_CHUNK = 1000
 
 
-def _insert_ignoring_duplicates(session: Session) -> Any:
-    """INSERT ... ON CONFLICT (device_id, event_id) DO NOTHING in the session's SQL dialect."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+def _sqlite_insert() -> Any:
+    """INSERT ... ON CONFLICT (device_id, event_id) DO NOTHING ... RETURNING event_id, for SQLite."""
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        return pg_insert(AgentEvent).on_conflict_do_nothing(index_elements=["device_id", "event_id"])
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(AgentEvent).on_conflict_do_nothing(index_elements=["device_id", "event_id"])
-    raise NotImplementedError(f"agent events need SQLite or PostgreSQL, not {dialect}")
+    return (
+        sqlite_insert(AgentEvent)
+        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+        .returning(AgentEvent.event_id)
+    )
 
 
 def _row(device_id: str, event: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
@@ -117,16 +114,18 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
     now = utcnow()
     rows = [_row(device_id, event, now) for event in wanted.values()]
     accepted = 0
-    if rows and session.get_bind().dialect.name == "postgresql":
+    dialect = session.get_bind().dialect.name
+    if rows and dialect == "postgresql":
         accepted = _insert_postgresql(session, device_id, rows, now)
-    elif rows:
+    elif rows and dialect == "sqlite":
         # One compiled single-row statement, executed for many rows: SQLAlchemy's "insertmanyvalues"
         # sends them as multi-row INSERTs (building a VALUES clause statement by statement would
         # cost more than the database's work).
-        statement = _insert_ignoring_duplicates(session).returning(AgentEvent.event_id)
         connection = session.connection().execution_options(insertmanyvalues_page_size=INSERT_CHUNK)
         # RETURNING names the rows actually inserted, so duplicates are counted exactly.
-        accepted = len(connection.execute(statement, rows).all())
+        accepted = len(connection.execute(_sqlite_insert(), rows).all())
+    elif rows:
+        raise NotImplementedError(f"agent events need SQLite or PostgreSQL, not {dialect}")
     session.commit()
     return accepted, len(events) - accepted
 
