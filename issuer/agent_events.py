@@ -6,68 +6,128 @@ Write functions commit. Events are idempotent by (device, event_id).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
-from issuer.models import AgentEvent, SelfTest, utcnow
-from issuer.registry import get_device, get_device_credential
+from issuer.errors import NotFound
+from issuer.models import AgentEvent, Device, SelfTest, utcnow
+from issuer.pagination import Page, SortKey, paginate
+from issuer.registry import get_device, get_device_credential, is_plain_id
 from issuer.tokens import new_id
+
+# SQLite: rows per INSERT statement, a whole batch (the API takes at most 1000 events); 11 columns
+# each stays below SQLite's bound-parameter limit (32,766).
+INSERT_CHUNK = 1000
+
+
+def _sqlite_insert() -> Any:
+    """INSERT ... ON CONFLICT (device_id, event_id) DO NOTHING ... RETURNING event_id, for SQLite."""
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return (
+        sqlite_insert(AgentEvent)
+        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+        .returning(AgentEvent.event_id)
+    )
+
+
+def _row(device_id: str, event: Mapping[str, Any], now: dt.datetime) -> dict[str, Any]:
+    detail = dict(event.get("detail") or {})
+    read = detail if event["kind"] == "read" else {}
+    return {
+        "event_id": event["event_id"],
+        "device_id": device_id,
+        "kind": event["kind"],
+        "time": event["time"],
+        "path": event["path"],
+        "pid": read.get("pid"),
+        "exe": read.get("exe"),
+        "user": read.get("user") or detail.get("user"),
+        "classification": read.get("classification"),
+        "detail": detail,
+        "received_at": now,
+    }
+
+
+# PostgreSQL: one short statement with the whole batch as one JSON parameter, turned into rows by
+# the server (json_to_recordset). A multi-row VALUES clause has 11 parameters per row and psycopg
+# parses such a long query again for every batch (it caches only short ones); text arrays would be
+# escaped element by element in Python. Either cost more than the insert itself.
+_PG_INSERT = text(
+    """
+    INSERT INTO agent_events
+        (device_id, event_id, kind, time, path, pid, exe, "user", classification, detail, received_at)
+    SELECT :device_id, r.event_id, r.kind, r.time, r.path, r.pid, r.exe, r.reader, r.classification,
+           r.detail, :received_at
+    FROM json_to_recordset(CAST(:rows AS json)) AS r(
+        event_id text, kind text, time timestamptz, path text, pid integer, exe text, reader text,
+        classification text, detail json)
+    ON CONFLICT (device_id, event_id) DO NOTHING
+    RETURNING event_id
+    """
+)
+
+
+def _insert_postgresql(session: Session, device_id: str, rows: list[dict[str, Any]], now: dt.datetime) -> int:
+    batch = [
+        {
+            "event_id": row["event_id"],
+            "kind": row["kind"],
+            # As UTCDateTime stores times: aware, in UTC.
+            "time": (
+                row["time"].astimezone(dt.UTC) if row["time"].tzinfo else row["time"].replace(tzinfo=dt.UTC)
+            ).isoformat(),
+            "path": row["path"],
+            "pid": row["pid"],
+            "exe": row["exe"],
+            "reader": row["user"],
+            "classification": row["classification"],
+            "detail": row["detail"],
+        }
+        for row in rows
+    ]
+    result = session.execute(
+        _PG_INSERT, {"device_id": device_id, "received_at": now, "rows": json.dumps(batch)}
+    )
+    return len(result.all())
 
 
 def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Store new events, skip known event_ids. Return (accepted, duplicates)."""
-    get_device(session, device_id)
-    for attempt in range(3):
-        wanted: dict[str, Mapping[str, Any]] = {}
-        for event in events:
-            wanted.setdefault(event["event_id"], event)
-        known = (
-            set(
-                session.scalars(
-                    select(AgentEvent.event_id).where(
-                        AgentEvent.device_id == device_id, AgentEvent.event_id.in_(list(wanted))
-                    )
-                )
-            )
-            if wanted
-            else set()
-        )
-        now = utcnow()
-        for event_id, event in wanted.items():
-            if event_id in known:
-                continue
-            detail = dict(event.get("detail") or {})
-            read = detail if event["kind"] == "read" else {}
-            session.add(
-                AgentEvent(
-                    event_id=event_id,
-                    device_id=device_id,
-                    kind=event["kind"],
-                    time=event["time"],
-                    path=event["path"],
-                    pid=read.get("pid"),
-                    exe=read.get("exe"),
-                    user=read.get("user") or detail.get("user"),
-                    classification=read.get("classification"),
-                    detail=detail,
-                    received_at=now,
-                )
-            )
-        try:
-            session.commit()
-        except IntegrityError:  # the same events uploaded concurrently: count again
-            session.rollback()
-            if attempt == 2:
-                raise
-            continue
-        accepted = len(wanted) - len(known)
-        return accepted, len(events) - accepted
-    raise AssertionError("unreachable")
+    """Store new events, skip known event_ids. Return (accepted, duplicates).
+
+    One multi-row INSERT ... ON CONFLICT DO NOTHING per chunk: the database skips what it already
+    has (also what a concurrent upload of the same batch inserted a moment earlier), so there is no
+    read-then-insert race and no per-row round trip. RETURNING lists what each statement inserted,
+    so accepted + duplicates always equals the events sent.
+    """
+    # Only whether the device exists: its row (health JSON and all) is not needed to store events.
+    if not is_plain_id(device_id) or session.scalar(select(Device.id).where(Device.id == device_id)) is None:
+        raise NotFound(f"no device {device_id!r}")
+    wanted: dict[str, Mapping[str, Any]] = {}
+    for event in events:
+        wanted.setdefault(event["event_id"], event)
+    now = utcnow()
+    rows = [_row(device_id, event, now) for event in wanted.values()]
+    accepted = 0
+    dialect = session.get_bind().dialect.name
+    if rows and dialect == "postgresql":
+        accepted = _insert_postgresql(session, device_id, rows, now)
+    elif rows and dialect == "sqlite":
+        # One compiled single-row statement, executed for many rows: SQLAlchemy's "insertmanyvalues"
+        # sends them as multi-row INSERTs (building a VALUES clause statement by statement would
+        # cost more than the database's work).
+        connection = session.connection().execution_options(insertmanyvalues_page_size=INSERT_CHUNK)
+        # RETURNING names the rows actually inserted, so duplicates are counted exactly.
+        accepted = len(connection.execute(_sqlite_insert(), rows).all())
+    elif rows:
+        raise NotImplementedError(f"agent events need SQLite or PostgreSQL, not {dialect}")
+    session.commit()
+    return accepted, len(events) - accepted
 
 
 def create_selftest(session: Session, device_id: str, credential_id: str, window_seconds: float) -> SelfTest:
@@ -104,6 +164,22 @@ def parse_since(value: str, now: dt.datetime | None = None) -> dt.datetime:
         raise ValueError(f"since must be like 24h, 30m, 7d or an ISO 8601 time, got {value!r}") from exc
 
 
+READ_ORDER = (SortKey(AgentEvent.time, descending=True), SortKey(AgentEvent.event_id, descending=True))
+
+
+def _reads_query(
+    device_id: str, since: dt.datetime | None, until: dt.datetime | None, path: str | None
+) -> Select[Any]:
+    query = select(AgentEvent).where(AgentEvent.device_id == device_id, AgentEvent.kind == "read")
+    if since is not None:
+        query = query.where(AgentEvent.time >= since)
+    if until is not None:
+        query = query.where(AgentEvent.time <= until)
+    if path:
+        query = query.where(AgentEvent.path == path)
+    return query
+
+
 def query_reads(
     session: Session,
     device_id: str,
@@ -115,14 +191,36 @@ def query_reads(
 ) -> list[AgentEvent]:
     """Read events of a device, newest first."""
     get_device(session, device_id)
-    query = select(AgentEvent).where(AgentEvent.device_id == device_id, AgentEvent.kind == "read")
-    if since is not None:
-        query = query.where(AgentEvent.time >= since)
-    if until is not None:
-        query = query.where(AgentEvent.time <= until)
-    if path:
-        query = query.where(AgentEvent.path == path)
-    return list(session.scalars(query.order_by(AgentEvent.time.desc(), AgentEvent.event_id).limit(limit)))
+    query = _reads_query(device_id, since, until, path)
+    return list(
+        session.scalars(query.order_by(AgentEvent.time.desc(), AgentEvent.event_id.desc()).limit(limit))
+    )
+
+
+def reads_page(
+    session: Session,
+    device_id: str,
+    *,
+    since: dt.datetime,
+    path: str | None,
+    since_text: str,
+    limit: int,
+    cursor: str | None,
+) -> Page[AgentEvent]:
+    """One page of a device's reads, newest first. The cursor is tied to the `since` text the client
+    sent; a relative one (`24h`) is evaluated again for each page, so its oldest edge moves by the
+    seconds the paging takes (the CLI sends an absolute time for exactly one window)."""
+    get_device(session, device_id)
+    return paginate(
+        session,
+        _reads_query(device_id, since, None, path),
+        kind="reads",
+        keys=READ_ORDER,
+        key_of=lambda e: (e.time, e.event_id),
+        limit=limit,
+        cursor=cursor,
+        filters={"device_id": device_id, "since": since_text, "path": path},
+    )
 
 
 def read_record(event: AgentEvent) -> dict[str, Any]:

@@ -68,6 +68,10 @@ class ApiToken(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (
+        Index("ix_devices_enrolled_id", "enrolled_at", "id"),  # keyset pagination
+        Index("ix_devices_last_heartbeat", "last_heartbeat_at"),  # the stale filter
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     device_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -81,6 +85,17 @@ class Device(Base):
     last_heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     retired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # offboarded: keys and tokens revoked
+    # Copied out of `health` at each heartbeat (issuer/device_health.py), so fleet filters and the
+    # coverage report are indexed SQL, not JSON parsing of 100,000 rows; the hash lets an unchanged
+    # heartbeat skip rewriting the health document.
+    health_hash: Mapped[str | None] = mapped_column(String(64))
+    sensor_name: Mapped[str | None] = mapped_column(String(40))
+    sensor_healthy: Mapped[bool | None] = mapped_column(Boolean)
+    targets_expected: Mapped[int] = mapped_column(Integer, default=0)
+    targets_planted: Mapped[int] = mapped_column(Integer, default=0)
+    sensor_lost_events: Mapped[int] = mapped_column(Integer, default=0)
+    spool_dropped: Mapped[int] = mapped_column(Integer, default=0)
+    spool_rejected: Mapped[int] = mapped_column(Integer, default=0)
 
     placements: Mapped[list[Placement]] = relationship(back_populates="device")
 
@@ -104,6 +119,7 @@ class Placement(Base):
 
 class Credential(Base):
     __tablename__ = "credentials"
+    __table_args__ = (Index("ix_credentials_created_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     placement_id: Mapped[str] = mapped_column(ForeignKey("placements.id"), index=True)
@@ -158,6 +174,7 @@ class Alert(Base):
     """One alert per incident of a credential; later detections join it."""
 
     __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_created_id", "created_at", "id"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     credential_id: Mapped[str | None] = mapped_column(ForeignKey("credentials.id"), index=True)

@@ -13,10 +13,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from issuer.device_health import health_columns
 from issuer.errors import AwsUpstreamError, Conflict, NotFound
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
 from issuer.tokens import create_token, hash_secret, new_id
@@ -134,13 +135,48 @@ def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | N
     }
 
 
+# An unchanged heartbeat moves last_heartbeat_at at most this often: staleness is judged in minutes
+# to hours, so a fleet of agents heartbeating costs reads, not writes.
+HEARTBEAT_WRITE_GRANULARITY = dt.timedelta(seconds=30)
+
+
 def record_heartbeat(session: Session, device_id: str, health: Mapping[str, Any]) -> dt.datetime:
-    device = get_device(session, device_id)
+    """Store a heartbeat. The health document (and its derived columns) is rewritten only when it
+    changed; otherwise only the time moves, and not even that within HEARTBEAT_WRITE_GRANULARITY."""
     now = utcnow()
-    device.health = dict(health)
-    device.last_heartbeat_at = now
-    if health.get("agent_version"):
-        device.agent_version = health["agent_version"]
+    row = (
+        session.execute(
+            select(Device.health_hash, Device.last_heartbeat_at, Device.agent_version).where(
+                Device.id == device_id
+            )
+        ).first()
+        if is_plain_id(device_id)
+        else None
+    )
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    columns = health_columns(health)
+    version = health.get("agent_version") or None
+    changed = row.health_hash != columns["health_hash"] or (
+        version is not None and version != row.agent_version
+    )
+    if (
+        not changed
+        and row.last_heartbeat_at is not None
+        and now - row.last_heartbeat_at < HEARTBEAT_WRITE_GRANULARITY
+    ):
+        return now
+    values: dict[str, Any] = {"last_heartbeat_at": now}
+    if changed:
+        values.update(health=dict(health), **columns)
+        if version is not None:
+            values["agent_version"] = version
+    session.execute(
+        update(Device)
+        .where(Device.id == device_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
     return now
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
-from server_api_client import formatting as fmt
 from server_api_client.cli_conventions import (
     BROKEN_PIPE_HELP,
     ArgumentParser,
@@ -20,6 +18,21 @@ from server_api_client.cli_conventions import (
     run_quietly_on_broken_pipe,
 )
 from server_api_client.client import IssuerClient
+from server_api_client.commands import (
+    CommandUsageError,
+    Out,
+    cmd_alerts_list,
+    cmd_alerts_show,
+    cmd_alerts_transition,
+    cmd_coverage,
+    cmd_credentials_list,
+    cmd_credentials_lookup,
+    cmd_credentials_revoke,
+    cmd_devices_list,
+    cmd_devices_retire,
+    cmd_devices_show,
+    cmd_reads,
+)
 from server_api_client.errors import (
     AuthError,
     IssuerUnreachable,
@@ -30,7 +43,6 @@ from server_api_client.errors import (
 )
 from server_api_client.version import __version__
 
-EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
@@ -61,6 +73,8 @@ examples:
   tripkey reads --device dev_abc --since 7d
   tripkey devices list --stale --json
   tripkey devices retire dev_abc                      # offboarding: revoke its keys, retire it
+  tripkey devices list --unhealthy --os linux --jsonl | jq .hostname
+  tripkey coverage
 """
 
 DEMO_EXTRA_MESSAGE = "tripkey demo needs the issuer extra: pip install 'tripkey[issuer,dev]'"
@@ -134,6 +148,33 @@ def _leaf(
     return parser
 
 
+def _list_leaf(sub: Any, name: str, help_text: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    """A list command: follows the issuer's pages; --json prints one object, --jsonl one line per item."""
+    parser = _leaf(sub, name, help_text, examples, json_flag=False)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    output.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="stream one JSON object per line as pages arrive (for large fleets and pipes)",
+    )
+    parser.add_argument("--limit", type=_positive, metavar="N", help="at most N items (default: all)")
+    parser.add_argument(
+        "--page-size", type=_positive, metavar="N", help="items per request to the issuer (default: its own)"
+    )
+    return parser
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
+
+
 def _an_id(value: str) -> str:
     """An id argument: an empty one ("$ID" of an unset variable) is a usage error, not a traceback."""
     if not value.strip():
@@ -161,13 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     alert_cmds = alerts.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(
+    p = _list_leaf(
         alert_cmds,
         "list",
         "list alerts, newest first",
         ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].id'"],
     )
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
+    p.add_argument("--severity", choices=["low", "medium", "high", "critical"], help="only this severity")
+    p.add_argument("--kind", help="only this kind: canary_use, principal_tamper, selftest")
+    p.add_argument("--since", help="only alerts active since: a duration (24h, 7d) or an ISO 8601 time")
+    p.add_argument("--until", help="only alerts first seen before: a duration or an ISO 8601 time")
+    p.add_argument("--device", metavar="ID", type=_an_id, help="only alerts of this device")
     p.set_defaults(func=cmd_alerts_list)
     p = _leaf(
         alert_cmds,
@@ -191,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--note", help="a note stored with the alert (who/why)")
         p.set_defaults(func=cmd_alerts_transition, transition=action)
 
-    p = _leaf(
+    p = _list_leaf(
         commands,
         "reads",
         "reads of the planted files on one device (who opened them, when, how)",
@@ -207,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", default="24h", help="a duration (30m, 24h, 7d) or an ISO 8601 time (default 24h)"
     )
     p.add_argument("--path", help="only reads of this file")
-    p.add_argument("--limit", type=int, help="at most this many reads (newest first)")
     p.set_defaults(func=cmd_reads)
 
     creds = commands.add_parser(
@@ -245,6 +290,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("access_key_ids", metavar="ACCESS_KEY_ID", nargs="+", type=_an_id)
     p.set_defaults(func=cmd_credentials_revoke)
 
+    p = _list_leaf(
+        cred_cmds,
+        "list",
+        "canary credentials of the fleet (or one device), oldest first",
+        ["tripkey credentials list --status active --jsonl", "tripkey credentials list --device dev_abc"],
+    )
+    p.add_argument("--device", metavar="ID", type=_an_id, help="only this device's credentials")
+    p.add_argument("--status", choices=["active", "retired", "revoked", "expired"], help="only this state")
+    p.add_argument("--backend", choices=["iam-user", "sts-federation"], help="only this minting backend")
+    p.add_argument("--account", help="only this account of the pool")
+    p.set_defaults(func=cmd_credentials_list)
+
     devices = commands.add_parser(
         "devices",
         help="enrolled devices: coverage and offboarding",
@@ -253,13 +310,23 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     device_cmds = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = _leaf(
+    p = _list_leaf(
         device_cmds,
         "list",
-        "every enrolled device with heartbeat, sensor and planted targets",
-        ["tripkey devices list", "tripkey devices list --stale --json"],
+        "enrolled devices with heartbeat, sensor and planted targets",
+        ["tripkey devices list --stale", "tripkey devices list --unhealthy --os linux --jsonl | jq .host"],
     )
     p.add_argument("--stale", action="store_true", help="only devices whose agent stopped reporting")
+    p.add_argument(
+        "--unhealthy", action="store_true", help="only devices whose sensor is unhealthy or never reported"
+    )
+    p.add_argument(
+        "--not-planted", action="store_true", help="only devices where some expected target is not planted"
+    )
+    p.add_argument("--os", help="only this OS (linux, darwin, windows)")
+    p.add_argument("--agent-version", metavar="VERSION", help="only agents of this version")
+    p.add_argument("--sensor", metavar="NAME", help="only devices with this sensor (fanotify, audit, ...)")
+    p.add_argument("--search", metavar="TEXT", help="part of the hostname or serial number")
     p.set_defaults(func=cmd_devices_list)
     p = _leaf(
         device_cmds,
@@ -280,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_devices_retire)
 
+    p = _leaf(
+        commands,
+        "coverage",
+        "the fleet at a glance: devices by OS and agent version, planted vs expected targets, sensors "
+        "and their health, stale agents, lost events",
+        ["tripkey coverage", "tripkey coverage --json | jq .devices"],
+    )
+    p.set_defaults(func=cmd_coverage)
+
     p = commands.add_parser(
         "demo",
         help="run the whole flow on this machine (needs the issuer extra)",
@@ -289,108 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=None)
     return parser
-
-
-# ------------------------------------------------------------------------------------------ commands
-
-Out = TextIO
-
-
-def _emit_json(out: Out, data: Any) -> None:
-    json.dump(data, out, indent=2, sort_keys=True, default=str)
-    out.write("\n")
-
-
-def _emit_list(
-    out: Out, args: argparse.Namespace, key: str, rows: list[dict[str, Any]], table: Any, empty: str
-) -> int:
-    """`{key: rows}` with --json; else the table, or `empty` when there is nothing (still exit 0)."""
-    if args.json:
-        _emit_json(out, {key: rows})
-    else:
-        out.write((table(rows) if rows else empty) + "\n")
-    return EXIT_OK
-
-
-def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: str) -> int:
-    if args.json:
-        _emit_json(out, data)
-    else:
-        out.write(text + "\n")
-    return EXIT_OK
-
-
-def cmd_alerts_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    alerts = [a.raw for a in client.list_alerts(status=args.status)]
-    empty = f"no {args.status + ' ' if args.status else ''}alerts"
-    return _emit_list(out, args, "alerts", alerts, fmt.alerts_table, empty)
-
-
-def cmd_alerts_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    alert = client.get_alert(args.alert_id).raw
-    return _emit_one(out, args, alert, fmt.alert_report(alert))
-
-
-def cmd_alerts_transition(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    act = client.ack_alert if args.transition == "ack" else client.resolve_alert
-    alert = act(args.alert_id, note=args.note)
-    return _emit_one(out, args, alert.raw, f"alert {alert.id} is now {alert.status}")
-
-
-def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    reads = [
-        r.raw for r in client.device_reads(args.device, since=args.since, path=args.path, limit=args.limit)
-    ]
-    empty = f"no reads on device {args.device} since {args.since}"
-    return _emit_list(out, args, "reads", reads, fmt.reads_table, empty)
-
-
-def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    cred = client.lookup_credential(args.access_key_id).raw
-    return _emit_one(out, args, cred, fmt.credential_report(cred))
-
-
-def cmd_credentials_revoke(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    """Look each key up (for its device and credential id), then revoke it. Stops at the first error;
-    revoking is idempotent, so running the same command again finishes the job."""
-    revoked = []
-    for access_key_id in args.access_key_ids:
-        found = client.lookup_credential(access_key_id)
-        if found.device_id is None:
-            raise UsageError(f"the issuer did not say which device holds {access_key_id}")
-        revoked.append(client.revoke_credential(found.device_id, found.credential_id).raw)
-    lines = [
-        f"revoked {c.get('access_key_id')} ({c.get('credential_id')}: {c.get('local_user')} "
-        f"{c.get('path')} [{c.get('profile')}] on {c.get('device_id')})"
-        for c in revoked
-    ]
-    return _emit_one(out, args, {"credentials": revoked}, "\n".join(lines))
-
-
-def cmd_devices_retire(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    retired = client.retire_device(args.device_id)
-    device = retired.device
-    keys = ", ".join(c.access_key_id for c in retired.revoked) or "none left to revoke"
-    text = (
-        f"device {device.device_id} ({device.hostname}) retired at {fmt.text(device.raw.get('retired_at'))}: "
-        f"device tokens revoked; keys revoked now: {keys}"
-    )
-    return _emit_one(out, args, retired.raw, text)
-
-
-def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    devices = [d.raw for d in client.list_devices() if d.stale or not args.stale]
-    empty = "no stale devices" if args.stale else "no enrolled devices"
-    return _emit_list(out, args, "devices", devices, fmt.devices_table, empty)
-
-
-def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    device = client.get_device(args.device_id).raw
-    credentials = [c.raw for c in client.list_credentials(args.device_id)]
-    text = fmt.device_report(device, credentials)
-    return _emit_one(out, args, {**device, "credentials": credentials}, text)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -487,7 +461,7 @@ def _main(argv: Sequence[str] | None, stdout: Out | None, stderr: Out | None) ->
     try:
         with _make_client(args) as client:
             return func(client, args, out)
-    except UsageError as exc:
+    except (UsageError, CommandUsageError) as exc:
         return fail(str(exc), EXIT_USAGE)
     except NotFound as exc:
         return fail(exc.message, EXIT_NOT_FOUND, label="not found")

@@ -31,9 +31,9 @@ import requests
 import urllib3.exceptions
 
 from server_api_client.errors import IssuerUnreachable, ProtocolError, RejectedError, error_for_status
+from server_api_client.lists import ListRoutes
 from server_api_client.models import (
     Alert,
-    AlertSummary,
     CredentialInfo,
     Device,
     Enrollment,
@@ -42,10 +42,8 @@ from server_api_client.models import (
     HeartbeatResult,
     IngestResult,
     IssuedCredential,
-    ReadRecord,
     RetiredDevice,
     SelftestInfo,
-    parse_list,
 )
 from server_api_client.version import __version__
 
@@ -74,9 +72,10 @@ def _never_sent(exc: requests.RequestException) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-class IssuerClient:
+class IssuerClient(ListRoutes):
     """Client of the Tripkey issuer. Thread-safe as far as `requests.Session` is (one per thread is best).
 
+    Paged lists (devices, alerts, reads, credentials) and coverage: server_api_client/lists.py.
     ``token`` is the bearer token of the caller's role (enroll, device or responder); change it with
     the ``token`` property (the agent switches from its enroll token to its device token).
     """
@@ -236,10 +235,6 @@ class IssuerClient:
         route = f"/v1/devices/{_seg(device_id)}/credentials/{_seg(credential_id)}"
         return CredentialInfo.from_json(self._request("DELETE", route, idempotent=True))
 
-    def list_credentials(self, device_id: str) -> list[CredentialInfo]:
-        data = self._request("GET", f"/v1/devices/{_seg(device_id)}/credentials", idempotent=True)
-        return [CredentialInfo.from_json(item) for item in parse_list(data, "credentials", "CredentialInfo")]
-
     def lookup_credential(self, access_key_id: str) -> CredentialInfo:
         """Which device, user, path and profile hold this key (also retired and revoked keys)."""
         data = self._request("GET", f"/v1/credentials/lookup/{_seg(access_key_id)}", idempotent=True)
@@ -290,10 +285,6 @@ class IssuerClient:
 
     # ------------------------------------------------------------------------------------ devices
 
-    def list_devices(self) -> list[Device]:
-        data = self._request("GET", "/v1/devices", idempotent=True)
-        return [Device.from_json(item) for item in parse_list(data, "devices", "Device")]
-
     def get_device(self, device_id: str) -> Device:
         return Device.from_json(self._request("GET", f"/v1/devices/{_seg(device_id)}", idempotent=True))
 
@@ -305,19 +296,7 @@ class IssuerClient:
         data = self._request("POST", f"/v1/devices/{_seg(device_id)}/retire", body={}, idempotent=True)
         return RetiredDevice.from_json(data)
 
-    def device_reads(
-        self, device_id: str, since: str | None = None, path: str | None = None, limit: int | None = None
-    ) -> list[ReadRecord]:
-        """Reads of planted files on one device; ``since`` is a duration (``24h``) or an ISO time."""
-        params = {"since": since, "path": path, "limit": limit}
-        data = self._request("GET", f"/v1/devices/{_seg(device_id)}/reads", params=params, idempotent=True)
-        return [ReadRecord.from_json(item) for item in parse_list(data, "reads", "ReadRecord")]
-
     # ------------------------------------------------------------------------------------ alerts
-
-    def list_alerts(self, status: str | None = None) -> list[AlertSummary]:
-        data = self._request("GET", "/v1/alerts", params={"status": status}, idempotent=True)
-        return [AlertSummary.from_json(item) for item in parse_list(data, "alerts", "AlertSummary")]
 
     def get_alert(self, alert_id: str) -> Alert:
         return Alert.from_json(self._request("GET", f"/v1/alerts/{_seg(alert_id)}", idempotent=True))

@@ -17,8 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from issuer import __version__
 from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
-from issuer.api.routers import alerts, credentials, devices, enroll, events, health, ingest
+from issuer.api.observe import MetricsMiddleware
+from issuer.api.routers import alerts, coverage, credentials, devices, enroll, events, health, ingest
 from issuer.db import Database
+from issuer.metrics import Metrics
 from issuer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ _DESCRIPTION = (
 )
 
 
-def _start_detection(settings: Settings, database: Database, gateway: Any) -> Any:
+def _start_detection(settings: Settings, database: Database, gateway: Any, metrics: Metrics) -> Any:
     if not settings.detection_enabled():
         log.info("no detection source or sink configured; detection runner not started")
         return None
@@ -40,6 +42,7 @@ def _start_detection(settings: Settings, database: Database, gateway: Any) -> An
         log.error("detection is configured but issuer.detection.runner cannot be imported: %s", exc)
         raise
     runner = DetectionRunner(settings, database.sessionmaker, gateway)
+    runner.on_events = metrics.observe_aws_events
     runner.start()
     return runner
 
@@ -65,7 +68,9 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
             from issuer.aws.gateway import AwsGateway
 
             app.state.aws_gateway = AwsGateway(settings.minting_config())
-        runner = await run_in_threadpool(_start_detection, settings, database, app.state.aws_gateway)
+        runner = await run_in_threadpool(
+            _start_detection, settings, database, app.state.aws_gateway, app.state.metrics
+        )
         # Fingerprint resistance: warn if the pool is on a public list of canary accounts (in the
         # background: it may call AWS, and an answer that never comes must not hold the start).
         threading.Thread(
@@ -94,8 +99,12 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
     app.state.sessionmaker = database.sessionmaker
     app.state.aws_gateway = aws_gateway
     app.state.detection_runner = None
+    metrics = Metrics()
+    metrics.watch(database.sessionmaker, lambda: app.state.detection_runner)
+    app.state.metrics = metrics
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
-    for module in (health, enroll, devices, credentials, events, alerts, ingest):
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything, 413s too
+    for module in (health, enroll, devices, credentials, events, alerts, ingest, coverage):
         app.include_router(module.router)
     return app

@@ -126,6 +126,7 @@ class CredentialInfo(BaseModel):
 
 class CredentialList(BaseModel):
     credentials: list[CredentialInfo]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
 
 
 class RetiredDeviceOut(BaseModel):
@@ -139,6 +140,7 @@ class CredentialLookup(CredentialInfo):
 
 class DeviceList(BaseModel):
     devices: list[DeviceOut]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
 
 
 # ----- agent events -----------------------------------------------------------------------------
@@ -345,8 +347,27 @@ class ReadRecord(BaseModel):
 
 class ReadList(BaseModel):
     reads: list[ReadRecord]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
 
 
 class Health(BaseModel):
     ok: bool
     version: str
+
+
+class Readiness(BaseModel):
+    ready: bool
+    version: str
+    database: Literal["ok", "unreachable"]
+    schema_revision: str | None
+    schema_head: str
+
+
+def _query_text(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# Query-string filters: bounded, never NUL (PostgreSQL text cannot hold it).
+QueryText = Annotated[str | None, AfterValidator(_query_text)]

@@ -64,6 +64,8 @@ class DetectionRunner:
         self.last_stats = ProcessStats()
         self._stats_lock = threading.Lock()
         self.sqs_wait_seconds = SQS_WAIT_SECONDS
+        # Told of every batch of parsed events (source, events): the app's metrics (detection lag).
+        self.on_events: Callable[[str, list[AwsEvent]], None] | None = None
 
         self.sqs = (
             SqsSource(aws_gateway, settings.sqs_queue_url, self._handler("sqs"))
@@ -123,6 +125,8 @@ class DetectionRunner:
     ) -> ProcessStats:
         """Record parsed events (and count malformed ones); used by every source and the ingest route."""
         count_malformed(self.sessionmaker, source, malformed)
+        if self.on_events is not None and events:
+            self.on_events(source, events)
         stats = process_events(
             self.sessionmaker,
             events,

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from issuer.egress import client_address, normalise, record_address, seen_addresses
+from issuer.egress import REFRESH, client_address, normalise, record_address, seen_addresses
 from issuer.models import DeviceAddress
 
 
@@ -26,18 +26,22 @@ def test_the_tcp_peer_is_the_address_unless_it_is_a_trusted_proxy() -> None:
     assert normalise("not an address") is None and normalise("[2001:db8::1]") == "2001:db8::1"
 
 
-def test_addresses_are_recorded_once_with_counts(det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
+def test_addresses_are_recorded_once_and_refreshed_at_most_hourly(det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
     cred = det_credential()
     device_id = cred.placement_id.replace("plc_", "dev_")
     t0 = dt.datetime(2026, 11, 30, tzinfo=dt.UTC)
     with det_sessionmaker() as session:
-        for minutes in range(3):
+        for minutes in range(3):  # heartbeats from the same place: no write after the first
             record_address(session, device_id, "198.51.100.7", t0 + dt.timedelta(minutes=minutes))
         record_address(session, device_id, "hostile\x00text", t0)  # not an address: ignored
         [row] = session.scalars(select(DeviceAddress)).all()
-        assert (row.seen_count, row.first_seen, row.last_seen) == (3, t0, t0 + dt.timedelta(minutes=2))
+        assert (row.seen_count, row.first_seen, row.last_seen) == (1, t0, t0)
+        later = t0 + REFRESH + dt.timedelta(minutes=1)
+        record_address(session, device_id, "198.51.100.7", later)
+        session.refresh(row)
+        assert (row.seen_count, row.last_seen) == (2, later)
         assert [r.address for r in seen_addresses(session, device_id, t0)] == ["198.51.100.7"]
-        assert seen_addresses(session, device_id, t0 + dt.timedelta(hours=1)) == []
+        assert seen_addresses(session, device_id, later + dt.timedelta(hours=1)) == []
 
 
 def test_heartbeats_and_uploads_record_the_peer_or_the_trusted_proxys_client(issuer_factory: Any) -> None:

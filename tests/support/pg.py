@@ -39,7 +39,7 @@ def _as_pg_user(argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def run_postgres() -> Iterator[str]:
+def run_postgres(max_connections: int = 50) -> Iterator[str]:
     """Start a throwaway server; yield an admin URL (postgresql+psycopg://postgres@127.0.0.1:PORT/postgres)."""
     bindir = postgres_bindir()
     if bindir is None:
@@ -75,7 +75,7 @@ def run_postgres() -> Iterator[str]:
         )
         options = (
             f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-            " -c full_page_writes=off -c max_connections=50"
+            f" -c full_page_writes=off -c max_connections={max_connections}"
         )
         subprocess.run(
             _as_pg_user(

@@ -13,18 +13,22 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from issuer.agent_events import parse_since
 from issuer.alerts.serialize import alert_summary, alert_to_dict
 from issuer.alerts.service import refresh_context
 from issuer.api.auth import ResponderAuth
 from issuer.api.deps import SessionDep, SettingsDep
-from issuer.api.schemas import RequestBody
-from issuer.errors import Conflict, NotFound
+from issuer.api.schemas import QueryText, RequestBody
+from issuer.errors import Conflict, InvalidRequest, NotFound
+from issuer.listing import AlertFilter, list_alerts_page
 from issuer.models import Alert
+from issuer.pagination import MAX_CURSOR_LENGTH
 from issuer.registry import is_plain_id
 
 router = APIRouter(tags=["alerts"])
 
 AlertStatus = Literal["open", "acknowledged", "resolved"]
+AlertSeverity = Literal["low", "medium", "high", "critical"]
 
 
 class AlertNoteIn(RequestBody):
@@ -52,6 +56,7 @@ class AlertSummaryOut(_AlertHead):
 
 class AlertList(BaseModel):
     alerts: list[AlertSummaryOut]
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page")
 
 
 class SummaryOut(BaseModel):
@@ -109,18 +114,45 @@ def _get_alert(session: Session, alert_id: str, *, for_update: bool = False) -> 
     return alert
 
 
+def _time(name: str, value: str | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"query.{name}: {exc}") from exc
+
+
 @router.get("/v1/alerts", response_model=AlertList)
 def list_alerts(
     _auth: ResponderAuth,
     session: SessionDep,
     status: Annotated[AlertStatus | None, Query(description="only alerts with this status")] = None,
+    severity: Annotated[AlertSeverity | None, Query(description="only alerts of this severity")] = None,
+    kind: Annotated[
+        QueryText, Query(max_length=32, description="canary_use, principal_tamper, selftest")
+    ] = None,
+    since: Annotated[
+        QueryText, Query(max_length=64, description="active since: 24h, 7d or an ISO 8601 time")
+    ] = None,
+    until: Annotated[
+        QueryText, Query(max_length=64, description="first seen before: 1h or an ISO 8601 time")
+    ] = None,
+    device_id: Annotated[QueryText, Query(max_length=40, description="only this device's alerts")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+    cursor: Annotated[QueryText, Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor`")] = None,
 ) -> dict[str, Any]:
-    """Alerts, most recently active first."""
-    query = select(Alert).order_by(Alert.last_seen.desc(), Alert.id).limit(limit)
-    if status is not None:
-        query = query.where(Alert.status == status)
-    return {"alerts": [alert_summary(alert) for alert in session.scalars(query)]}
+    """Alerts, newest first, one page at a time: follow `next_cursor` until it is null."""
+    flt = AlertFilter(
+        status=status,
+        severity=severity,
+        kind=kind,
+        since=_time("since", since),
+        until=_time("until", until),
+        device_id=device_id,
+    )
+    page = list_alerts_page(session, flt, limit=limit, cursor=cursor)
+    return {"alerts": [alert_summary(alert) for alert in page.items], "next_cursor": page.next_cursor}
 
 
 @router.get("/v1/alerts/{alert_id}", response_model=AlertOut)

@@ -1,12 +1,14 @@
-"""Canary credentials: mint, rotate, list, revoke (device routes) and lookup by key id (responder)."""
+"""Canary credentials: mint, rotate, list, revoke (device routes); fleet list and lookup by key id
+(responder)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
+from sqlalchemy.orm import Session
 
-from issuer import registry
+from issuer import listing, registry
 from issuer.api.auth import DeviceAuth, DeviceOrResponderAuth, ResponderAuth
 from issuer.api.deps import GatewayDep, SessionDep, SettingsDep
 from issuer.api.schemas import (
@@ -15,9 +17,11 @@ from issuer.api.schemas import (
     CredentialLookup,
     CredentialRequest,
     IssuedCredential,
+    QueryText,
 )
 from issuer.aws.config import AwsError
 from issuer.errors import AwsUpstreamError, NotFound
+from issuer.pagination import MAX_CURSOR_LENGTH
 
 router = APIRouter(tags=["credentials"])
 
@@ -79,10 +83,49 @@ def rotate(
     return _issued(issued)
 
 
+CredentialStatus = Literal["active", "retired", "revoked", "expired"]
+Cursor = Annotated[
+    QueryText, Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor` of the previous page")
+]
+PageSize = Annotated[int, Query(ge=1, le=5000, description="credentials per page")]
+
+
+def _credential_page(
+    session: Session, flt: listing.CredentialFilter, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    page = listing.list_credentials_page(session, flt, limit=limit, cursor=cursor)
+    return {"credentials": [registry.credential_info(c) for c in page.items], "next_cursor": page.next_cursor}
+
+
 @router.get("/v1/devices/{device_id}/credentials", response_model=CredentialList)
-def list_credentials(device_id: str, _auth: DeviceOrResponderAuth, session: SessionDep) -> dict[str, Any]:
-    creds = registry.list_credentials(session, device_id)
-    return {"credentials": [registry.credential_info(c) for c in creds]}
+def list_credentials(
+    device_id: str,
+    _auth: DeviceOrResponderAuth,
+    session: SessionDep,
+    status: Annotated[CredentialStatus | None, Query(description="only credentials in this state")] = None,
+    limit: PageSize = 500,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """The device's credentials, oldest first, one page at a time."""
+    registry.get_device(session, device_id)
+    flt = listing.CredentialFilter(device_id=device_id, status=status)
+    return _credential_page(session, flt, limit, cursor)
+
+
+@router.get("/v1/credentials", response_model=CredentialList)
+def list_all_credentials(
+    _auth: ResponderAuth,
+    session: SessionDep,
+    device_id: Annotated[QueryText, Query(max_length=40, description="only this device's")] = None,
+    status: Annotated[CredentialStatus | None, Query(description="only credentials in this state")] = None,
+    backend: Annotated[QueryText, Query(max_length=32, description="iam-user or sts-federation")] = None,
+    account: Annotated[QueryText, Query(max_length=100, description="account name of the pool")] = None,
+    limit: PageSize = 500,
+    cursor: Cursor = None,
+) -> dict[str, Any]:
+    """Every canary credential of the fleet, oldest first, one page at a time."""
+    flt = listing.CredentialFilter(device_id=device_id, status=status, backend=backend, account=account)
+    return _credential_page(session, flt, limit, cursor)
 
 
 @router.delete("/v1/devices/{device_id}/credentials/{credential_id}", response_model=CredentialInfo)

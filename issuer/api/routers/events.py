@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from issuer import agent_events, egress, registry
 from issuer.api.auth import DeviceAuth
@@ -21,7 +21,12 @@ router = APIRouter(tags=["agent events"])
 
 @router.post("/v1/devices/{device_id}/events", response_model=EventsAccepted)
 def upload_events(
-    device_id: str, body: EventBatch, _auth: DeviceAuth, session: SessionDep, peer: PeerAddressDep
+    device_id: str,
+    body: EventBatch,
+    _auth: DeviceAuth,
+    session: SessionDep,
+    peer: PeerAddressDep,
+    request: Request,
 ) -> EventsAccepted:
     """Store a batch (≤ 1000) of events; an event_id seen before counts as a duplicate, not an error.
     The address the upload came from is noted as one of the device's egress addresses."""
@@ -31,6 +36,7 @@ def upload_events(
     ]
     accepted, duplicates = agent_events.store_events(session, device_id, events)
     egress.record_address(session, device_id, peer)
+    request.app.state.metrics.observe_agent_events(accepted, duplicates)
     return EventsAccepted(accepted=accepted, duplicates=duplicates)
 
 

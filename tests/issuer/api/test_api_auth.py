@@ -12,7 +12,14 @@ from typing import Any
 PLACEMENT = {"local_user": "alice", "path": "/home/alice/.aws/credentials", "profile": "prod-backup"}
 HEARTBEAT = {"sensor": {"name": "fanotify", "healthy": True}}
 ROLES = ("enroll", "own_device", "other_device", "responder")
-OPEN_ROUTES = {("GET", "/healthz"), ("POST", "/v1/ingest/eventbridge/{destination}")}
+# Load balancers and Prometheus call the health routes and /metrics without a token (no secrets there).
+OPEN_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/ingest/eventbridge/{destination}"),
+}
 
 # (method, path template, body, roles that may call it). Anything else gets 403.
 ROUTE_TABLE: list[tuple[str, str, Any, set[str]]] = [
@@ -25,6 +32,8 @@ ROUTE_TABLE: list[tuple[str, str, Any, set[str]]] = [
     ("POST", "/v1/devices/{device_id}/credentials/{credential_id}/rotate", None, {"own_device"}),
     ("DELETE", "/v1/devices/{device_id}/credentials/{credential_id}", None, {"own_device", "responder"}),
     ("GET", "/v1/credentials/lookup/{access_key_id}", None, {"responder"}),
+    ("GET", "/v1/credentials", None, {"responder"}),
+    ("GET", "/v1/coverage", None, {"responder"}),
     ("POST", "/v1/devices/{device_id}/events", {"events": []}, {"own_device"}),
     ("POST", "/v1/devices/{device_id}/heartbeat", HEARTBEAT, {"own_device"}),
     ("POST", "/v1/devices/{device_id}/selftest", {"credential_id": "CRED"}, {"own_device"}),

@@ -277,7 +277,7 @@ def test_aws_failure_is_a_502_and_nothing_is_stored(issuer_factory: Any) -> None
     assert response.status_code == 502, response.text
     assert response.json()["error"]["code"] == "aws_error"
     listed = issuer.request("GET", f"/v1/devices/{device_id}/credentials", token).json()
-    assert listed == {"credentials": []}
+    assert listed == {"credentials": [], "next_cursor": None}
 
 
 def test_detection_runner_is_started_when_detection_is_configured(issuer_factory: Any) -> None:

@@ -9,28 +9,16 @@ the default bus, which is the one step moto cannot do by itself.)
 from __future__ import annotations
 
 import json
-import re
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import boto3
 
 from server_api_client import IssuerClient
 from tests.support.cloudtrail import cloudtrail_event
+from tests.support.eventbridge import RULE_STATE, documented_pattern
 from tests.support.paths import REPO_ROOT
-
-RULE_STATE = "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS"
-_PATTERN_LINE = re.compile(
-    r'^\s*`?(\{"detail-type": \["AWS API Call via CloudTrail"\].*\})`?\s*$', re.MULTILINE
-)
-
-
-def documented_pattern(doc: Path) -> dict[str, Any]:
-    found = _PATTERN_LINE.findall(doc.read_text())
-    assert len(found) == 1, f"{doc} should give exactly one EventBridge rule pattern, found {found}"
-    return dict(json.loads(found[0]))
 
 
 def test_readme_and_detection_doc_give_the_same_rule() -> None:
