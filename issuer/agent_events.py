@@ -1,26 +1,58 @@
 """Agent events (reads, tampering, self-reports), read queries and self-tests of a device.
 
-Write functions commit. Events are idempotent by (device, event_id).
+Write functions commit. Events are idempotent by (device, event_id). A batch is stored in one
+transaction; if the database refuses it for any reason but a concurrent duplicate, each event is
+stored on its own (a savepoint each), so one poison event is counted (`agent_events.failed`), kept as a
+dead letter and skipped while its neighbours are stored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from issuer import dead_letters
+from issuer.detection.counters import bump_counter
 from issuer.models import AgentEvent, SelfTest, utcnow
 from issuer.registry import get_device, get_device_credential
 from issuer.tokens import new_id
 
+log = logging.getLogger(__name__)
 
-def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Store new events, skip known event_ids. Return (accepted, duplicates)."""
+
+class Stored(NamedTuple):
+    accepted: int
+    duplicates: int
+    failed: tuple[tuple[int, str], ...] = ()  # (position in `events`, why) of events not storable
+
+
+def _row(device_id: str, event_id: str, event: Mapping[str, Any], now: dt.datetime) -> AgentEvent:
+    detail = dict(event.get("detail") or {})
+    read = detail if event["kind"] == "read" else {}
+    return AgentEvent(
+        event_id=event_id,
+        device_id=device_id,
+        kind=event["kind"],
+        time=event["time"],
+        path=event["path"],
+        pid=read.get("pid"),
+        exe=read.get("exe"),
+        user=read.get("user") or detail.get("user"),
+        classification=read.get("classification"),
+        detail=detail,
+        received_at=now,
+    )
+
+
+def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> Stored:
+    """Store new events, skip known event_ids. Return (accepted, duplicates, failed)."""
     get_device(session, device_id)
     for attempt in range(3):
         wanted: dict[str, Mapping[str, Any]] = {}
@@ -39,25 +71,8 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
         )
         now = utcnow()
         for event_id, event in wanted.items():
-            if event_id in known:
-                continue
-            detail = dict(event.get("detail") or {})
-            read = detail if event["kind"] == "read" else {}
-            session.add(
-                AgentEvent(
-                    event_id=event_id,
-                    device_id=device_id,
-                    kind=event["kind"],
-                    time=event["time"],
-                    path=event["path"],
-                    pid=read.get("pid"),
-                    exe=read.get("exe"),
-                    user=read.get("user") or detail.get("user"),
-                    classification=read.get("classification"),
-                    detail=detail,
-                    received_at=now,
-                )
-            )
+            if event_id not in known:
+                session.add(_row(device_id, event_id, event, now))
         try:
             session.commit()
         except IntegrityError:  # the same events uploaded concurrently: count again
@@ -65,9 +80,50 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
             if attempt == 2:
                 raise
             continue
+        except OperationalError:
+            raise  # the database is not answering: the agent keeps its spool and retries
+        except Exception:
+            session.rollback()
+            log.exception(
+                "device %s: a batch of %d events was refused; storing them one by one", device_id, len(events)
+            )
+            return _store_one_by_one(session, device_id, events)
         accepted = len(wanted) - len(known)
-        return accepted, len(events) - accepted
+        return Stored(accepted, len(events) - accepted)
     raise AssertionError("unreachable")
+
+
+def _store_one_by_one(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> Stored:
+    accepted = duplicates = 0
+    failed: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    now = utcnow()
+    for position, event in enumerate(events):
+        event_id = event["event_id"]
+        exists = session.scalar(
+            select(AgentEvent.event_id).where(
+                AgentEvent.device_id == device_id, AgentEvent.event_id == event_id
+            )
+        )
+        if event_id in seen or exists is not None:
+            duplicates += 1
+            continue
+        try:
+            with session.begin_nested():
+                session.add(_row(device_id, event_id, event, now))
+        except OperationalError:
+            raise
+        except Exception as exc:
+            reason = f"could not be stored: {type(exc).__name__}: {exc}"
+            failed.append((position, reason[:500]))
+            dead_letters.keep(session, "agent_events", reason, dict(event), device_id=device_id)
+            continue
+        seen.add(event_id)
+        accepted += 1
+    if failed:
+        bump_counter(session, "agent_events.failed", len(failed))
+    session.commit()
+    return Stored(accepted, duplicates, tuple(failed))
 
 
 def create_selftest(session: Session, device_id: str, credential_id: str, window_seconds: float) -> SelfTest:

@@ -49,6 +49,7 @@ examples:
   tripkey credentials lookup AKIAXXXXXXXXXXXXXXXX
   tripkey reads --device dev_abc --since 7d
   tripkey devices list --stale --json
+  tripkey dead-letters --source sqs
 """
 
 DEMO_EXTRA_MESSAGE = "tripkey demo needs the issuer extra: pip install 'tripkey[issuer,dev]'"
@@ -185,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_id", metavar="ID", type=_an_id)
     p.set_defaults(func=cmd_devices_show)
 
+    p = _leaf(
+        commands,
+        "dead-letters",
+        "events the issuer skipped (could not parse or record) and why, with the skipped-input counters",
+    )
+    p.add_argument("--source", help="only this source: sqs, ingest, lookup_events, last_used, agent_events")
+    p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    p.set_defaults(func=cmd_dead_letters)
+
     p = commands.add_parser(
         "demo",
         help="run the whole flow on this machine (needs the issuer extra)",
@@ -268,6 +278,13 @@ def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -
     credentials = [c.raw for c in client.list_credentials(args.device_id)]
     text = fmt.device_report(device, credentials)
     return _emit_one(out, args, {**device, "credentials": credentials}, text)
+
+
+def cmd_dead_letters(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise UsageError("--limit must be between 1 and 1000")
+    report = client.dead_letters(source=args.source, limit=args.limit)
+    return _emit_one(out, args, report.raw, fmt.dead_letters_report(report.counters, report.entries))
 
 
 # ------------------------------------------------------------------------------------------ main

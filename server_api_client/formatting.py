@@ -439,3 +439,21 @@ def credential_report(cred: Mapping[str, Any]) -> str:
             ),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------ dead letters
+
+
+def dead_letters_report(counters: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> str:
+    """Skipped-input counters, then each dead letter: when, source, why, and what it was."""
+    skipped = [(name, value) for name, value in sorted(counters.items()) if value]
+    parts = [section("SKIPPED INPUT (counters)", fields(skipped))]
+    lines = []
+    for entry in entries:
+        where = f" device {text(entry.get('device_id'))}" if entry.get("device_id") else ""
+        when, source = text(entry.get("received_at")), text(entry.get("source"))
+        lines.append(f"  #{text(entry.get('id'))}  {when}  {source}{where}")
+        lines.append(f"      why:  {text(entry.get('reason'))}")
+        lines.append(f"      what: {_clip(text(entry.get('payload')), 200)}")
+    parts.append(section(f"DEAD LETTERS ({len(entries)}, newest first)", "\n".join(lines)))
+    return "\n\n".join(parts)

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from issuer import __version__
 from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
-from issuer.api.routers import alerts, credentials, devices, enroll, events, health, ingest
+from issuer.api.routers import alerts, credentials, dead_letters, devices, enroll, events, health, ingest
 from issuer.db import Database
 from issuer.settings import Settings
 
@@ -78,6 +78,6 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
     app.state.detection_runner = None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
-    for module in (health, enroll, devices, credentials, events, alerts, ingest):
+    for module in (health, enroll, devices, credentials, events, alerts, ingest, dead_letters):
         app.include_router(module.router)
     return app

@@ -199,12 +199,29 @@ class AgentEventIn(RequestBody):
 
 
 class EventBatch(RequestBody):
-    events: Annotated[list[AgentEventIn], Field(max_length=MAX_EVENTS_PER_BATCH)]
+    """Each item is validated on its own as an AgentEventIn: one bad event is refused (and listed in
+    the answer's `errors`) while the others are stored."""
+
+    events: Annotated[
+        list[Any],
+        Field(
+            max_length=MAX_EVENTS_PER_BATCH,
+            description="read, tamper or self_report events (docs/api.md), validated one by one",
+        ),
+    ]
+
+
+class EventError(BaseModel):
+    index: int  # position in the batch
+    event_id: str | None  # the item's event_id, if it had a string one
+    message: str
 
 
 class EventsAccepted(BaseModel):
     accepted: int
     duplicates: int
+    rejected: int = 0  # refused one by one (invalid or unstorable), kept as dead letters
+    errors: list[EventError] = []
 
 
 class SensorHealth(RequestBody):
@@ -274,3 +291,20 @@ class ReadList(BaseModel):
 class Health(BaseModel):
     ok: bool
     version: str
+
+
+# ----- dead letters -----------------------------------------------------------------------------
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    source: str
+    device_id: str | None
+    reason: str
+    received_at: dt.datetime
+    payload: str  # the refused item as JSON text (bounded; credentials-bearing fields removed)
+
+
+class DeadLetterList(BaseModel):
+    counters: dict[str, int]  # every skipped-input counter, e.g. "sqs.malformed", "ingest.failed"
+    dead_letters: list[DeadLetterOut]

@@ -17,15 +17,16 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.orm import Session
 
+from issuer import dead_letters
 from issuer.alerts.delivery import DeliveryWorker
 from issuer.alerts.sinks import Sink, build_sinks
-from issuer.detection.events import AwsEvent
+from issuer.detection.events import AwsEvent, Rejected
 from issuer.detection.last_used import LastUsedPoller
 from issuer.detection.locks import Lease
 from issuer.detection.lookup_events import LookupEventsPoller
@@ -64,7 +65,7 @@ class DetectionRunner:
         self.sqs_wait_seconds = SQS_WAIT_SECONDS
 
         self.sqs = (
-            SqsSource(aws_gateway, settings.sqs_queue_url, self._handler("sqs"))
+            SqsSource(aws_gateway, settings.sqs_queue_url, self._handler("sqs"), self._give_up("sqs"))
             if settings.sqs_queue_url
             else None
         )
@@ -117,10 +118,11 @@ class DetectionRunner:
         return self._own_arns
 
     def handle_events(
-        self, events: list[AwsEvent], malformed: int = 0, *, source: str = "ingest"
+        self, events: list[AwsEvent], rejected: Sequence[Rejected] = (), *, source: str = "ingest"
     ) -> ProcessStats:
-        """Record parsed events (and count malformed ones); used by every source and the ingest route."""
-        count_malformed(self.sessionmaker, source, malformed)
+        """Record parsed events (count and keep the rejected ones); used by every source and the ingest
+        route. Raises only when the database keeps failing."""
+        count_malformed(self.sessionmaker, source, rejected)
         stats = process_events(
             self.sessionmaker,
             events,
@@ -128,18 +130,26 @@ class DetectionRunner:
             stale_after_seconds=self.settings.stale_after_seconds,
             own_arns=self.own_arns() if any(e.target_user_name for e in events) else (),
         )
-        stats.malformed = malformed
+        stats.malformed += len(rejected)
         with self._stats_lock:
             self.last_stats.add(stats)
         if stats.alerts_opened:
             self._wake_delivery.set()
         return stats
 
-    def _handler(self, source: str) -> Callable[[list[AwsEvent], int], None]:
-        def handle(events: list[AwsEvent], malformed: int) -> None:
-            self.handle_events(events, malformed, source=source)
+    def _handler(self, source: str) -> Callable[[list[AwsEvent], list[Rejected]], None]:
+        def handle(events: list[AwsEvent], rejected: list[Rejected]) -> None:
+            self.handle_events(events, rejected, source=source)
 
         return handle
+
+    def _give_up(self, source: str) -> Callable[[str, str], None]:
+        """Keep an input that keeps failing as a dead letter (`<source>.failed`)."""
+
+        def give_up(body: str, reason: str) -> None:
+            dead_letters.record(self.sessionmaker, source, f"{source}.failed", [(reason, body)])
+
+        return give_up
 
     def deliver_pending(self) -> int:
         """Try due deliveries if we hold the delivery lease; return the attempts made."""

@@ -2,32 +2,91 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-from issuer import agent_events, registry
+from fastapi import APIRouter
+from pydantic import ValidationError
+
+from issuer import agent_events, dead_letters, registry
 from issuer.api.auth import DeviceAuth
 from issuer.api.deps import SessionDep, SettingsDep
+from issuer.api.errors import describe_validation_errors
 from issuer.api.schemas import (
+    AgentEventIn,
     EventBatch,
+    EventError,
     EventsAccepted,
     Heartbeat,
     HeartbeatAck,
     SelftestCreated,
     SelftestRequest,
 )
+from issuer.detection.counters import bump_counter
+from issuer.textsafe import storable_json
 
 router = APIRouter(tags=["agent events"])
 
 
+def _validate(items: list[Any]) -> tuple[list[tuple[int, dict[str, Any]]], list[EventError], list[Any]]:
+    """Each item on its own: (index, event) for the valid ones, an error and the item for the others.
+
+    Text is made storable first (NUL and unpaired surrogates spelled out), so such characters in a
+    command line cost nothing but their spelling."""
+    valid: list[tuple[int, dict[str, Any]]] = []
+    errors: list[EventError] = []
+    refused: list[Any] = []
+    for index, item in enumerate(items):
+        clean = storable_json(item)
+        try:
+            event = AgentEventIn.model_validate(clean)
+        except ValidationError as exc:
+            event_id = clean.get("event_id") if isinstance(clean, dict) else None
+            located = [{**error, "loc": ("events", index, *error["loc"])} for error in exc.errors()]
+            message = describe_validation_errors(located)
+            errors.append(
+                EventError(
+                    index=index, event_id=event_id if isinstance(event_id, str) else None, message=message
+                )
+            )
+            refused.append(clean)
+            continue
+        detail = event.payload()
+        valid.append(
+            (
+                index,
+                {
+                    "event_id": event.event_id,
+                    "kind": event.kind,
+                    "time": event.time,
+                    "path": event.path,
+                    "detail": detail,
+                },
+            )
+        )
+    return valid, errors, refused
+
+
 @router.post("/v1/devices/{device_id}/events", response_model=EventsAccepted)
 def upload_events(device_id: str, body: EventBatch, _auth: DeviceAuth, session: SessionDep) -> EventsAccepted:
-    """Store a batch (≤ 1000) of events; an event_id seen before counts as a duplicate, not an error."""
-    events = [
-        {"event_id": e.event_id, "kind": e.kind, "time": e.time, "path": e.path, "detail": e.payload()}
-        for e in body.events
-    ]
-    accepted, duplicates = agent_events.store_events(session, device_id, events)
-    return EventsAccepted(accepted=accepted, duplicates=duplicates)
+    """Store a batch (≤ 1000) of events, each on its own: an event_id seen before counts as a duplicate;
+    an invalid or unstorable event is refused, listed in `errors`, counted and kept as a dead letter."""
+    registry.get_device(session, device_id)
+    valid, errors, refused = _validate(body.events)
+    if errors:
+        for error, item in zip(errors, refused, strict=True):
+            dead_letters.keep(
+                session, "agent_events", f"event {error.index}: {error.message}", item, device_id=device_id
+            )
+        bump_counter(session, "agent_events.rejected", len(errors))
+        session.commit()
+    result = agent_events.store_events(session, device_id, [event for _, event in valid])
+    for position, reason in result.failed:
+        index = valid[position][0]
+        errors.append(EventError(index=index, event_id=valid[position][1]["event_id"], message=reason))
+    errors.sort(key=lambda e: e.index)
+    return EventsAccepted(
+        accepted=result.accepted, duplicates=result.duplicates, rejected=len(errors), errors=errors
+    )
 
 
 @router.post("/v1/devices/{device_id}/heartbeat", response_model=HeartbeatAck)

@@ -32,6 +32,7 @@ ROUTE_TABLE: list[tuple[str, str, Any, set[str]]] = [
     ("GET", "/v1/alerts/{alert_id}", None, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/ack", {}, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/resolve", {}, {"responder"}),
+    ("GET", "/v1/dead-letters", None, {"responder"}),
 ]
 
 
