@@ -117,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from issuer.api.app import create_app
+    from issuer.api.server import server_config
 
     settings = _settings(
         args,
@@ -132,13 +133,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     log.info("starting issuer on %s (database %s)", settings.listen, settings.redacted()["db_url"])
-    config = uvicorn.Config(
+    config = server_config(
         create_app(settings),
         host=settings.listen_host,
         port=settings.listen_port,
         log_level=settings.log_level,
-        proxy_headers=False,
-        server_header=False,
     )
     uvicorn.Server(config).run()
     return 0

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from issuer import __version__
-from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
+from issuer.api.errors import RequestLimitsMiddleware, install_error_handlers
 from issuer.api.routers import alerts, credentials, dead_letters, devices, enroll, events, health, ingest
 from issuer.db import Database
 from issuer.settings import Settings
@@ -77,7 +77,7 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
     app.state.aws_gateway = aws_gateway
     app.state.detection_runner = None
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestLimitsMiddleware, limit=settings.max_body_bytes)
     for module in (health, enroll, devices, credentials, events, alerts, ingest, dead_letters):
         app.include_router(module.router)
     return app
