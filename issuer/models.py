@@ -82,7 +82,7 @@ class Device(Base):
     health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Minting budget of the device's token (issuer.minting): a fixed window, its count and limit,
     # and how many mints were refused (shown to responders).
-    mint_window_start: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    mint_window_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     mint_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     mint_window_limit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     mints_refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 if TYPE_CHECKING:
     from issuer.aws.config import MintingConfig
+    from issuer.minting import MintLimits
 
 ENV_PREFIX = "TRIPKEY_"
 SINK_TYPES = ("webhook", "slack", "pagerduty", "smtp", "jsonl")
@@ -80,6 +81,11 @@ class Settings(_Strict):
     # HTTP API
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     stale_after_seconds: int = Field(default=3600, gt=0)
+    # What one device token may mint (issuer.minting): per window, `device_mint_burst` plus two per
+    # placement; at most `device_max_placements` placements per device.
+    device_mint_burst: int = Field(default=10, ge=1)
+    device_mint_window_seconds: int = Field(default=3600, gt=0)
+    device_max_placements: int = Field(default=100, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -155,6 +161,15 @@ class Settings(_Strict):
             ),
             endpoint_url=self.aws_endpoint,
             region=self.aws_region,
+        )
+
+    def mint_limits(self) -> MintLimits:
+        from issuer.minting import MintLimits
+
+        return MintLimits(
+            burst=self.device_mint_burst,
+            window_seconds=self.device_mint_window_seconds,
+            max_placements=self.device_max_placements,
         )
 
     def redacted(self) -> dict[str, Any]:

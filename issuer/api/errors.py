@@ -82,8 +82,8 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, exc.code, exc.message, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else dict(exc.headers)
+    return error_response(exc.status_code, exc.code, exc.message, headers or None)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -101,6 +101,11 @@ class DeviceOut(BaseModel):
     last_heartbeat_at: dt.datetime | None
     health: dict[str, Any]
     stale: bool
+    minting: dict[str, Any] = Field(
+        default={},
+        description="the device's minting budget: window_ends_at, minted_in_window, window_limit, "
+        "refused, last_refused_at",
+    )
 
 
 class CredentialInfo(BaseModel):

@@ -16,7 +16,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _DEVICE_COLUMNS = (
-    sa.Column("mint_window_start", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("mint_window_until", sa.DateTime(timezone=True), nullable=True),
     sa.Column("mint_window_count", sa.Integer(), server_default="0", nullable=False),
     sa.Column("mint_window_limit", sa.Integer(), server_default="0", nullable=False),
     sa.Column("mints_refused", sa.Integer(), server_default="0", nullable=False),
