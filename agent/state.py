@@ -82,6 +82,7 @@ class AgentState:
     targets: dict[str, TargetState] = dataclasses.field(default_factory=dict)
     owned_key_ids: set[str] = dataclasses.field(default_factory=set)
     sensor_health: dict[str, Any] | None = None  # as last recorded by `run`
+    selfreport_health: dict[str, Any] | None = None  # the self-report socket, as last recorded by `run`
     service_pid: int | None = None
     service_started_at: str | None = None
     last_event_at: str | None = None

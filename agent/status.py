@@ -69,6 +69,7 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
             "started_at": st.service_started_at if st else None,
         },
         "sensor": st.sensor_health if st else None,
+        "selfreport": st.selfreport_health if st else None,
         "targets": targets,
         "spool": spool_counts(os.path.join(config.state_dir, SPOOL_FILE)),
         "last_event_at": st.last_event_at if st else None,
@@ -85,6 +86,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _selfreport_line(health: dict[str, Any] | None, service_running: bool) -> str:
+    if health is None:
+        return "unknown (the service has not run yet)"
+    if not health.get("enabled"):
+        return "disabled (selfreport = false)"
+    if not service_running:
+        return "stopped with the service"
+    counts = (
+        f"{health.get('served', 0)} served, {health.get('refused', 0)} refused, {health.get('busy', 0)} busy"
+    )
+    if health.get("running"):
+        return f"listening on {health.get('socket')} ({counts})"
+    return f"NOT RUNNING: {health.get('error')} (reports from the tray are lost until it restarts)"
 
 
 def format_status(data: dict[str, Any]) -> str:
@@ -111,6 +127,7 @@ def format_status(data: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"sensor:     {sensor.get('name')} NOT WORKING: {sensor.get('error')}")
+    lines.append(f"self-report: {_selfreport_line(data.get('selfreport'), svc['running'])}")
     spool = data["spool"]
     lines.append(
         "spool:      "

@@ -75,10 +75,12 @@ def heartbeat_payload(
     targets: Iterable[Mapping[str, Any]],
     last_event_at: str | None,
     spool: Any | None,
+    selfreport: Mapping[str, Any] | None = None,
     agent_version: str = __version__,
     secrets: Secrets = (),
 ) -> dict[str, Any]:
-    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None."""
+    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None;
+    `selfreport` the self-report socket's health (SelfReportServer.health) or None."""
     sensor = {
         "name": sensor_health.get("name"),
         "mode": sensor_health.get("mode"),
@@ -105,6 +107,14 @@ def heartbeat_payload(
         "spool_dropped": spool.dropped() if spool else 0,
         "spool_rejected": spool.rejected() if spool else 0,
     }
+    if selfreport is not None:
+        payload["selfreport"] = {
+            "enabled": bool(selfreport.get("enabled")),
+            "running": bool(selfreport.get("running")),
+            "error": bound_optional(selfreport.get("error"), TEXT_BUDGET),
+            "refused": int(selfreport.get("refused") or 0),
+            "busy": int(selfreport.get("busy") or 0),
+        }
     return known(secrets).scrub_payload(payload)
 
 

@@ -167,6 +167,7 @@ class UploadWorker:
         health: Callable[[], Mapping[str, Any]],
         targets: Callable[[], list[dict[str, Any]]],
         stop: threading.Event,
+        selfreport: Callable[[], Mapping[str, Any]] | None = None,
         wake: threading.Event,
         reenroll: threading.Event,
         clock: Callable[[], Any] = utcnow,
@@ -176,6 +177,7 @@ class UploadWorker:
         self.store = store
         self.health = health
         self.targets = targets
+        self.selfreport = selfreport
         self.stop = stop
         self.wake = wake
         self.reenroll = reenroll
@@ -233,6 +235,7 @@ class UploadWorker:
             targets=self.targets(),
             last_event_at=state.last_event_at,
             spool=self.spool,
+            selfreport=self.selfreport() if self.selfreport is not None else None,
         )
         try:
             self.client.heartbeat(state.device_id or "", payload)

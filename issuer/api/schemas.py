@@ -246,9 +246,20 @@ class TargetHealth(RequestBody):
     error: LongText | None = None
 
 
+class SelfReportHealth(RequestBody):
+    """The agent's local self-report socket (the tray's "I opened it by mistake")."""
+
+    enabled: bool
+    running: bool
+    error: LongText | None = None
+    refused: Annotated[int, Field(ge=0)] = 0
+    busy: Annotated[int, Field(ge=0)] = 0
+
+
 class Heartbeat(RequestBody):
     agent_version: Text40 | None = None
     sensor: SensorHealth
+    selfreport: SelfReportHealth | None = None
     targets: Annotated[list[TargetHealth], Field(max_length=1000)] = []
     last_event_at: UtcTime | None = None
     spool_pending: Annotated[int, Field(ge=0)] = 0
