@@ -21,6 +21,7 @@ from typing import Any
 from agent import __version__
 from agent.clock import utcnow
 from agent.config import AgentConfig, ConfigError, load_config, parse_assignment
+from agent.events.bounds import visible
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
 from agent.reporting.spool import Spool
 from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
     """The error sentence on stderr; with --json also {"error", "exit_code"} on stdout for scripts."""
-    print(f"tripkey-agent: {message}", file=sys.stderr)
+    print(f"tripkey-agent: {visible(message)}", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps({"error": message, "exit_code": code}, sort_keys=True))
     return code
@@ -178,8 +179,8 @@ def _fail(args: argparse.Namespace, message: str, code: int) -> int:
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        print(text)
+    else:  # the formatters escape each value; this is the last line of defence for the terminal
+        print(visible(text, keep_newlines=True))
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -12,6 +12,7 @@ from typing import Any
 from agent import __version__
 from agent.clock import to_iso
 from agent.config import AgentConfig
+from agent.events.bounds import visible
 from agent.planting.schedule import renews_at
 from agent.reporting.spool import spool_counts
 from agent.state import SPOOL_FILE, StateStore, TargetState
@@ -104,6 +105,8 @@ def _selfreport_line(health: dict[str, Any] | None, service_running: bool) -> st
 
 
 def format_status(data: dict[str, Any]) -> str:
+    """The status for a person. Paths, user names and errors can carry control characters (a user
+    names their own files): each line is passed through `visible`; `--json` stays exact."""
     lines = [f"Tripkey agent {data['agent_version']}  (state dir {data['state_dir']})"]
     if data["enrolled"]:
         lines.append(
@@ -145,7 +148,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"profile:    {data['profile']}")
     if not data["targets"]:
         lines.append("targets:    none planted")
-        return "\n".join(lines)
+        return "\n".join(visible(line) for line in lines)
     header = (
         "PATH",
         "OWNER",
@@ -158,16 +161,19 @@ def format_status(data: dict[str, Any]) -> str:
         "ERROR",
     )
     rows = [header] + [
-        (
-            t["path"],
-            t["owner"],
-            t["profile"],
-            t["status"],
-            t["access_key_id"] or "-",
-            t["expires_at"] or "never (long-term)",
-            t["renews_at"] or "-",
-            t["last_check"] or "-",
-            t["last_error"] or "",
+        tuple(
+            visible(str(cell))
+            for cell in (
+                t["path"],
+                t["owner"],
+                t["profile"],
+                t["status"],
+                t["access_key_id"] or "-",
+                t["expires_at"] or "never (long-term)",
+                t["renews_at"] or "-",
+                t["last_check"] or "-",
+                t["last_error"] or "",
+            )
         )
         for t in data["targets"]
     ]
@@ -176,7 +182,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines.extend(
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
     )
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(visible(line.rstrip()) for line in lines)
 
 
 __all__ = ["format_status", "open_store", "status_data"]

@@ -20,6 +20,7 @@ from server_api_client.errors import (
     RejectedError,
     TripkeyError,
 )
+from server_api_client.terminal import visible
 from server_api_client.version import __version__
 
 EXIT_OK = 0
@@ -223,7 +224,7 @@ def _emit_list(
     if args.json:
         _emit_json(out, {key: rows})
     else:
-        out.write((table(rows) if rows else empty) + "\n")
+        _emit_text(out, table(rows) if rows else empty)
     return EXIT_OK
 
 
@@ -231,8 +232,14 @@ def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: st
     if args.json:
         _emit_json(out, data)
     else:
-        out.write(text + "\n")
+        _emit_text(out, text)
     return EXIT_OK
+
+
+def _emit_text(out: Out, text: str) -> None:
+    # The formatters escape every value; this is the last line of defence for anything they missed
+    # (JSON output is exact and never passes here).
+    out.write(visible(text, keep_newlines=True) + "\n")
 
 
 def cmd_alerts_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -367,13 +374,13 @@ def main(argv: Sequence[str] | None = None, *, stdout: Out | None = None, stderr
         with _make_client(args) as client:
             return func(client, args, out)
     except UsageError as exc:
-        err.write(f"tripkey: error: {exc}\n")
+        err.write(f"tripkey: error: {visible(str(exc))}\n")
         return EXIT_USAGE
-    except NotFound as exc:
-        err.write(f"tripkey: not found: {exc.message}\n")
+    except NotFound as exc:  # the issuer's messages quote what was asked for: escape them too
+        err.write(f"tripkey: not found: {visible(exc.message)}\n")
         return EXIT_NOT_FOUND
     except TripkeyError as exc:
-        err.write(f"tripkey: error: {exc}{_hint(exc)}\n")
+        err.write(f"tripkey: error: {visible(str(exc))}{_hint(exc)}\n")
         return _exit_code_for(exc)
 
 

@@ -1,7 +1,9 @@
 """Plain-text rendering for the `tripkey` responder CLI: tables and multi-section reports.
 
 Everything renders from the issuer's JSON dicts with ``.get()``: a field the issuer does not send
-shows as ``-`` instead of crashing the responder's terminal in the middle of an incident.
+shows as ``-`` instead of crashing the responder's terminal in the middle of an incident. Every value
+goes through `text()`, which spells out control and bidirectional characters
+(server_api_client.terminal): a crafted command line or user agent cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from server_api_client.terminal import visible
+
 MAX_CELL = 60
 NONE = "-"
 
 
 def text(value: Any) -> str:
-    """One value as a short human string (lists joined, None as '-', times without the 'T')."""
+    """One value as a short human string (lists joined, None as '-', times without the 'T'), with
+    control and bidirectional characters spelled out."""
     if value is None or value == "" or value == [] or value == {}:
         return NONE
     if isinstance(value, bool):
@@ -22,15 +27,15 @@ def text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(text(item) for item in value)
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+        return ", ".join(f"{visible(str(k))}={text(v)}" for k, v in value.items())
     value = str(value)
     if len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
         # ISO time: a space instead of the T and whole seconds read easier; --json keeps the precision.
         head, tail = value[:19].replace("T", " "), value[19:]
         if tail.startswith("."):
             tail = tail.lstrip(".0123456789")
-        return head + ("Z" if tail in ("Z", "+00:00") else tail)
-    return value
+        return visible(head + ("Z" if tail in ("Z", "+00:00") else tail))
+    return visible(value)
 
 
 def _clip(value: str, width: int) -> str:
@@ -71,7 +76,7 @@ def _list(value: Any) -> list[Any]:
 
 
 def cmdline(value: Any) -> str:
-    return " ".join(str(part) for part in value) if isinstance(value, list) else text(value)
+    return " ".join(visible(str(part)) for part in value) if isinstance(value, list) else text(value)
 
 
 # ------------------------------------------------------------------------------------------ alerts
@@ -133,7 +138,7 @@ def _note_line(note: Any) -> str:
         who = note.get("by") or note.get("actor") or note.get("token") or ""
         what = note.get("action") or note.get("status") or ""
         body = note.get("note") or note.get("text") or ""
-        parts = [text(note.get("time") or note.get("at")), str(what), str(who), str(body)]
+        parts = [text(note.get("time") or note.get("at")), text(what), text(who), text(body)]
         return "  " + "  ".join(p for p in parts if p and p != NONE)
     return f"  {text(note)}"
 
