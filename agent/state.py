@@ -49,7 +49,7 @@ class TargetState:
     owner: str
     profile: str
     source: str = "explicit"  # explicit | all_users
-    status: str = "pending"  # pending | planted | conflict | error | removed
+    status: str = "pending"  # pending | planted | conflict | error | tampered | removed
     credential_id: str | None = None
     access_key_id: str | None = None
     backend: str | None = None
@@ -61,6 +61,7 @@ class TargetState:
     failures: int = 0
     tamper_count: int = 0
     last_tamper_at: str | None = None
+    finding: str | None = None  # what stands where the file should be (agent.planting.findings)
 
     @property
     def planted(self) -> bool:

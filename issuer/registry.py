@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from issuer.coverage import coverage_info
 from issuer.errors import AwsUpstreamError, NotFound
 from issuer.minting import MintLimits, minting_info, reserve_mint
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
@@ -116,11 +117,13 @@ def device_facts(device: Device) -> dict[str, Any]:
 
 
 def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> dict[str, Any]:
+    stale = is_stale(device, stale_after_seconds, now)
     return {
         **device_facts(device),
         "last_heartbeat_at": device.last_heartbeat_at,
         "health": dict(device.health or {}),
-        "stale": is_stale(device, stale_after_seconds, now),
+        "stale": stale,
+        "coverage": coverage_info(device, stale),
         "minting": minting_info(device, now),
     }
 

@@ -179,7 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device_cmds = devices.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _leaf(device_cmds, "list", "every enrolled device with heartbeat, sensor and planted targets")
-    p.add_argument("--stale", action="store_true", help="only devices whose agent stopped reporting")
+    p.add_argument(
+        "--stale",
+        action="store_true",
+        help="only devices that need attention: no recent heartbeat, a canary not planted (replaced, "
+        "unplantable), the sensor not working, or the self-report socket down",
+    )
     p.set_defaults(func=cmd_devices_list)
     p = _leaf(
         device_cmds, "show", "one device's coverage: heartbeat, sensor health, planted targets, credentials"
@@ -275,8 +280,14 @@ def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: 
 
 
 def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
-    devices = [d.raw for d in client.list_devices() if d.stale or not args.stale]
-    empty = "no stale devices" if args.stale else "no enrolled devices"
+    devices = [d.raw for d in client.list_devices()]
+    if args.stale:
+        devices = [d for d in devices if fmt.coverage_state(d) != "ok"]
+    empty = (
+        "every device is covered: none stale, none with a canary missing"
+        if args.stale
+        else "no enrolled devices"
+    )
     return _emit_list(out, args, "devices", devices, fmt.devices_table, empty)
 
 

@@ -292,6 +292,23 @@ def _sensor(device: Mapping[str, Any]) -> dict[str, Any]:
     return _dict(_dict(device.get("health")).get("sensor"))
 
 
+def coverage_state(device: Mapping[str, Any]) -> str:
+    """The device's coverage state (issuer/coverage.py); an older issuer only says whether it is stale."""
+    state = _dict(device.get("coverage")).get("state")
+    if isinstance(state, str) and state:
+        return state
+    return "stale" if device.get("stale") else "ok"
+
+
+def _mints(device: Mapping[str, Any]) -> str | None:
+    minting = _dict(device.get("minting"))
+    if not minting:
+        return None
+    shown = f"{text(minting.get('minted_in_window'))}/{text(minting.get('window_limit'))}"
+    refused = minting.get("refused")
+    return f"{shown} ({refused} REFUSED)" if refused else shown
+
+
 def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for d in devices:
@@ -301,6 +318,7 @@ def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
         sensor_state = None
         if sensor:
             sensor_state = f"{text(sensor.get('name'))} {'ok' if sensor.get('healthy') else 'UNHEALTHY'}"
+        state = coverage_state(d)
         rows.append(
             [
                 d.get("device_id"),
@@ -309,13 +327,36 @@ def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
                 d.get("agent_version"),
                 d.get("last_heartbeat_at"),
                 sensor_state,
-                f"{planted}/{len(targets)}" if targets else None,
-                "STALE" if d.get("stale") else "ok",
+                f"{planted}/{len(targets)}" if targets else "0/0",
+                _mints(d),
+                state if state == "ok" else state.replace("_", " ").upper(),
             ]
         )
     return table(
-        ["DEVICE ID", "HOSTNAME", "OS", "AGENT", "LAST HEARTBEAT", "SENSOR", "PLANTED", "STATE"], rows
+        [
+            "DEVICE ID",
+            "HOSTNAME",
+            "OS",
+            "AGENT",
+            "LAST HEARTBEAT",
+            "SENSOR",
+            "PLANTED",
+            "MINTS/WINDOW",
+            "STATE",
+        ],
+        rows,
     )
+
+
+def _selfreport(health: Mapping[str, Any]) -> str | None:
+    selfreport = _dict(health.get("selfreport"))
+    if not selfreport:
+        return None
+    if not selfreport.get("enabled"):
+        return "disabled"
+    if selfreport.get("running"):
+        return f"running ({text(selfreport.get('refused'))} refused, {text(selfreport.get('busy'))} busy)"
+    return f"DOWN: {text(selfreport.get('error'))}"
 
 
 def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, Any]] | None) -> str:
@@ -349,9 +390,28 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
                     ("spool pending", health.get("spool_pending")),
                     ("spool dropped", health.get("spool_dropped")),
                     ("refused by the issuer", health.get("spool_rejected")),
+                    ("self-report socket", _selfreport(health)),
                 ]
             )
             if sensor or health
+            else "",
+        ),
+        section(
+            f"COVERAGE: {coverage_state(device).replace('_', ' ').upper()}",
+            "\n".join(f"  - {text(r)}" for r in _list(_dict(device.get("coverage")).get("reasons"))),
+        ),
+        section(
+            "MINTING (this device's token)",
+            fields(
+                [
+                    ("minted this window", _dict(device.get("minting")).get("minted_in_window")),
+                    ("window limit", _dict(device.get("minting")).get("window_limit")),
+                    ("window ends at", _dict(device.get("minting")).get("window_ends_at")),
+                    ("refused (total)", _dict(device.get("minting")).get("refused")),
+                    ("last refused at", _dict(device.get("minting")).get("last_refused_at")),
+                ]
+            )
+            if device.get("minting")
             else "",
         ),
         section(

@@ -42,15 +42,33 @@ def read_event_payload(
 
 
 def tamper_payload(
-    path: str, action: str, detail: str, replanted: bool, now: dt.datetime, *, secrets: Secrets = ()
+    path: str,
+    action: str,
+    detail: str,
+    replanted: bool,
+    now: dt.datetime,
+    *,
+    found: Mapping[str, Any] | None = None,
+    secrets: Secrets = (),
 ) -> dict[str, Any]:
-    """A "tamper" event: the planted profile was changed, removed or could not be kept."""
+    """A "tamper" event: the planted profile was changed, removed or could not be kept. `found`: what
+    stands where the file should be (agent.planting.findings), when the file was replaced."""
+    tamper: dict[str, Any] = {
+        "action": action,
+        "detail": bound_text(detail, TEXT_BUDGET),
+        "replanted": replanted,
+    }
+    if found is not None:
+        tamper["found"] = {
+            key: bound_text(value, TEXT_BUDGET) if isinstance(value, str) else value
+            for key, value in found.items()
+        }
     payload = {
         "event_id": str(uuid.uuid4()),
         "kind": "tamper",
         "time": to_iso(now),
         "path": path,
-        "tamper": {"action": action, "detail": bound_text(detail, TEXT_BUDGET), "replanted": replanted},
+        "tamper": tamper,
     }
     return known(secrets).scrub_payload(payload)
 

@@ -101,6 +101,11 @@ class DeviceOut(BaseModel):
     last_heartbeat_at: dt.datetime | None
     health: dict[str, Any]
     stale: bool
+    coverage: dict[str, Any] = Field(
+        default={},
+        description="state (ok | degraded | sensor_unhealthy | not_planted | stale), planted, targets, "
+        "reasons[] (issuer/coverage.py)",
+    )
     minting: dict[str, Any] = Field(
         default={},
         description="the device's minting budget: window_ends_at, minted_in_window, window_limit, "
@@ -168,10 +173,34 @@ class ReadInfo(RequestBody):
     path: Text4096 | None = None
 
 
+class FoundInfo(RequestBody):
+    """What stands where the credentials file should be (a replaced file, a symlinked ~/.aws)."""
+
+    type: Text40  # symlink | fifo | directory | socket | device | file | unknown
+    path: Text4096
+    uid: Uid | None = None
+    user: OptName = None
+    size: Annotated[int, Field(ge=0)] | None = None
+    nlink: Annotated[int, Field(ge=0)] | None = None
+    link_target: Text4096 | None = None
+
+
 class TamperInfo(RequestBody):
-    action: Literal["section_removed", "section_altered", "file_deleted", "file_moved", "conflict"]
+    action: Literal[
+        "section_removed",
+        "section_altered",
+        "file_deleted",
+        "file_moved",
+        "conflict",
+        "file_replaced",  # by a symlink, FIFO, directory, socket or device
+        "file_too_large",
+        "directory_replaced",  # ~/.aws (or a directory above it) is a symlink or not a directory
+        "hard_link",  # the file has a second name
+        "unsafe_path",  # owner or permissions the agent refuses
+    ]
     detail: LongText | None = None
     replanted: bool = False
+    found: FoundInfo | None = None
 
 
 class SelfReportInfo(RequestBody):
