@@ -15,7 +15,7 @@ import pytest
 from bench import __main__ as runner
 from tests.support.paths import REPO_ROOT
 
-REAL_MODULES = ["audit", "bounds", "credfile", "fanotify", "issuer", "readlog"]
+REAL_MODULES = ["audit", "bounds", "credfile", "fanotify", "hostile", "issuer", "readlog"]
 ROWS = [
     {"case": "small", "count": 1, "median_ms": 1.234},
     {"case": "a much longer case", "count": 200, "median_ms": None, "note": "only here"},
