@@ -177,3 +177,18 @@ def test_the_issuer_shows_the_device_not_planted_and_devices_list_stale_finds_it
     out = io.StringIO()
     tripkey(["--issuer", live_issuer.url, "--token", responder, "devices", "show", device_id], stdout=out)
     assert "COVERAGE: NOT PLANTED" in out.getvalue() and "FIFO" in out.getvalue()
+
+
+def test_the_watcher_sees_aws_directory_swapped_for_a_symlink(rig: Rig, tmp_path: Path) -> None:
+    alice = rig.users[0]
+    watcher = RepairWatcher(rig.planter, debounce=0.1)
+    watcher.start(rig.planter.paths)
+    try:
+        aws_dir_symlink(alice, tmp_path)
+        deadline = time.monotonic() + 10
+        while not [e for e in rig.events if e["kind"] == "tamper"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    [event] = [e for e in rig.events if e["kind"] == "tamper"]
+    assert event["tamper"]["action"] == "directory_replaced"
