@@ -147,7 +147,8 @@ class SelfReportServer:
         self._lock = threading.Lock()
         self._active: dict[int, int] = {}  # uid -> connections being served
         self.error: str | None = None  # why the accept loop stopped, if it did
-        self.counts = {"served": 0, "refused": 0, "busy": 0}
+        self.last_error: str | None = None  # ... the last time it stopped (kept after a restart)
+        self.counts = {"served": 0, "refused": 0, "busy": 0, "restarts": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -186,7 +187,9 @@ class SelfReportServer:
         """Restart the server if its accept loop stopped; True if it is running afterwards."""
         if self.running or self._stop.is_set():
             return self.running
-        log.error("self-report server was down (%s); restarting it", self.error or "unknown reason")
+        self.last_error = self.error or "the accept loop stopped"
+        self._count("restarts")
+        log.error("self-report server was down (%s); restarting it", self.last_error)
         with contextlib.suppress(OSError):
             if self._sock is not None:
                 self._sock.close()
@@ -205,6 +208,7 @@ class SelfReportServer:
             "running": self.running,
             "socket": str(self.socket_path),
             "error": None if self.running else (self.error or "not running"),
+            "last_error": self.last_error,
             **dict(self.counts),
         }
 

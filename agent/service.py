@@ -355,6 +355,8 @@ class AgentService:
                     self.periodic_pass()
                 if now >= next_persist:
                     next_persist = now + 10.0
+                    if self.selfreport is not None:
+                        self.selfreport.ensure_running()  # a stopped socket is said, then restarted
                     self._persist_health()
             except Exception:
                 log.exception("agent main loop pass failed; continuing")
@@ -372,8 +374,6 @@ class AgentService:
                 log.exception("could not update the sensor's paths")
         if self.watcher is not None:
             self.watcher.set_paths(paths)
-        if self.selfreport is not None:
-            self.selfreport.ensure_running()  # a stopped socket is said in status, then restarted
         self._persist_health()
 
     def _try_reenroll(self, client: IssuerClient) -> None:

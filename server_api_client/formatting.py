@@ -355,7 +355,9 @@ def _selfreport(health: Mapping[str, Any]) -> str | None:
     if not selfreport.get("enabled"):
         return "disabled"
     if selfreport.get("running"):
-        return f"running ({text(selfreport.get('refused'))} refused, {text(selfreport.get('busy'))} busy)"
+        restarts = f", restarted {text(selfreport.get('restarts'))}x" if selfreport.get("restarts") else ""
+        refused, busy = text(selfreport.get("refused")), text(selfreport.get("busy"))
+        return f"running ({refused} refused, {busy} busy{restarts})"
     return f"DOWN: {text(selfreport.get('error'))}"
 
 

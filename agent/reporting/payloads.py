@@ -132,6 +132,8 @@ def heartbeat_payload(
             "error": bound_optional(selfreport.get("error"), TEXT_BUDGET),
             "refused": int(selfreport.get("refused") or 0),
             "busy": int(selfreport.get("busy") or 0),
+            "restarts": int(selfreport.get("restarts") or 0),
+            "last_error": bound_optional(selfreport.get("last_error"), TEXT_BUDGET),
         }
     return known(secrets).scrub_payload(payload)
 

@@ -283,6 +283,8 @@ class SelfReportHealth(RequestBody):
     error: LongText | None = None
     refused: Annotated[int, Field(ge=0)] = 0
     busy: Annotated[int, Field(ge=0)] = 0
+    restarts: Annotated[int, Field(ge=0)] = 0  # times the agent found it stopped and restarted it
+    last_error: LongText | None = None  # why it stopped the last time
 
 
 class Heartbeat(RequestBody):

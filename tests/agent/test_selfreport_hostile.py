@@ -187,6 +187,8 @@ def test_a_stopped_accept_loop_is_reported_and_restarted(server: tuple[SelfRepor
     assert health["running"] is False and health["error"], health
     assert srv.ensure_running()
     _legit(srv, recorder)
+    health = srv.health()  # running again, and still saying that it was down
+    assert health["running"] and health["restarts"] == 1 and health["last_error"]
 
 
 chunks = st.lists(
