@@ -22,6 +22,7 @@ from agent import __version__
 from agent.cli_help import EPILOG, EXAMPLES
 from agent.clock import utcnow
 from agent.config import AgentConfig, ConfigError, load_config, parse_assignment
+from agent.events.bounds import visible
 from agent.reporting.enroll import EnrollmentError, ensure_enrolled
 from agent.reporting.spool import Spool
 from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateError, StateStore
@@ -195,19 +196,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fail(args: argparse.Namespace, message: str, code: int, *, also_stdout: bool = True) -> int:
-    """The error sentence on stderr; with --json {"error", "exit_code"} on stderr and stdout instead."""
+    """The error sentence on stderr (control characters made visible: a message may quote a hostile
+    name); with --json {"error", "exit_code"} on stderr and stdout instead, exact."""
     as_json = bool(getattr(args, "json", False))
     if as_json and not also_stdout:  # stdout already carries the command's own JSON report
         sys.stderr.write(json.dumps({"error": message, "exit_code": code}, sort_keys=True) + "\n")
         return code
-    return report_error("tripkey-agent", message, code, as_json=as_json, label="")
+    return report_error(
+        "tripkey-agent", message if as_json else visible(message), code, as_json=as_json, label=""
+    )
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
-    else:
-        print(text)
+    else:  # the formatters escape each value; this is the last line of defence for the terminal
+        print(visible(text, keep_newlines=True))
 
 
 # ---------------------------------------------------------------------------------------------- run

@@ -117,6 +117,7 @@ class AgentService:
         self.watcher: RepairWatcher | None = None
         self.ready = threading.Event()  # set once planted and sensing (tests wait on it)
         self.selfreport: Any = None
+        self.selfreport_error: str | None = None
         self._last_report: dict[int, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -205,6 +206,7 @@ class AgentService:
             try:
                 with self.store.mutate() as st:
                     st.sensor_health = dict(self._health(), running=False)
+                    st.selfreport_health = dict(self.selfreport_health(), running=False)
                     st.service_pid = None
             except OSError:
                 log.exception("could not save state at shutdown")
@@ -345,28 +347,58 @@ class AgentService:
             self.selfreport = server
         except OSError as exc:
             # Expected when not root (demo, tests): /run/tripkey belongs to the root service.
+            self.selfreport_error = f"cannot listen on {self.config.selfreport_socket}: {exc}"
             level = logging.ERROR if getattr(os, "geteuid", lambda: 0)() == 0 else logging.WARNING
-            log.log(
-                level,
-                "self-reports from the tray are disabled: cannot listen on %s: %s",
-                self.config.selfreport_socket,
-                exc,
-            )
+            log.log(level, "self-reports from the tray are disabled: %s", self.selfreport_error)
+
+    def _own_targets(self, uid: int) -> list[str]:
+        """The planted files of the local user with this uid (the only ones they may report on)."""
+        if self.planter is None:
+            return []
+        return [
+            path
+            for path in self.planter.paths
+            if (target := self.planter.target(path)) is not None and target.owner.uid == uid
+        ]
 
     def _on_self_report(self, report: Any) -> None:
-        """A local user says they opened the file (uid from SO_PEERCRED); at most one per uid per 10 s."""
+        """A local user says they opened their file (uid from SO_PEERCRED); at most one per uid per 10 s.
+
+        A report binds only to files planted for the sender's own uid: user B can never mark user A's
+        alert as "likely benign". Anything else is refused with a ValueError the sender reads."""
+        own = self._own_targets(report.uid)
+        if report.path is not None and report.path not in own:
+            raise ValueError(
+                f"{report.path} is not a canary file planted for you ({report.user}, uid {report.uid}); "
+                "a report can only be about your own file"
+            )
+        if not own:
+            raise ValueError(
+                f"no canary file is planted for you ({report.user}, uid {report.uid}) on this device; "
+                "there is nothing to report"
+            )
         now = time.monotonic()
         if now - self._last_report.get(report.uid, -1e9) < SELF_REPORT_MIN_INTERVAL:
             raise ValueError("a report from this user was just received; try again in a few seconds")
         self._last_report[report.uid] = now
-        path = report.path if report.path in (self.planter.paths if self.planter else []) else None
-        if path is None and self.store is not None:  # the reporting user's own planted file, if any
-            mine = [ts.path for ts in self.store.state.targets.values() if ts.owner == report.user]
-            path = mine[0] if mine else (self.planter.paths[0] if self.planter and self.planter.paths else "")
-        self._spool_put(
-            self_report_payload(path, report.user, report.note, report.time, secrets=self._secrets)
-        )
-        log.info("self-report from %s (uid %d) about %s", report.user, report.uid, path)
+        for path in [report.path] if report.path is not None else own:
+            target = self.planter.target(path) if self.planter is not None else None
+            user = target.owner.name if target is not None else report.user  # the planter's user database
+            self._spool_put(self_report_payload(path, user, report.note, report.time, secrets=self._secrets))
+            log.info("self-report from %s (uid %d) about %s", user, report.uid, path)
+
+    def selfreport_health(self) -> dict[str, Any]:
+        """The self-report socket's state for status and the heartbeat."""
+        if not self.config.selfreport:
+            return {"enabled": False, "running": False, "socket": None, "error": None}
+        if self.selfreport is None:
+            return {
+                "enabled": True,
+                "running": False,
+                "socket": self.config.selfreport_socket,
+                "error": self.selfreport_error or "not started",
+            }
+        return dict(self.selfreport.health())
 
     def _scrub_secret(self, secret: str) -> None:
         self._secrets = self._secrets.with_secret(secret)
@@ -395,6 +427,7 @@ class AgentService:
             heartbeat_interval=self.config.heartbeat_interval,
             health=self._health,
             targets=lambda: target_reports(self.store),  # type: ignore[arg-type]
+            selfreport=self.selfreport_health,
             stop=self.stop_event,
             wake=self._upload_wake,
             reenroll=self._reenroll,
@@ -421,6 +454,8 @@ class AgentService:
                     self.periodic_pass()
                 if now >= next_persist:
                     next_persist = now + 10.0
+                    if self.selfreport is not None:
+                        self.selfreport.ensure_running()  # a stopped socket is said, then restarted
                     self._persist_health()
             except Exception:
                 log.exception("agent main loop pass failed; continuing")
@@ -463,6 +498,7 @@ class AgentService:
         health = dict(self._health(), running=True, recorded_at=to_iso(self.clock()))
         with self.store.mutate() as st:
             st.sensor_health = health
+            st.selfreport_health = self.selfreport_health()
 
 
 def _default_sensor_factory(

@@ -59,7 +59,7 @@ class TargetState:
     owner: str
     profile: str
     source: str = "explicit"  # explicit | all_users
-    status: str = "pending"  # pending | planted | conflict | error | removed
+    status: str = "pending"  # pending | planted | conflict | error | tampered | removed
     credential_id: str | None = None
     access_key_id: str | None = None
     backend: str | None = None
@@ -71,6 +71,7 @@ class TargetState:
     failures: int = 0
     tamper_count: int = 0
     last_tamper_at: str | None = None
+    finding: str | None = None  # what stands where the file should be (agent.planting.findings)
 
     @property
     def planted(self) -> bool:
@@ -92,6 +93,7 @@ class AgentState:
     targets: dict[str, TargetState] = dataclasses.field(default_factory=dict)
     owned_key_ids: set[str] = dataclasses.field(default_factory=set)
     sensor_health: dict[str, Any] | None = None  # as last recorded by `run`
+    selfreport_health: dict[str, Any] | None = None  # the self-report socket, as last recorded by `run`
     service_pid: int | None = None
     service_started_at: str | None = None
     last_event_at: str | None = None

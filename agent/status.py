@@ -12,6 +12,7 @@ from typing import Any
 from agent import __version__
 from agent.clock import to_iso
 from agent.config import AgentConfig
+from agent.events.bounds import visible
 from agent.planting.schedule import renews_at
 from agent.reporting.losses import NAMES as LOSS_NAMES
 from agent.reporting.losses import read_losses
@@ -71,6 +72,7 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
             "started_at": st.service_started_at if st else None,
         },
         "sensor": st.sensor_health if st else None,
+        "selfreport": st.selfreport_health if st else None,
         "targets": targets,
         "spool": spool_counts(os.path.join(config.state_dir, SPOOL_FILE)),
         # Written in place even on a full disk (agent.reporting.losses), unlike state.json.
@@ -104,7 +106,24 @@ def _deadman_lines(sensor: dict[str, Any] | None) -> list[str]:
     return [f"deadman:    NOT armed ({deadman.get('detail')})"]
 
 
+def _selfreport_line(health: dict[str, Any] | None, service_running: bool) -> str:
+    if health is None:
+        return "unknown (the service has not run yet)"
+    if not health.get("enabled"):
+        return "disabled (selfreport = false)"
+    if not service_running:
+        return "stopped with the service"
+    counts = (
+        f"{health.get('served', 0)} served, {health.get('refused', 0)} refused, {health.get('busy', 0)} busy"
+    )
+    if health.get("running"):
+        return f"listening on {health.get('socket')} ({counts})"
+    return f"NOT RUNNING: {health.get('error')} (reports from the tray are lost until it restarts)"
+
+
 def format_status(data: dict[str, Any]) -> str:
+    """The status for a person. Paths, user names and errors can carry control characters (a user
+    names their own files): each line is passed through `visible`; `--json` stays exact."""
     lines = [f"Tripkey agent {data['agent_version']}  (state dir {data['state_dir']})"]
     if data["enrolled"]:
         lines.append(
@@ -133,6 +152,7 @@ def format_status(data: dict[str, Any]) -> str:
     for gap in (sensor or {}).get("uncovered") or ():
         lines.append(f"            not covered: {gap}")
     lines.extend(_deadman_lines(sensor))
+    lines.append(f"self-report: {_selfreport_line(data.get('selfreport'), svc['running'])}")
     spool = data["spool"]
     lines.append(
         "spool:      "
@@ -158,7 +178,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines.append(f"profile:    {data['profile']}")
     if not data["targets"]:
         lines.append("targets:    none planted")
-        return "\n".join(lines)
+        return "\n".join(visible(line) for line in lines)
     header = (
         "PATH",
         "OWNER",
@@ -171,16 +191,19 @@ def format_status(data: dict[str, Any]) -> str:
         "ERROR",
     )
     rows = [header] + [
-        (
-            t["path"],
-            t["owner"],
-            t["profile"],
-            t["status"],
-            t["access_key_id"] or "-",
-            t["expires_at"] or "never (long-term)",
-            t["renews_at"] or "-",
-            t["last_check"] or "-",
-            t["last_error"] or "",
+        tuple(
+            visible(str(cell))
+            for cell in (
+                t["path"],
+                t["owner"],
+                t["profile"],
+                t["status"],
+                t["access_key_id"] or "-",
+                t["expires_at"] or "never (long-term)",
+                t["renews_at"] or "-",
+                t["last_check"] or "-",
+                t["last_error"] or "",
+            )
         )
         for t in data["targets"]
     ]
@@ -189,7 +212,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines.extend(
         "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows
     )
-    return "\n".join(line.rstrip() for line in lines)
+    return "\n".join(visible(line.rstrip()) for line in lines)
 
 
 __all__ = ["format_status", "open_store", "status_data"]

@@ -1,24 +1,40 @@
 """Agent events (reads, tampering, self-reports), read queries and self-tests of a device.
 
-Write functions commit. Events are idempotent by (device, event_id).
+Write functions commit. Events are idempotent by (device, event_id). A batch is stored in one
+transaction; if the database refuses it for any reason but a concurrent duplicate, each event is
+stored on its own (a savepoint each), so one poison event is counted (`agent_events.failed`), kept as a
+dead letter and skipped while its neighbours are stored.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from issuer import dead_letters
+from issuer.detection.counters import bump_counter
 from issuer.errors import NotFound
 from issuer.models import AgentEvent, Device, SelfTest, utcnow
 from issuer.pagination import Page, SortKey, paginate
 from issuer.registry import get_device, get_device_credential, is_plain_id
 from issuer.tokens import new_id
+
+log = logging.getLogger(__name__)
+
+
+class Stored(NamedTuple):
+    accepted: int
+    duplicates: int
+    failed: tuple[tuple[int, str], ...] = ()  # (position in `events`, why) of events not storable
+
 
 # SQLite: rows per INSERT statement, a whole batch (the API takes at most 1000 events); 11 columns
 # each stays below SQLite's bound-parameter limit (32,766).
@@ -97,8 +113,8 @@ def _insert_postgresql(session: Session, device_id: str, rows: list[dict[str, An
     return len(result.all())
 
 
-def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """Store new events, skip known event_ids. Return (accepted, duplicates).
+def store_events(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> Stored:
+    """Store new events, skip known event_ids. Return (accepted, duplicates, failed).
 
     One multi-row INSERT ... ON CONFLICT DO NOTHING per chunk: the database skips what it already
     has (also what a concurrent upload of the same batch inserted a moment earlier), so there is no
@@ -115,19 +131,63 @@ def store_events(session: Session, device_id: str, events: Sequence[Mapping[str,
     rows = [_row(device_id, event, now) for event in wanted.values()]
     accepted = 0
     dialect = session.get_bind().dialect.name
-    if rows and dialect == "postgresql":
-        accepted = _insert_postgresql(session, device_id, rows, now)
-    elif rows and dialect == "sqlite":
-        # One compiled single-row statement, executed for many rows: SQLAlchemy's "insertmanyvalues"
-        # sends them as multi-row INSERTs (building a VALUES clause statement by statement would
-        # cost more than the database's work).
-        connection = session.connection().execution_options(insertmanyvalues_page_size=INSERT_CHUNK)
-        # RETURNING names the rows actually inserted, so duplicates are counted exactly.
-        accepted = len(connection.execute(_sqlite_insert(), rows).all())
-    elif rows:
+    if rows and dialect not in ("postgresql", "sqlite"):
         raise NotImplementedError(f"agent events need SQLite or PostgreSQL, not {dialect}")
+    try:
+        if rows and dialect == "postgresql":
+            accepted = _insert_postgresql(session, device_id, rows, now)
+        elif rows:
+            # One compiled single-row statement, executed for many rows: SQLAlchemy's
+            # "insertmanyvalues" sends them as multi-row INSERTs (building a VALUES clause statement
+            # by statement would cost more than the database's work).
+            connection = session.connection().execution_options(insertmanyvalues_page_size=INSERT_CHUNK)
+            # RETURNING names the rows actually inserted, so duplicates are counted exactly.
+            accepted = len(connection.execute(_sqlite_insert(), rows).all())
+        session.commit()
+    except OperationalError:
+        raise  # the database is not answering: the agent keeps its spool and retries
+    except Exception:
+        # One event the store cannot take must not cost its neighbours: each on its own, the bad
+        # one dead-lettered and reported back by position.
+        session.rollback()
+        log.exception(
+            "device %s: a batch of %d events was refused; storing them one by one", device_id, len(events)
+        )
+        return _store_one_by_one(session, device_id, events)
+    return Stored(accepted, len(events) - accepted)
+
+
+def _store_one_by_one(session: Session, device_id: str, events: Sequence[Mapping[str, Any]]) -> Stored:
+    accepted = duplicates = 0
+    failed: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    now = utcnow()
+    for position, event in enumerate(events):
+        event_id = event["event_id"]
+        exists = session.scalar(
+            select(AgentEvent.event_id).where(
+                AgentEvent.device_id == device_id, AgentEvent.event_id == event_id
+            )
+        )
+        if event_id in seen or exists is not None:
+            duplicates += 1
+            continue
+        try:
+            with session.begin_nested():
+                session.add(AgentEvent(**_row(device_id, event, now)))
+        except OperationalError:
+            raise
+        except Exception as exc:
+            reason = f"could not be stored: {type(exc).__name__}: {exc}"
+            failed.append((position, reason[:500]))
+            dead_letters.keep(session, "agent_events", reason, dict(event), device_id=device_id)
+            continue
+        seen.add(event_id)
+        accepted += 1
+    if failed:
+        bump_counter(session, "agent_events.failed", len(failed))
     session.commit()
-    return accepted, len(events) - accepted
+    return Stored(accepted, duplicates, tuple(failed))
 
 
 def create_selftest(session: Session, device_id: str, credential_id: str, window_seconds: float) -> SelfTest:

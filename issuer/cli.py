@@ -254,6 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from issuer.api.app import create_app
+    from issuer.api.server import server_config
     from issuer.listen import ListenError, bind_listen_socket
 
     settings = _serve_settings(args)
@@ -272,12 +273,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _migrated_database(settings).dispose()
         log.info("database %s", settings.database_origin())
         log.info("starting issuer on %s", settings.listen)
-        config = uvicorn.Config(
-            create_app(settings, migrate=False),
-            log_level=settings.log_level,
-            proxy_headers=False,
-            server_header=False,
-        )
+        # The issuer's own HTTP protocol class: requests uvicorn cannot parse get JSON errors too.
+        config = server_config(create_app(settings, migrate=False), log_level=settings.log_level)
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()

@@ -6,6 +6,7 @@
     ├── NotFound             404 not_found
     ├── Conflict             409 conflict
     ├── InvalidRequest       422 invalid_request
+    ├── TooManyRequests      429 rate_limited (with Retry-After)
     └── AwsUpstreamError     502 aws_error
 
 Domain code raises these; the HTTP layer (issuer.api.errors) turns each into its status and the
@@ -22,6 +23,7 @@ class ApiError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        self.headers: dict[str, str] = {}
 
 
 class Unauthenticated(ApiError):
@@ -47,6 +49,16 @@ class Conflict(ApiError):
 class InvalidRequest(ApiError):
     status_code = 422
     code = "invalid_request"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class AwsUpstreamError(ApiError):

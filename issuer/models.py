@@ -96,6 +96,13 @@ class Device(Base):
     sensor_lost_events: Mapped[int] = mapped_column(Integer, default=0)
     spool_dropped: Mapped[int] = mapped_column(Integer, default=0)
     spool_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    # Minting budget of the device's token (issuer.minting): a fixed window, its count and limit,
+    # and how many mints were refused (shown to responders).
+    mint_window_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    mint_window_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    mint_window_limit: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    mints_refused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_mint_refused_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     placements: Mapped[list[Placement]] = relationship(back_populates="device")
 
@@ -256,6 +263,22 @@ class PollerLock(Base):
     cursor: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class DeadLetter(Base):
+    """An input that could not be parsed or recorded, kept for a responder to inspect.
+
+    One bad event never hides the others: it is counted, kept here and skipped. `payload` is the item
+    as JSON text (ASCII-escaped, cut to a budget, credentials-bearing fields removed)."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(32), index=True)  # sqs|ingest|lookup_events|agent_events..
+    device_id: Mapped[str | None] = mapped_column(String(40))  # agent events: the sending device
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
 class IngestCounter(Base):
     """Counts of malformed / unmatched events per source, so skipped input is never silent."""
 
@@ -272,6 +295,7 @@ __all__ = [
     "Base",
     "Boolean",
     "Credential",
+    "DeadLetter",
     "Delivery",
     "Detection",
     "Device",

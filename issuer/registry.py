@@ -17,8 +17,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
+from issuer.coverage import coverage_info
 from issuer.device_health import health_columns
 from issuer.errors import AwsUpstreamError, Conflict, NotFound
+from issuer.minting import MintLimits, minting_info, reserve_mint
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
 from issuer.tokens import create_token, hash_secret, new_id
 
@@ -126,12 +128,15 @@ def device_facts(device: Device) -> dict[str, Any]:
 
 
 def device_info(device: Device, stale_after_seconds: float, now: dt.datetime | None = None) -> dict[str, Any]:
+    stale = is_stale(device, stale_after_seconds, now)
     return {
         **device_facts(device),
         "last_heartbeat_at": device.last_heartbeat_at,
         "health": dict(device.health or {}),
-        "stale": is_stale(device, stale_after_seconds, now),
+        "stale": stale,
         "retired_at": device.retired_at,
+        "coverage": coverage_info(device, stale),
+        "minting": minting_info(device, now),
     }
 
 
@@ -337,10 +342,26 @@ def _mint_for_placement(session: Session, gateway: Any, placement: Placement) ->
 
 
 def issue_credential(
-    session: Session, gateway: Any, device_id: str, *, local_user: str, path: str, profile: str
+    session: Session,
+    gateway: Any,
+    device_id: str,
+    *,
+    local_user: str,
+    path: str,
+    profile: str,
+    limits: MintLimits | None = None,
 ) -> IssuedCredential:
-    """Mint a credential for (device, path, profile); retire the placement's earlier ones."""
+    """Mint a credential for (device, path, profile); retire the placement's earlier ones.
+
+    With `limits`, the mint counts against the device's budget first (TooManyRequests if spent)."""
     device = get_device(session, device_id)
+    if limits is not None:
+        known = session.scalar(
+            select(Placement.id).where(
+                Placement.device_id == device.id, Placement.path == path, Placement.profile == profile
+            )
+        )
+        reserve_mint(session, device, limits, new_placement=known is None)
     placement = _placement(session, device, local_user, path, profile)
     return _mint_for_placement(session, gateway, placement)
 
@@ -352,8 +373,12 @@ def get_device_credential(session: Session, device_id: str, credential_id: str) 
     return cred
 
 
-def rotate_credential(session: Session, gateway: Any, device_id: str, credential_id: str) -> IssuedCredential:
+def rotate_credential(
+    session: Session, gateway: Any, device_id: str, credential_id: str, *, limits: MintLimits | None = None
+) -> IssuedCredential:
     cred = get_device_credential(session, device_id, credential_id)
+    if limits is not None:
+        reserve_mint(session, cred.placement.device, limits, new_placement=False)
     return _mint_for_placement(session, gateway, cred.placement)
 
 

@@ -26,6 +26,7 @@ from pydantic import (
 
 if TYPE_CHECKING:
     from issuer.aws.config import MintingConfig
+    from issuer.minting import MintLimits
 
 ENV_PREFIX = "TRIPKEY_"
 # The command-line flag of each key `tripkey-issuer` takes as a flag (for "which database, and why").
@@ -105,6 +106,11 @@ class Settings(_Strict):
     device_address_window_days: float = Field(default=30.0, gt=0)  # addresses a device was "seen at"
     alert_update_min_interval: float = Field(default=300.0, ge=0)  # at most one update per alert per
     known_canary_accounts_file: Path | None = None  # None = the list shipped in issuer/data/
+    # What one device token may mint (issuer.minting): per window, `device_mint_burst` plus two per
+    # placement; at most `device_max_placements` placements per device.
+    device_mint_burst: int = Field(default=10, ge=1)
+    device_mint_window_seconds: int = Field(default=3600, gt=0)
+    device_max_placements: int = Field(default=100, ge=1)
 
     @field_validator("listen")
     @classmethod
@@ -202,6 +208,15 @@ class Settings(_Strict):
             ),
             endpoint_url=self.aws_endpoint,
             region=self.aws_region,
+        )
+
+    def mint_limits(self) -> MintLimits:
+        from issuer.minting import MintLimits
+
+        return MintLimits(
+            burst=self.device_mint_burst,
+            window_seconds=self.device_mint_window_seconds,
+            max_placements=self.device_max_placements,
         )
 
     def redacted(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from server_api_client.commands import (
     cmd_credentials_list,
     cmd_credentials_lookup,
     cmd_credentials_revoke,
+    cmd_dead_letters,
     cmd_devices_list,
     cmd_devices_retire,
     cmd_devices_show,
@@ -75,6 +76,7 @@ examples:
   tripkey devices retire dev_abc                      # offboarding: revoke its keys, retire it
   tripkey devices list --unhealthy --os linux --jsonl | jq .hostname
   tripkey coverage
+  tripkey dead-letters --source sqs
 """
 
 DEMO_EXTRA_MESSAGE = "tripkey demo needs the issuer extra: pip install 'tripkey[issuer,dev]'"
@@ -355,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
         ["tripkey coverage", "tripkey coverage --json | jq .devices"],
     )
     p.set_defaults(func=cmd_coverage)
+
+    p = _leaf(
+        commands,
+        "dead-letters",
+        "events the issuer skipped (could not parse or record) and why, with the skipped-input counters",
+        ["tripkey dead-letters --source sqs", "tripkey dead-letters --limit 10 --json"],
+    )
+    p.add_argument("--source", help="only this source: sqs, ingest, lookup_events, last_used, agent_events")
+    p.add_argument("--limit", type=int, default=50, help="at most this many, newest first (default 50)")
+    p.set_defaults(func=cmd_dead_letters)
 
     p = commands.add_parser(
         "demo",

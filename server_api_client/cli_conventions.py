@@ -22,6 +22,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TextIO
 
+from server_api_client.terminal import visible
+
 EXIT_BROKEN_PIPE = 141
 BROKEN_PIPE_HELP = "the output's reader went away (e.g. `| head`); nothing else went wrong"
 
@@ -81,7 +83,8 @@ def report_error(
         err.write(line + "\n")
         out.write(line + "\n")
     else:
-        err.write(f"{prog}: {label + ': ' if label else ''}{message}\n")
+        # A message may quote a hostile name (a reader's argv, an id the user typed): made visible.
+        err.write(f"{prog}: {label + ': ' if label else ''}{visible(message)}\n")
     return exit_code
 
 

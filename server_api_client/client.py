@@ -35,6 +35,7 @@ from server_api_client.lists import ListRoutes
 from server_api_client.models import (
     Alert,
     CredentialInfo,
+    DeadLetters,
     Device,
     Enrollment,
     EventBatchResult,
@@ -70,6 +71,16 @@ def _never_sent(exc: requests.RequestException) -> bool:
     reason = getattr(exc.args[0], "reason", None) if exc.args else None
     # NewConnectionError covers refused connections and (as NameResolutionError) DNS failures.
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _sum(first: EventBatchResult, second: EventBatchResult, offset: int) -> EventBatchResult:
+    """Two results as one; `second`'s error indexes are shifted by `offset` (its batch's start)."""
+    return EventBatchResult(
+        first.accepted + second.accepted,
+        first.duplicates + second.duplicates,
+        first.errors + tuple((index + offset, message) for index, message in second.errors),
+        first.rejected_ids + second.rejected_ids,
+    )
 
 
 class IssuerClient(ListRoutes):
@@ -246,30 +257,34 @@ class IssuerClient(ListRoutes):
         """Upload events (idempotent by ``event_id``) in batches of at most 1000.
 
         A batch refused as too large (413) is split in half and sent again, so one oversized
-        batch does not wedge the agent's spool. Counts are summed over the batches.
+        batch does not wedge the agent's spool. Counts are summed over the batches. Events the issuer
+        refused one by one are in the result's ``errors`` (index in ``events``) and ``rejected_ids``.
         """
-        accepted = duplicates = 0
+        total = EventBatchResult(accepted=0, duplicates=0)
         for start in range(0, len(events), MAX_EVENTS_PER_BATCH):
-            result = self._upload_batch(device_id, list(events[start : start + MAX_EVENTS_PER_BATCH]))
-            accepted += result.accepted
-            duplicates += result.duplicates
-        return EventBatchResult(accepted=accepted, duplicates=duplicates)
+            batch = list(events[start : start + MAX_EVENTS_PER_BATCH])
+            total = _sum(total, self._upload_batch(device_id, batch), start)
+        return total
 
     def _upload_batch(self, device_id: str, batch: list[Mapping[str, Any]]) -> EventBatchResult:
         if not batch:
             return EventBatchResult(accepted=0, duplicates=0)
         route = f"/v1/devices/{_seg(device_id)}/events"
         try:
-            return EventBatchResult.from_json(
+            result = EventBatchResult.from_json(
                 self._request("POST", route, body={"events": batch}, idempotent=True)
             )
         except RejectedError as exc:
             if exc.status_code != 413 or len(batch) == 1:
                 raise
+        else:
+            ids = tuple(
+                str(batch[index].get("event_id")) for index, _ in result.errors if 0 <= index < len(batch)
+            )
+            return EventBatchResult(result.accepted, result.duplicates, result.errors, ids)
         half = len(batch) // 2
         first = self._upload_batch(device_id, batch[:half])
-        second = self._upload_batch(device_id, batch[half:])
-        return EventBatchResult(first.accepted + second.accepted, first.duplicates + second.duplicates)
+        return _sum(first, self._upload_batch(device_id, batch[half:]), half)
 
     def heartbeat(self, device_id: str, payload: Mapping[str, Any]) -> HeartbeatResult:
         data = self._request(
@@ -314,6 +329,11 @@ class IssuerClient(ListRoutes):
         if isinstance(data, dict) and ("id" in data or "alert_id" in data):
             return Alert.from_json(data)
         return self.get_alert(alert_id)  # the route answered with a bare ack; fetch the new state
+
+    def dead_letters(self, source: str | None = None, limit: int | None = None) -> DeadLetters:
+        """What the issuer skipped (could not parse or record) and why, with the skipped-input counters."""
+        params = {"source": source, "limit": limit}
+        return DeadLetters.from_json(self._request("GET", "/v1/dead-letters", params=params, idempotent=True))
 
     # ------------------------------------------------------------------------------------ ingest + health
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from server_api_client import formatting as fmt
 from server_api_client.client import IssuerClient
 from server_api_client.coverage_format import coverage_report
+from server_api_client.terminal import visible
 
 EXIT_OK = 0
 
@@ -36,8 +37,14 @@ def _emit_list(
     if args.json:
         _emit_json(out, {key: collected})
     else:
-        out.write((table(collected) if collected else empty) + "\n")
+        _emit_text(out, table(collected) if collected else empty)
     return EXIT_OK
+
+
+def _emit_text(out: Out, text: str) -> None:
+    # The formatters escape every value; this is the last line of defence for anything they missed
+    # (JSON output is exact and never passes here).
+    out.write(visible(text, keep_newlines=True) + "\n")
 
 
 def _paging(args: argparse.Namespace) -> dict[str, Any]:
@@ -48,7 +55,7 @@ def _emit_one(out: Out, args: argparse.Namespace, data: dict[str, Any], text: st
     if args.json:
         _emit_json(out, data)
     else:
-        out.write(text + "\n")
+        _emit_text(out, text)
     return EXIT_OK
 
 
@@ -137,6 +144,13 @@ def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -
 def cmd_coverage(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     report = client.coverage()
     return _emit_one(out, args, report, coverage_report(report))
+
+
+def cmd_dead_letters(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise CommandUsageError("--limit must be between 1 and 1000")
+    report = client.dead_letters(source=args.source, limit=args.limit)
+    return _emit_one(out, args, report.raw, fmt.dead_letters_report(report.counters, report.entries))
 
 
 class CommandUsageError(ValueError):

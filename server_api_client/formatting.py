@@ -1,7 +1,9 @@
 """Plain-text rendering for the `tripkey` responder CLI: tables and multi-section reports.
 
 Everything renders from the issuer's JSON dicts with ``.get()``: a field the issuer does not send
-shows as ``-`` instead of crashing the responder's terminal in the middle of an incident.
+shows as ``-`` instead of crashing the responder's terminal in the middle of an incident. Every value
+goes through `text()`, which spells out control and bidirectional characters
+(server_api_client.terminal): a crafted command line or user agent cannot drive the terminal.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from server_api_client.terminal import visible
+
 MAX_CELL = 60
 NONE = "-"
 
 
 def text(value: Any) -> str:
-    """One value as a short human string (lists joined, None as '-', times without the 'T')."""
+    """One value as a short human string (lists joined, None as '-', times without the 'T'), with
+    control and bidirectional characters spelled out."""
     if value is None or value == "" or value == [] or value == {}:
         return NONE
     if isinstance(value, bool):
@@ -22,15 +27,15 @@ def text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(text(item) for item in value)
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={text(v)}" for k, v in value.items())
+        return ", ".join(f"{visible(str(k))}={text(v)}" for k, v in value.items())
     value = str(value)
     if len(value) >= 19 and value[4:5] == "-" and value[10:11] == "T":
         # ISO time: a space instead of the T and whole seconds read easier; --json keeps the precision.
         head, tail = value[:19].replace("T", " "), value[19:]
         if tail.startswith("."):
             tail = tail.lstrip(".0123456789")
-        return head + ("Z" if tail in ("Z", "+00:00") else tail)
-    return value
+        return visible(head + ("Z" if tail in ("Z", "+00:00") else tail))
+    return visible(value)
 
 
 def _clip(value: str, width: int) -> str:
@@ -81,7 +86,7 @@ def _list(value: Any) -> list[Any]:
 
 
 def cmdline(value: Any) -> str:
-    return " ".join(str(part) for part in value) if isinstance(value, list) else text(value)
+    return " ".join(visible(str(part)) for part in value) if isinstance(value, list) else text(value)
 
 
 # ------------------------------------------------------------------------------------------ alerts
@@ -174,7 +179,7 @@ def _note_line(note: Any) -> str:
         who = note.get("by") or note.get("actor") or note.get("token") or ""
         what = note.get("action") or note.get("status") or ""
         body = note.get("note") or note.get("text") or ""
-        parts = [text(note.get("time") or note.get("at")), str(what), str(who), str(body)]
+        parts = [text(note.get("time") or note.get("at")), text(what), text(who), text(body)]
         return "  " + "  ".join(p for p in parts if p and p != NONE)
     return f"  {text(note)}"
 
@@ -346,6 +351,23 @@ def _sensor(device: Mapping[str, Any]) -> dict[str, Any]:
     return _dict(_dict(device.get("health")).get("sensor"))
 
 
+def coverage_state(device: Mapping[str, Any]) -> str:
+    """The device's coverage state (issuer/coverage.py); an older issuer only says whether it is stale."""
+    state = _dict(device.get("coverage")).get("state")
+    if isinstance(state, str) and state:
+        return state
+    return "stale" if device.get("stale") else "ok"
+
+
+def _mints(device: Mapping[str, Any]) -> str | None:
+    minting = _dict(device.get("minting"))
+    if not minting:
+        return None
+    shown = f"{text(minting.get('minted_in_window'))}/{text(minting.get('window_limit'))}"
+    refused = minting.get("refused")
+    return f"{shown} ({refused} REFUSED)" if refused else shown
+
+
 def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
     rows = []
     for d in devices:
@@ -355,6 +377,10 @@ def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
         sensor_state = None
         if sensor:
             sensor_state = f"{text(sensor.get('name'))} {'ok' if sensor.get('healthy') else 'UNHEALTHY'}"
+        state = coverage_state(d)
+        shown = state if state == "ok" else state.replace("_", " ").upper()
+        if d.get("retired_at"):
+            shown = "RETIRED"
         rows.append(
             [
                 d.get("device_id"),
@@ -363,13 +389,38 @@ def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
                 d.get("agent_version"),
                 d.get("last_heartbeat_at"),
                 sensor_state,
-                f"{planted}/{len(targets)}" if targets else None,
-                "RETIRED" if d.get("retired_at") else "STALE" if d.get("stale") else "ok",
+                f"{planted}/{len(targets)}" if targets else "0/0",
+                _mints(d),
+                shown,
             ]
         )
     return table(
-        ["DEVICE ID", "HOSTNAME", "OS", "AGENT", "LAST HEARTBEAT", "SENSOR", "PLANTED", "STATE"], rows
+        [
+            "DEVICE ID",
+            "HOSTNAME",
+            "OS",
+            "AGENT",
+            "LAST HEARTBEAT",
+            "SENSOR",
+            "PLANTED",
+            "MINTS/WINDOW",
+            "STATE",
+        ],
+        rows,
     )
+
+
+def _selfreport(health: Mapping[str, Any]) -> str | None:
+    selfreport = _dict(health.get("selfreport"))
+    if not selfreport:
+        return None
+    if not selfreport.get("enabled"):
+        return "disabled"
+    if selfreport.get("running"):
+        restarts = f", restarted {text(selfreport.get('restarts'))}x" if selfreport.get("restarts") else ""
+        refused, busy = text(selfreport.get("refused")), text(selfreport.get("busy"))
+        return f"running ({refused} refused, {busy} busy{restarts})"
+    return f"DOWN: {text(selfreport.get('error'))}"
 
 
 def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, Any]] | None) -> str:
@@ -408,9 +459,28 @@ def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, 
                     ("not written to the read log", health.get("readlog_failed")),
                     ("not written to the spool", health.get("spool_failed")),
                     ("deadman", _deadman_text(health.get("deadman"))),
+                    ("self-report socket", _selfreport(health)),
                 ]
             )
             if sensor or health
+            else "",
+        ),
+        section(
+            f"COVERAGE: {coverage_state(device).replace('_', ' ').upper()}",
+            "\n".join(f"  - {text(r)}" for r in _list(_dict(device.get("coverage")).get("reasons"))),
+        ),
+        section(
+            "MINTING (this device's token)",
+            fields(
+                [
+                    ("minted this window", _dict(device.get("minting")).get("minted_in_window")),
+                    ("window limit", _dict(device.get("minting")).get("window_limit")),
+                    ("window ends at", _dict(device.get("minting")).get("window_ends_at")),
+                    ("refused (total)", _dict(device.get("minting")).get("refused")),
+                    ("last refused at", _dict(device.get("minting")).get("last_refused_at")),
+                ]
+            )
+            if device.get("minting")
             else "",
         ),
         section(
@@ -503,3 +573,21 @@ def credential_report(cred: Mapping[str, Any]) -> str:
             ),
         ]
     )
+
+
+# ------------------------------------------------------------------------------------------ dead letters
+
+
+def dead_letters_report(counters: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> str:
+    """Skipped-input counters, then each dead letter: when, source, why, and what it was."""
+    skipped = [(name, value) for name, value in sorted(counters.items()) if value]
+    parts = [section("SKIPPED INPUT (counters)", fields(skipped))]
+    lines = []
+    for entry in entries:
+        where = f" device {text(entry.get('device_id'))}" if entry.get("device_id") else ""
+        when, source = text(entry.get("received_at")), text(entry.get("source"))
+        lines.append(f"  #{text(entry.get('id'))}  {when}  {source}{where}")
+        lines.append(f"      why:  {text(entry.get('reason'))}")
+        lines.append(f"      what: {_clip(text(entry.get('payload')), 200)}")
+    parts.append(section(f"DEAD LETTERS ({len(entries)}, newest first)", "\n".join(lines)))
+    return "\n\n".join(parts)

@@ -377,11 +377,24 @@ class Alert(AlertSummary):
 class EventBatchResult:
     accepted: int
     duplicates: int
+    # Events the issuer refused one by one (invalid or unstorable): (index in the batch, message).
+    errors: tuple[tuple[int, str], ...] = ()
+    # Their event ids, filled in by IssuerClient.upload_events from the batch it sent.
+    rejected_ids: tuple[str, ...] = ()
+
+    @property
+    def rejected(self) -> int:
+        return len(self.errors)
 
     @classmethod
     def from_json(cls, data: Any) -> EventBatchResult:
         r = _Reader(data, "EventBatchResult")
-        return cls(accepted=r.get_int("accepted"), duplicates=r.get_int("duplicates", default=0))
+        errors = []
+        for item in r.get_list("errors") if "errors" in r.data else []:
+            e = _Reader(item, "EventError")
+            errors.append((e.get_int("index"), e.opt_str("message") or ""))
+        accepted, duplicates = r.get_int("accepted"), r.get_int("duplicates", default=0)
+        return cls(accepted=accepted, duplicates=duplicates, errors=tuple(errors))
 
 
 @dataclass(frozen=True)
@@ -418,6 +431,24 @@ class IngestResult:
 
 
 @dataclass(frozen=True)
+class DeadLetters:
+    """``GET /v1/dead-letters``: the skipped-input counters and the newest dead letters (raw dicts)."""
+
+    counters: dict[str, int]
+    entries: list[dict[str, Any]]
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_json(cls, data: Any) -> DeadLetters:
+        r = _Reader(data, "DeadLetters")
+        counters = r.get_dict("counters")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in counters.values()):
+            raise ProtocolError("DeadLetters: counters must be integers")
+        entries = [_Reader(item, "DeadLetter").data for item in r.get_list("dead_letters")]
+        return cls(counters=dict(counters), entries=entries, raw=dict(r.data))
+
+
+@dataclass(frozen=True)
 class Health:
     ok: bool
     version: str | None
@@ -432,6 +463,7 @@ __all__ = [
     "Alert",
     "AlertSummary",
     "CredentialInfo",
+    "DeadLetters",
     "Device",
     "Enrollment",
     "EventBatchResult",

@@ -72,6 +72,23 @@ def printable(text: str) -> str:
     return _UNPRINTABLE.sub(_escape, text)
 
 
+# What a terminal would act on: C0/C1 controls, DEL, unpaired surrogates, line/paragraph separators
+# and the bidirectional formatting characters (Unicode TR9), which reorder the text after them.
+_BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+_NOT_VISIBLE = re.compile(f"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u2028\u2029{_BIDI}]")
+
+
+def visible(text: str, *, keep_newlines: bool = False) -> str:
+    """`text` for a person's terminal: control and bidirectional characters spelled out (``\\x1b``).
+
+    The agent's one implementation, for `tripkey-agent reads/status` (JSON output stays exact): a
+    reader's argv, a user or file name can carry ESC/CSI sequences that would otherwise drive the
+    terminal. `keep_newlines` keeps "\\n" for whole reports whose line breaks are ours."""
+    if keep_newlines:
+        return "\n".join(_NOT_VISIBLE.sub(_escape, line) for line in text.split("\n"))
+    return _NOT_VISIBLE.sub(_escape, text)
+
+
 def _cut_marker(kept: str, dropped: int) -> str:
     return f"{kept}...[+{dropped} chars]"
 

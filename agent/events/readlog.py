@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import utcnow
+from agent.events.bounds import visible
 from agent.events.model import READER_FIELDS, ReadEvent
 from agent.events.secrets import KnownSecrets, known
 from agent.events.trust import Classification
@@ -333,7 +334,8 @@ def _trim(text: str, width: int) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], cmdline_width: int = 60) -> str:
-    """A readable table: time, pid, user, class, exe, cmdline (trimmed), path."""
+    """A readable table: time, pid, user, class, exe, cmdline (trimmed), path. A reader names itself,
+    so every cell has its control and bidirectional characters spelled out (`visible`)."""
     if not rows:
         return "no reads recorded"
     header = ("TIME (UTC)", "PID", "USER", "CLASS", "EXE", "CMDLINE", "PATH")
@@ -341,16 +343,16 @@ def format_table(rows: list[dict[str, Any]], cmdline_width: int = 60) -> str:
     for row in rows:
         when = dt.datetime.fromisoformat(row["time"]).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
         user = row.get("user") or ("?" if row.get("uid") is None else str(row["uid"]))
-        cmd = " ".join(row.get("cmdline") or [])
+        cmd = " ".join(visible(str(arg)) for arg in row.get("cmdline") or [])
         lines.append(
             (
                 when,
                 str(row["pid"]),
-                user,
-                row.get("classification") or "unknown",
-                row.get("exe") or "?",
-                _trim(cmd.replace("\n", " "), cmdline_width),
-                row["path"],
+                visible(user),
+                visible(row.get("classification") or "unknown"),
+                visible(row.get("exe") or "?"),
+                _trim(cmd, cmdline_width),
+                visible(row["path"]),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]

@@ -9,6 +9,10 @@ watcher, the periodic pass and the CLI share one set of rules:
   section the agent recognises as its own;
 * per-target errors are recorded (status, last_error, heartbeat) and backed off; other targets go on;
 * a conflict (a non-Tripkey section with our profile name) is reported once and left untouched;
+* a file the agent must not open (replaced by a FIFO, a symlink, a directory, a file too large, a
+  second name through a hard link, a symlinked ~/.aws) means the canary is gone or unverifiable: a
+  tamper event saying what was found and who owns it (agent.planting.findings), once per situation,
+  and status "tampered" ("not planted" in the heartbeat) until the file is usable again;
 * a planted section that disappears or changes is a tamper: reported, and re-planted at once the
   first time, then after 1 min, 2 min, ... capped at 24 h if the user keeps removing it
   (the schedules are in agent.planting.schedule);
@@ -29,6 +33,7 @@ from typing import Any
 from agent.clock import from_iso, to_iso, utcnow
 from agent.config import AgentConfig
 from agent.credfile import edit as credfile
+from agent.planting.findings import Finding, examine, unexplained
 from agent.planting.schedule import (
     CONFLICT_FIRST_DELAY,
     CONFLICT_MAX_DELAY,
@@ -178,6 +183,10 @@ class Planter:
             found, key_id, detail = inspect_section(
                 target.path, profile, self.store.state.owned_key_ids, target.owner
             )
+        except credfile.UnsafePathError as exc:
+            return self._tampered(
+                ts, examine(target.path, target.owner) or unexplained(target.path, str(exc)), now
+            )
         except credfile.CredfileError as exc:
             return self._failed(ts, f"cannot inspect: {exc}", now)
         if found in ("absent", "altered", "ours"):
@@ -191,6 +200,9 @@ class Planter:
         was_planted = ts.status == "planted"
         with self.store.mutate():
             ts.last_check = to_iso(now)
+        if ts.finding is not None:  # whatever stood in the canary's place is gone (status was not
+            with self.store.mutate():  # "planted", so no second tamper event: a plain re-plant follows)
+                ts.finding = None
         if found == "ours":
             self._digests[target.path] = file_digest(target.path, target.owner)
             if target.path not in self._known_secrets:
@@ -281,6 +293,24 @@ class Planter:
         if first_time:
             log.error("%s: %s", ts.path, message)
             self.emit(tamper_payload(ts.path, "conflict", message, False, now))
+        return ts
+
+    def _tampered(self, ts: TargetState, finding: Finding, now: dt.datetime) -> TargetState:
+        """The file cannot be opened safely: the canary is gone (or cannot be verified) from there."""
+        first_time = ts.finding != finding.signature
+        with self.store.mutate():
+            ts.failures += 1
+            ts.status, ts.last_error = "tampered", f"not planted: {finding.sentence}"
+            ts.finding = finding.signature
+            delay = backoff(ERROR_FIRST_DELAY, ERROR_MAX_DELAY, ts.failures)
+            ts.next_attempt_at = to_iso(now + dt.timedelta(seconds=delay))
+            if first_time:
+                ts.tamper_count, ts.last_tamper_at = ts.tamper_count + 1, to_iso(now)
+        if first_time:
+            log.error("%s: %s", ts.path, finding.sentence)
+            self.emit(
+                tamper_payload(ts.path, finding.action, finding.sentence, False, now, found=finding.found)
+            )
         return ts
 
     def _failed(

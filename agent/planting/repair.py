@@ -15,6 +15,11 @@ threads of the interpreter); the last change is always judged, only later.
 Every change of a target's directory entry is also passed at once to `on_change` (the service
 points it at the sensor's `refresh`: a file someone else replaced is a new inode to watch).
 
+The directory itself can be swapped too (`mv ~/.aws elsewhere; ln -s /tmp/x ~/.aws`): inotify tells a
+watch that its own directory moved (IN_MOVE_SELF), but watchdog does not pass that on, so the
+directory ABOVE each target directory is watched as well (entries only, not recursive), and any
+create, delete or move of the target directory's name there counts as losing it.
+
 Our own writes are ignored twice over: nothing is judged while the planter is writing a path, and
 afterwards a file whose bytes hash to what the agent last wrote is "ours" (no event). Everything
 else is handed to `Planter.ensure`, which decides (tamper? conflict? the user only edited their own
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from watchdog.events import (
+    DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
@@ -51,6 +57,15 @@ log = logging.getLogger(__name__)
 MIN_GAP = 0.5  # seconds between two judgements of one file, however cheap
 COST_FACTOR = 10.0  # ... and at least this many times the CPU its last judgement took
 SLOW_GAP = 5.0  # a gap longer than this is logged (a huge file that keeps changing)
+# In the directory above a target directory: its name being created, deleted or moved.
+_NAME_EVENTS = [
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+]
 
 _WRITE_EVENTS = [
     FileCreatedEvent,
@@ -88,6 +103,18 @@ class _Handler(FileSystemEventHandler):
             w.notify(dest, "modified")  # something was renamed onto the target (atomic replace)
 
 
+class _ParentHandler(FileSystemEventHandler):
+    """Events in the directory above target directories: only their names matter."""
+
+    def __init__(self, watcher: RepairWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        names = {_fs(event.src_path), _fs(getattr(event, "dest_path", "") or "")}
+        for directory in names & self.watcher.target_dirs:
+            self.watcher.directory_lost(directory)
+
+
 class RepairWatcher:
     """Watches the targets' directories and asks the planter to repair; one worker thread."""
 
@@ -105,6 +132,7 @@ class RepairWatcher:
         self.on_change = on_change
         self.paths: frozenset[str] = frozenset()
         self._watches: dict[str, ObservedWatch] = {}
+        self._parent_watches: dict[str, ObservedWatch] = {}
         self._observer: Observer | None = None  # type: ignore[valid-type]
         self._pending: dict[str, str] = {}
         self._not_before: dict[str, float] = {}  # monotonic time a path may be judged again
@@ -118,6 +146,10 @@ class RepairWatcher:
     @property
     def watched_dirs(self) -> frozenset[str]:
         return frozenset(self._watches)
+
+    @property
+    def target_dirs(self) -> frozenset[str]:
+        return frozenset(os.path.dirname(p) for p in self.paths)
 
     def start(self, paths: Iterable[str] = ()) -> None:
         self._observer = Observer()
@@ -171,6 +203,24 @@ class RepairWatcher:
                 )
             except OSError as exc:
                 log.error("cannot watch %s for tampering: %s", directory, exc)
+        self._refresh_parent_watches(wanted)
+
+    def _refresh_parent_watches(self, wanted: set[str]) -> None:
+        assert self._observer is not None
+        parents = {os.path.dirname(d) for d in wanted} - {""}
+        for parent in list(self._parent_watches):
+            if parent not in parents or not os.path.isdir(parent):
+                with contextlib.suppress(Exception):
+                    self._observer.unschedule(self._parent_watches.pop(parent))
+        for parent in sorted(parents - set(self._parent_watches)):
+            if os.path.islink(parent) or not os.path.isdir(parent):
+                continue  # never watch where a user's link points
+            try:
+                self._parent_watches[parent] = self._observer.schedule(
+                    _ParentHandler(self), parent, recursive=False, event_filter=_NAME_EVENTS
+                )
+            except OSError as exc:
+                log.warning("cannot watch %s for a swapped target directory: %s", parent, exc)
 
     def directory_lost(self, directory: str) -> None:
         """The watched directory itself was deleted or moved: every target in it is gone.

@@ -49,15 +49,33 @@ def read_event_payload(
 
 
 def tamper_payload(
-    path: str, action: str, detail: str, replanted: bool, now: dt.datetime, *, secrets: Secrets = ()
+    path: str,
+    action: str,
+    detail: str,
+    replanted: bool,
+    now: dt.datetime,
+    *,
+    found: Mapping[str, Any] | None = None,
+    secrets: Secrets = (),
 ) -> dict[str, Any]:
-    """A "tamper" event: the planted profile was changed, removed or could not be kept."""
+    """A "tamper" event: the planted profile was changed, removed or could not be kept. `found`: what
+    stands where the file should be (agent.planting.findings), when the file was replaced."""
+    tamper: dict[str, Any] = {
+        "action": action,
+        "detail": bound_text(detail, TEXT_BUDGET),
+        "replanted": replanted,
+    }
+    if found is not None:
+        tamper["found"] = {
+            key: bound_text(value, TEXT_BUDGET) if isinstance(value, str) else value
+            for key, value in found.items()
+        }
     payload = {
         "event_id": str(uuid.uuid4()),
         "kind": "tamper",
         "time": to_iso(now),
         "path": path,
-        "tamper": {"action": action, "detail": bound_text(detail, TEXT_BUDGET), "replanted": replanted},
+        "tamper": tamper,
     }
     return known(secrets).scrub_payload(payload)
 
@@ -82,10 +100,12 @@ def heartbeat_payload(
     targets: Iterable[Mapping[str, Any]],
     last_event_at: str | None,
     spool: Any | None,
+    selfreport: Mapping[str, Any] | None = None,
     agent_version: str = __version__,
     secrets: Secrets = (),
 ) -> dict[str, Any]:
-    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None.
+    """The heartbeat body. `spool` is the agent's Spool (pending/dropped/rejected counts) or None;
+    `selfreport` the self-report socket's health (SelfReportServer.health) or None.
 
     `sensor_health` is the service's health record: the sensor's fields, plus `deadman`,
     `readlog_failed` and `spool_failed` (sent at the top level)."""
@@ -122,6 +142,16 @@ def heartbeat_payload(
         "spool_failed": int(sensor_health.get("spool_failed") or 0),
         "deadman": _deadman(sensor_health.get("deadman")),
     }
+    if selfreport is not None:
+        payload["selfreport"] = {
+            "enabled": bool(selfreport.get("enabled")),
+            "running": bool(selfreport.get("running")),
+            "error": bound_optional(selfreport.get("error"), TEXT_BUDGET),
+            "refused": int(selfreport.get("refused") or 0),
+            "busy": int(selfreport.get("busy") or 0),
+            "restarts": int(selfreport.get("restarts") or 0),
+            "last_error": bound_optional(selfreport.get("last_error"), TEXT_BUDGET),
+        }
     return known(secrets).scrub_payload(payload)
 
 

@@ -2,9 +2,9 @@
 
 Only events the issuer acknowledged leave the spool (the issuer de-duplicates by event_id, so a
 batch re-sent after a lost answer is harmless). An unreachable issuer means capped exponential
-backoff, never a tight loop. A batch the issuer refuses as invalid is bisected down to the
-offending event, which is discarded and counted (`rejected`) so one bad event cannot wedge the
-outbox forever.
+backoff, never a tight loop. The issuer stores each event of a batch on its own and lists the ones it
+refuses, which are discarded and counted (`rejected`); a batch refused as a whole (an older issuer)
+is bisected down to the offending event. Either way one bad event cannot wedge the outbox.
 """
 
 from __future__ import annotations
@@ -112,7 +112,12 @@ class Uploader:
         result.sent += len(batch)
         result.accepted += int(getattr(answer, "accepted", 0))
         result.duplicates += int(getattr(answer, "duplicates", 0))
-        self.spool.ack(e["event_id"] for e in batch)
+        refused = set(getattr(answer, "rejected_ids", ()))
+        for index, message in getattr(answer, "errors", ())[:5]:
+            log.error("issuer refused event %d of a batch (%s); discarding it", index, message)
+        if refused:
+            result.rejected += self.spool.discard(refused)
+        self.spool.ack(e["event_id"] for e in batch if e["event_id"] not in refused)
 
 
 class Periodic:
@@ -163,6 +168,7 @@ class UploadWorker:
         health: Callable[[], Mapping[str, Any]],
         targets: Callable[[], list[dict[str, Any]]],
         stop: threading.Event,
+        selfreport: Callable[[], Mapping[str, Any]] | None = None,
         wake: threading.Event,
         reenroll: threading.Event,
         clock: Callable[[], Any] = utcnow,
@@ -172,6 +178,7 @@ class UploadWorker:
         self.store = store
         self.health = health
         self.targets = targets
+        self.selfreport = selfreport
         self.stop = stop
         self.wake = wake
         self.reenroll = reenroll
@@ -240,6 +247,7 @@ class UploadWorker:
             targets=self.targets(),
             last_event_at=state.last_event_at,
             spool=self.spool,
+            selfreport=self.selfreport() if self.selfreport is not None else None,
         )
         try:
             self.client.heartbeat(state.device_id or "", payload)

@@ -46,7 +46,11 @@ def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = Tru
     data: dict[str, Any] = {
         **_alert_head(alert),
         "summary": {key: list(summary.get(key) or []) for key in SUMMARY_KEYS}
-        | {"detection_sources": list(summary.get("detection_sources") or [])},
+        | {
+            "detection_sources": list(summary.get("detection_sources") or []),
+            # what the issuer could not take at face value: a time not believed, a malformed record
+            "warnings": list(summary.get("warnings") or []),
+        },
         "enrichment": alert.enrichment or {},
         "verdict": alert.verdict or {"hint": None, "reasons": []},
         "notes": list(alert.notes or []),

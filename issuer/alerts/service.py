@@ -96,6 +96,12 @@ def _merge_summary(summary: dict[str, Any], event: AwsEvent) -> dict[str, Any]:
     if event.source not in sources:
         sources.append(event.source)
     merged["detection_sources"] = sources
+    # What the issuer could not take at face value (a time not believed, a malformed record).
+    warnings = list(summary.get("warnings") or [])
+    for note in event.notes:
+        if note not in warnings and len(warnings) < MAX_SUMMARY_VALUES:
+            warnings.append(note)
+    merged["warnings"] = warnings
     return merged
 
 
@@ -183,7 +189,7 @@ def record_match(
                     source_ip=event.source_ip,
                     user_agent=event.user_agent,
                     error_code=event.error_code,
-                    raw=event.raw,
+                    raw={**event.raw, "tripkey_notes": list(event.notes)} if event.notes else event.raw,
                 )
             )
     except IntegrityError:

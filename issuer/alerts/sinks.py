@@ -10,6 +10,11 @@ reject stale timestamps to stop replays.
 
 Errors never carry a sink's URL or credentials into `last_error`: a Slack webhook URL *is* a secret.
 
+Text meant for people (the email subject and body, Slack's message, PagerDuty's summary) has every
+control and bidirectional character spelled out (issuer.textsafe.visible): a hostname, a reader's
+command line or a CloudTrail user agent is chosen by someone else and must not drive a terminal or
+fold a mail header. JSON payloads (webhook, JSONL, the alert attached to the email) stay exact.
+
     SinkError
     ├── SinkConfigError    invalid sink configuration (raised at startup, loudly)
     └── DeliveryFailed     one attempt failed (retried with backoff)
@@ -32,6 +37,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import requests
+
+from issuer.textsafe import visible
 
 DELIVERED = "delivered"
 SKIPPED = "skipped"
@@ -128,8 +135,8 @@ def _headline(alert: dict[str, Any]) -> str:
     verdict = alert.get("verdict") or {}
     update = alert.get("update") if isinstance(alert.get("update"), dict) else None
     marker = f" UPDATE {update.get('revision')}" if update else ""
-    severity = str(alert.get("severity", "?")).upper()
-    return f"[Tripkey {severity}{marker}] {alert.get('title')} — hint: {verdict.get('hint')}"
+    severity = str(alert.get("severity") or "?").upper()
+    return visible(f"[Tripkey {severity}{marker}] {alert.get('title')} — hint: {verdict.get('hint')}")
 
 
 def _text_body(alert: dict[str, Any]) -> str:
@@ -152,10 +159,11 @@ def _text_body(alert: dict[str, Any]) -> str:
     ]
     for read in (enrichment.get("reads") or [])[:10]:
         lines.append(
-            f"read {read.get('time')}: {read.get('exe')} {' '.join(read.get('cmdline') or [])} "
+            f"read {read.get('time')}: {read.get('exe')} {' '.join(map(str, read.get('cmdline') or []))} "
             f"user={read.get('user')} class={read.get('classification')}"
         )
-    return "\n".join(lines)
+    # Each line is one value or more, none of them ours: a newline inside a value is spelled out too.
+    return "\n".join(visible(line) for line in lines)
 
 
 def _slack_escape(text: str) -> str:
@@ -210,8 +218,8 @@ class PagerDutySink(Sink):
             "event_action": "trigger",  # the same dedup_key: an update refreshes the same incident
             "dedup_key": f"tripkey-{alert.get('id')}",
             "payload": {
-                "summary": str(alert.get("title"))[:1024],
-                "source": device.get("hostname") or "tripkey-issuer",
+                "summary": visible(str(alert.get("title")))[:1024],
+                "source": visible(str(device.get("hostname") or "tripkey-issuer")),
                 "severity": _PD_SEVERITY.get(str(alert.get("severity")), "error"),
                 "component": "tripkey",
                 "class": alert.get("kind"),

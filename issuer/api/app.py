@@ -16,9 +16,19 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from issuer import __version__
-from issuer.api.errors import BodySizeLimitMiddleware, install_error_handlers
+from issuer.api.errors import RequestLimitsMiddleware, install_error_handlers
 from issuer.api.observe import MetricsMiddleware
-from issuer.api.routers import alerts, coverage, credentials, devices, enroll, events, health, ingest
+from issuer.api.routers import (
+    alerts,
+    coverage,
+    credentials,
+    dead_letters,
+    devices,
+    enroll,
+    events,
+    health,
+    ingest,
+)
 from issuer.db import Database
 from issuer.metrics import Metrics
 from issuer.settings import Settings
@@ -103,8 +113,8 @@ def create_app(settings: Settings, *, aws_gateway: Any = None, migrate: bool = T
     metrics.watch(database.sessionmaker, lambda: app.state.detection_runner)
     app.state.metrics = metrics
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(RequestLimitsMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: times everything, 413s too
-    for module in (health, enroll, devices, credentials, events, alerts, ingest, coverage):
+    for module in (health, enroll, devices, credentials, events, alerts, ingest, coverage, dead_letters):
         app.include_router(module.router)
     return app

@@ -1,9 +1,11 @@
 """HTTP wiring of the error tree: every error is `{"error": {"code", "message"}}`.
 
 Domain errors (issuer.errors.ApiError and its subclasses) carry their status and code; FastAPI's
-validation errors and Starlette's HTTP errors get the same shape. Request bodies over
-`max_body_bytes` get 413 body_too_large from BodySizeLimitMiddleware, which counts the bytes actually
-received, so chunked bodies without Content-Length are limited too.
+validation errors and Starlette's HTTP errors get the same shape, and a body FastAPI cannot parse says
+what was wrong with it (invalid UTF-8, nesting too deep, an integer too long). Request bodies over
+`max_body_bytes` get 413 body_too_large from RequestLimitsMiddleware, which counts the bytes actually
+received, so chunked bodies without Content-Length are limited too; request headers over
+MAX_HEADER_BYTES get 431 headers_too_large. (What uvicorn itself refuses: issuer.api.server.)
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from issuer.errors import ApiError
 log = logging.getLogger(__name__)
 
 
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together; a bearer token needs well under 1 KiB
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthenticated",
@@ -34,6 +38,8 @@ _HTTP_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "rate_limited",
+    431: "headers_too_large",
 }
 
 
@@ -76,8 +82,8 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
 
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return error_response(exc.status_code, exc.code, exc.message, headers)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else dict(exc.headers)
+    return error_response(exc.status_code, exc.code, exc.message, headers or None)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -85,8 +91,27 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", describe_validation_errors(exc.errors()))
 
 
+def body_parse_problem(cause: BaseException | None) -> str:
+    """What was wrong with a request body FastAPI could not parse (it only says "There was an error
+    parsing the body"): said from the exception it raised that from."""
+    if isinstance(cause, UnicodeDecodeError):
+        return (
+            f"request body is not valid UTF-8 (byte 0x{cause.object[cause.start]:02x} at offset "
+            f"{cause.start}); JSON bodies must be UTF-8"
+        )
+    if isinstance(cause, RecursionError):
+        return "request body is nested too deeply to parse (arrays or objects nested about 1,000 levels)"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "request body has an integer too long to parse (more than 4,300 digits)"
+    if cause is not None:
+        return f"request body could not be parsed as JSON ({type(cause).__name__})"
+    return "request body could not be parsed as JSON"
+
+
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return error_response(400, "bad_request", body_parse_problem(exc.__cause__))
     code = _HTTP_CODES.get(exc.status_code, "error" if exc.status_code < 500 else "internal_error")
     message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
     if exc.status_code == 404 and message == "Not Found":
@@ -109,16 +134,23 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-class BodySizeLimitMiddleware:
-    """Pure ASGI middleware: 413 for bodies over `limit` bytes, declared or streamed."""
+class RequestLimitsMiddleware:
+    """Pure ASGI middleware: 431 for headers over `header_limit` bytes, 413 for bodies over `limit`
+    bytes, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, header_limit: int = MAX_HEADER_BYTES) -> None:
         self.app = app
         self.limit = limit
+        self.header_limit = header_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", []))
+        if header_bytes > self.header_limit:
+            message = f"request headers are larger than the limit of {self.header_limit} bytes"
+            await self._reject(send, 431, "headers_too_large", message)
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length":

@@ -102,6 +102,16 @@ class DeviceOut(BaseModel):
     health: dict[str, Any]
     stale: bool
     retired_at: dt.datetime | None = None
+    coverage: dict[str, Any] = Field(
+        default={},
+        description="state (ok | degraded | sensor_unhealthy | not_planted | stale), planted, targets, "
+        "reasons[] (issuer/coverage.py)",
+    )
+    minting: dict[str, Any] = Field(
+        default={},
+        description="the device's minting budget: window_ends_at, minted_in_window, window_limit, "
+        "refused, last_refused_at",
+    )
 
 
 class CredentialInfo(BaseModel):
@@ -222,10 +232,34 @@ class ReadInfo(RequestBody):
     path: Text4096 | None = None
 
 
+class FoundInfo(RequestBody):
+    """What stands where the credentials file should be (a replaced file, a symlinked ~/.aws)."""
+
+    type: Text40  # symlink | fifo | directory | socket | device | file | unknown
+    path: Text4096
+    uid: Uid | None = None
+    user: OptName = None
+    size: Annotated[int, Field(ge=0)] | None = None
+    nlink: Annotated[int, Field(ge=0)] | None = None
+    link_target: Text4096 | None = None
+
+
 class TamperInfo(RequestBody):
-    action: Literal["section_removed", "section_altered", "file_deleted", "file_moved", "conflict"]
+    action: Literal[
+        "section_removed",
+        "section_altered",
+        "file_deleted",
+        "file_moved",
+        "conflict",
+        "file_replaced",  # by a symlink, FIFO, directory, socket or device
+        "file_too_large",
+        "directory_replaced",  # ~/.aws (or a directory above it) is a symlink or not a directory
+        "hard_link",  # the file has a second name
+        "unsafe_path",  # owner or permissions the agent refuses
+    ]
     detail: LongText | None = None
     replanted: bool = False
+    found: FoundInfo | None = None
 
 
 class SelfReportInfo(RequestBody):
@@ -258,12 +292,29 @@ class AgentEventIn(RequestBody):
 
 
 class EventBatch(RequestBody):
-    events: Annotated[list[AgentEventIn], Field(max_length=MAX_EVENTS_PER_BATCH)]
+    """Each item is validated on its own as an AgentEventIn: one bad event is refused (and listed in
+    the answer's `errors`) while the others are stored."""
+
+    events: Annotated[
+        list[Any],
+        Field(
+            max_length=MAX_EVENTS_PER_BATCH,
+            description="read, tamper or self_report events (docs/api.md), validated one by one",
+        ),
+    ]
+
+
+class EventError(BaseModel):
+    index: int  # position in the batch
+    event_id: str | None  # the item's event_id, if it had a string one
+    message: str
 
 
 class EventsAccepted(BaseModel):
     accepted: int
     duplicates: int
+    rejected: int = 0  # refused one by one (invalid or unstorable), kept as dead letters
+    errors: list[EventError] = []
 
 
 class SensorHealth(RequestBody):
@@ -295,9 +346,22 @@ class DeadmanHealth(RequestBody):
     detail: LongText | None = None
 
 
+class SelfReportHealth(RequestBody):
+    """The agent's local self-report socket (the tray's "I opened it by mistake")."""
+
+    enabled: bool
+    running: bool
+    error: LongText | None = None
+    refused: Annotated[int, Field(ge=0)] = 0
+    busy: Annotated[int, Field(ge=0)] = 0
+    restarts: Annotated[int, Field(ge=0)] = 0  # times the agent found it stopped and restarted it
+    last_error: LongText | None = None  # why it stopped the last time
+
+
 class Heartbeat(RequestBody):
     agent_version: Text40 | None = None
     sensor: SensorHealth
+    selfreport: SelfReportHealth | None = None
     targets: Annotated[list[TargetHealth], Field(max_length=1000)] = []
     last_event_at: UtcTime | None = None
     spool_pending: Annotated[int, Field(ge=0)] = 0
@@ -371,3 +435,20 @@ def _query_text(value: str | None) -> str | None:
 
 # Query-string filters: bounded, never NUL (PostgreSQL text cannot hold it).
 QueryText = Annotated[str | None, AfterValidator(_query_text)]
+
+
+# ----- dead letters -----------------------------------------------------------------------------
+
+
+class DeadLetterOut(BaseModel):
+    id: int
+    source: str
+    device_id: str | None
+    reason: str
+    received_at: dt.datetime
+    payload: str  # the refused item as JSON text (bounded; credentials-bearing fields removed)
+
+
+class DeadLetterList(BaseModel):
+    counters: dict[str, int]  # every skipped-input counter, e.g. "sqs.malformed", "ingest.failed"
+    dead_letters: list[DeadLetterOut]

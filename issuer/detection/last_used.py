@@ -17,13 +17,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from issuer.detection.events import AwsEvent, as_utc
+from issuer.detection.events import AwsEvent, Rejected, as_utc
 from issuer.detection.locks import Lease
 from issuer.models import Credential
 
 log = logging.getLogger(__name__)
 
-EventHandler = Callable[[list[AwsEvent], int], None]
+EventHandler = Callable[[list[AwsEvent], list[Rejected]], None]
 
 
 def last_used_event(credential: Credential, last_used: dict[str, Any]) -> AwsEvent | None:
@@ -97,7 +97,7 @@ class LastUsedPoller:
             event = last_used_event(credential, response.get("AccessKeyLastUsed") or {})
             if event is None:
                 continue
-            self.handler([event], 0)  # raises if it could not be recorded: then we retry next poll
+            self.handler([event], [])  # raises if it could not be recorded: then we retry next poll
             with self.sessionmaker() as session:
                 row = session.get(Credential, credential.id)
                 if row is not None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from issuer.detection.events import AwsEvent, MalformedEvent, parse_lookup_event, parse_time
+from issuer.detection.events import AwsEvent, Rejected, parse_items, parse_lookup_event, parse_time
 from issuer.detection.locks import Lease
 
 log = logging.getLogger(__name__)
@@ -23,13 +23,13 @@ OVERLAP = dt.timedelta(minutes=20)
 INITIAL_LOOKBACK = dt.timedelta(hours=1)
 MAX_PAGES = 200  # 10,000 events per poll and region; the rest is kept as a `gap` in the cursor
 
-EventHandler = Callable[[list[AwsEvent], int], None]
+EventHandler = Callable[[list[AwsEvent], list[Rejected]], None]
 
 
 @dataclasses.dataclass
 class Fetched:
     events: list[AwsEvent]
-    malformed: int
+    rejected: list[Rejected]
     pages: int
     # LookupEvents pages newest first: if the page cap stopped the read, everything in the window
     # older than this is still unread.
@@ -39,7 +39,7 @@ class Fetched:
 def fetch_events(client: Any, start: dt.datetime, end: dt.datetime, max_pages: int | None = None) -> Fetched:
     """Events between start and end, page after page up to `max_pages` (default MAX_PAGES)."""
     limit = MAX_PAGES if max_pages is None else max_pages
-    fetched = Fetched(events=[], malformed=0, pages=0, unread_before=None)
+    fetched = Fetched(events=[], rejected=[], pages=0, unread_before=None)
     token: str | None = None
     oldest: dt.datetime | None = None
     while fetched.pages < limit:
@@ -48,14 +48,14 @@ def fetch_events(client: Any, start: dt.datetime, end: dt.datetime, max_pages: i
             params["NextToken"] = token
         response = client.lookup_events(**params)
         fetched.pages += 1
-        for item in response.get("Events") or []:
+        items = list(response.get("Events") or [])
+        for item in items:
             if isinstance(item, dict) and isinstance(item.get("EventTime"), dt.datetime):
                 when = item["EventTime"].astimezone(dt.UTC)
                 oldest = when if oldest is None else min(oldest, when)
-            try:
-                fetched.events.append(parse_lookup_event(item))
-            except MalformedEvent:
-                fetched.malformed += 1
+        events, rejected = parse_items(items, parse_lookup_event, source="lookup_events")
+        fetched.events += events
+        fetched.rejected += rejected
         token = response.get("NextToken")
         if not token:
             return fetched
@@ -107,16 +107,16 @@ class LookupEventsPoller:
         gap = [parse_time(t) for t in cursor["gap"]] if cursor.get("gap") else None
         # The fresh window first (detection latency), then what earlier polls left unread.
         fresh = fetch_events(self.client, since - OVERLAP, now)
-        events, malformed = list(fresh.events), fresh.malformed
+        events, rejected = list(fresh.events), list(fresh.rejected)
         if fresh.unread_before is not None:
             unread = [since - OVERLAP, fresh.unread_before]
             gap = [min(gap[0], unread[0]), max(gap[1], unread[1])] if gap else unread
         elif gap is not None and fresh.pages < MAX_PAGES:
             older = fetch_events(self.client, gap[0], gap[1], MAX_PAGES - fresh.pages)
             events += older.events
-            malformed += older.malformed
+            rejected += older.rejected
             gap = None if older.unread_before is None else [gap[0], older.unread_before]
-        self.handler(events, malformed)
+        self.handler(events, rejected)
         new_cursor: dict[str, Any] = {"until": now.isoformat(), "last_count": len(events)}
         if gap is not None:
             new_cursor["gap"] = [gap[0].isoformat(), gap[1].isoformat()]

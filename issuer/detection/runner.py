@@ -18,16 +18,17 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.orm import Session
 
+from issuer import dead_letters
 from issuer.alerts.delivery import DeliveryWorker
 from issuer.alerts.sinks import Sink, build_sinks
 from issuer.alerts.updates import promote_due_updates
-from issuer.detection.events import AwsEvent
+from issuer.detection.events import AwsEvent, Rejected
 from issuer.detection.last_used import LastUsedPoller
 from issuer.detection.locks import Lease
 from issuer.detection.lookup_events import LookupEventsPoller
@@ -68,7 +69,7 @@ class DetectionRunner:
         self.on_events: Callable[[str, list[AwsEvent]], None] | None = None
 
         self.sqs = (
-            SqsSource(aws_gateway, settings.sqs_queue_url, self._handler("sqs"))
+            SqsSource(aws_gateway, settings.sqs_queue_url, self._handler("sqs"), self._give_up("sqs"))
             if settings.sqs_queue_url
             else None
         )
@@ -121,10 +122,11 @@ class DetectionRunner:
         return self._own_arns
 
     def handle_events(
-        self, events: list[AwsEvent], malformed: int = 0, *, source: str = "ingest"
+        self, events: list[AwsEvent], rejected: Sequence[Rejected] = (), *, source: str = "ingest"
     ) -> ProcessStats:
-        """Record parsed events (and count malformed ones); used by every source and the ingest route."""
-        count_malformed(self.sessionmaker, source, malformed)
+        """Record parsed events (count and keep the rejected ones); used by every source and the ingest
+        route. Raises only when the database keeps failing."""
+        count_malformed(self.sessionmaker, source, rejected)
         if self.on_events is not None and events:
             self.on_events(source, events)
         stats = process_events(
@@ -136,18 +138,26 @@ class DetectionRunner:
             address_window_days=getattr(self.settings, "device_address_window_days", 30.0),
             update_min_interval=getattr(self.settings, "alert_update_min_interval", 300.0),
         )
-        stats.malformed = malformed
+        stats.malformed += len(rejected)
         with self._stats_lock:
             self.last_stats.add(stats)
         if stats.alerts_opened or stats.alerts_joined:
             self._wake_delivery.set()  # a joined event may have made an update
         return stats
 
-    def _handler(self, source: str) -> Callable[[list[AwsEvent], int], None]:
-        def handle(events: list[AwsEvent], malformed: int) -> None:
-            self.handle_events(events, malformed, source=source)
+    def _handler(self, source: str) -> Callable[[list[AwsEvent], list[Rejected]], None]:
+        def handle(events: list[AwsEvent], rejected: list[Rejected]) -> None:
+            self.handle_events(events, rejected, source=source)
 
         return handle
+
+    def _give_up(self, source: str) -> Callable[[str, str], None]:
+        """Keep an input that keeps failing as a dead letter (`<source>.failed`)."""
+
+        def give_up(body: str, reason: str) -> None:
+            dead_letters.record(self.sessionmaker, source, f"{source}.failed", [(reason, body)])
+
+        return give_up
 
     def deliver_pending(self) -> int:
         """Try due deliveries if we hold the delivery lease; return the attempts made."""

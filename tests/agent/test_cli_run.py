@@ -21,6 +21,7 @@ import pytest
 from agent.service import AgentService
 from tests.support.agent import SEED, agent_config, make_users, seed
 from tests.support.paths import REPO_ROOT, requires_root
+from tests.support.selfreport import public_socket_dir, run_as
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
@@ -202,18 +203,34 @@ def agent_events(issuer: Any, kind: str) -> list[Any]:
 
 
 def test_self_report_from_the_tray_reaches_the_issuer(service_factory: Any, live_issuer: Any) -> None:
+    """Bob's tray reports on Bob's file; root, who has no canary here, is refused (SO_PEERCRED)."""
     from agent.selfreport import SelfReportError, send_self_report
 
-    service, users = service_factory(sensor="fanotify-notify")
-    socket_path = Path(service.config.selfreport_socket)
-    send_self_report(socket_path, note="I ran cat on it by mistake", path=str(users[1].credentials))
-    with pytest.raises(SelfReportError, match="just received"):
-        send_self_report(socket_path, note="again")  # one per user per 10 s: no spool flooding
+    with public_socket_dir() as directory:
+        socket_path = directory / "sr.sock"
+        _service, users = service_factory(sensor="fanotify-notify", selfreport_socket=str(socket_path))
+        bob = users[1]
+        send = (
+            "from pathlib import Path\n"
+            "from agent.selfreport import SelfReportError, send_self_report\n"
+            "for note in ('I ran cat on it by mistake', 'again'):\n"
+            "    try:\n"
+            f"        send_self_report(Path({str(socket_path)!r}), note=note)\n"
+            "        print('OK')\n"
+            "    except SelfReportError as exc:\n"
+            "        print('REFUSED', exc)\n"
+        )
+        done = run_as(bob.uid, send)
+        first, second = done.stdout.strip().splitlines()
+        assert first == "OK", done.stderr
+        assert second.startswith("REFUSED") and "just received" in second  # one per user per 10 s
+        with pytest.raises(SelfReportError, match="no canary file is planted for you"):
+            send_self_report(socket_path, note="root has no canary here")
     events = wait_for(lambda: agent_events(live_issuer, "self_report"))
     assert len(events) == 1
     path, detail = events[0]
-    assert path == str(users[1].credentials)
-    assert "I ran cat on it by mistake" in json.dumps(detail) and "root" in json.dumps(detail)
+    assert path == str(bob.credentials)
+    assert detail == {"user": "bob", "note": "I ran cat on it by mistake"}
 
 
 def test_revoked_device_token_triggers_reenrollment(service_factory: Any, live_issuer: Any) -> None:

@@ -15,7 +15,17 @@ import pytest
 from bench import __main__ as runner
 from tests.support.paths import REPO_ROOT
 
-REAL_MODULES = ["audit", "bounds", "credfile", "eslogger", "issuer", "provenance", "readlog", "sensors"]
+REAL_MODULES = [
+    "audit",
+    "bounds",
+    "credfile",
+    "eslogger",
+    "hostile",
+    "issuer",
+    "provenance",
+    "readlog",
+    "sensors",
+]
 ROWS = [
     {"case": "small", "count": 1, "median_ms": 1.234},
     {"case": "a much longer case", "count": 200, "median_ms": None, "note": "only here"},

@@ -135,8 +135,8 @@ def test_credentials_events_and_selftests(database: Database, moto_url: str) -> 
             }
             for h in (1, 2, 50)
         ]
-        assert agent_events.store_events(session, device.id, events) == (3, 0)
-        assert agent_events.store_events(session, device.id, [*events, events[0]]) == (0, 4)
+        assert agent_events.store_events(session, device.id, events) == (3, 0, ())
+        assert agent_events.store_events(session, device.id, [*events, events[0]]) == (0, 4, ())
         reads = agent_events.query_reads(session, device.id, since=agent_events.parse_since("24h"))
         assert [r.pid for r in reads] == [11, 12]  # newest first, the 50 h old one excluded
         assert reads[0].time.tzinfo is not None
@@ -191,9 +191,9 @@ def test_event_ids_are_per_device(database: Database) -> None:
         def event(path: str) -> dict[str, Any]:
             return {"event_id": "same-id", "kind": "read", "time": when, "path": path, "detail": {"pid": 1}}
 
-        assert agent_events.store_events(session, a.id, [event("/a/credentials")]) == (1, 0)
-        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (1, 0)
-        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (0, 1)
+        assert agent_events.store_events(session, a.id, [event("/a/credentials")]) == (1, 0, ())
+        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (1, 0, ())
+        assert agent_events.store_events(session, b.id, [event("/b/credentials")]) == (0, 1, ())
         assert [r.path for r in agent_events.query_reads(session, a.id)] == ["/a/credentials"]
         assert [r.path for r in agent_events.query_reads(session, b.id)] == ["/b/credentials"]
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from issuer import tokens as auth
 from issuer.api.app import create_app
+from issuer.api.server import server_config
 from issuer.settings import Settings, load_settings
 
 
@@ -84,9 +85,9 @@ def start_issuer(*, aws_gateway: Any = None, **overrides: Any) -> LiveIssuer:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))  # bound before the server starts: no port race
     port = sock.getsockname()[1]
-    # As `tripkey-issuer serve` runs it: uvicorn's own X-Forwarded-For handling off (the issuer decides
-    # whom to believe, setting `trusted_proxies`).
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False, proxy_headers=False)
+    # As `tripkey-issuer serve` runs it (issuer.api.server): its HTTP protocol, uvicorn's own
+    # X-Forwarded-For handling off (the issuer decides whom to believe, setting `trusted_proxies`).
+    config = server_config(app, log_level="warning", lifespan="on", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="live-issuer", daemon=True)
     thread.start()

@@ -66,6 +66,9 @@ class SummaryOut(BaseModel):
     regions: list[str]
     error_codes: list[str]
     detection_sources: list[str] = []
+    warnings: list[str] = Field(
+        default=[], description="what the issuer could not take at face value (a time, a malformed record)"
+    )
 
 
 class VerdictOut(BaseModel):

@@ -52,15 +52,27 @@ def _aws(exc: AwsError) -> AwsUpstreamError:
     response_model=IssuedCredential,
 )
 def issue(
-    device_id: str, body: CredentialRequest, _auth: DeviceAuth, session: SessionDep, gateway: GatewayDep
+    device_id: str,
+    body: CredentialRequest,
+    _auth: DeviceAuth,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
 ) -> IssuedCredential:
     """Mint a credential for a placement; earlier active ones of that placement are retired.
 
-    The secret is in this response only; the issuer never stores it.
+    The secret is in this response only; the issuer never stores it. 429 when the device's minting
+    budget is spent (docs/api.md).
     """
     try:
         issued = registry.issue_credential(
-            session, gateway, device_id, local_user=body.local_user, path=body.path, profile=body.profile
+            session,
+            gateway,
+            device_id,
+            local_user=body.local_user,
+            path=body.path,
+            profile=body.profile,
+            limits=settings.mint_limits(),
         )
     except AwsError as exc:
         raise _aws(exc) from exc
@@ -73,11 +85,18 @@ def issue(
     response_model=IssuedCredential,
 )
 def rotate(
-    device_id: str, credential_id: str, _auth: DeviceAuth, session: SessionDep, gateway: GatewayDep
+    device_id: str,
+    credential_id: str,
+    _auth: DeviceAuth,
+    session: SessionDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
 ) -> IssuedCredential:
-    """Mint a new credential for the same placement and retire this one."""
+    """Mint a new credential for the same placement and retire this one (429 as for minting)."""
     try:
-        issued = registry.rotate_credential(session, gateway, device_id, credential_id)
+        issued = registry.rotate_credential(
+            session, gateway, device_id, credential_id, limits=settings.mint_limits()
+        )
     except AwsError as exc:
         raise _aws(exc) from exc
     return _issued(issued)

@@ -3,8 +3,9 @@
 Authenticated by the destination's own secret in `X-Tripkey-Ingest-Key` (only its SHA-256 is in the
 configuration; compared in constant time). Missing header, wrong secret and unknown destination all
 get the same 401, so the route reveals nothing about which destinations exist. The body is one
-EventBridge event or an array of them (at most 256 KiB, EventBridge's own event size limit); events
-that cannot be parsed are counted (`ingest.malformed`) and skipped, the others are processed.
+EventBridge event or an array of them (at most 256 KiB, EventBridge's own event size limit). Each
+event is parsed and recorded on its own: one that cannot be parsed or recorded is counted
+(`ingest.malformed`, `ingest.failed`), kept as a dead letter and skipped, and the others alert.
 """
 
 from __future__ import annotations
@@ -19,10 +20,9 @@ from starlette.concurrency import run_in_threadpool
 
 from issuer.api.deps import SettingsDep
 from issuer.api.errors import error_response
-from issuer.detection.counters import bump_counter
-from issuer.detection.events import AwsEvent, MalformedEvent, parse_json_events
+from issuer.detection.events import AwsEvent, MalformedEvent, Rejected, parse_json_events
 from issuer.detection.ingest_secret import INGEST_KEY_HEADER
-from issuer.detection.pipeline import count_malformed, process_events
+from issuer.detection.pipeline import ProcessStats, count_malformed, process_events
 from issuer.errors import InvalidRequest, Unauthenticated
 from issuer.settings import Settings
 
@@ -57,15 +57,17 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _process(request: Request, settings: Settings, events: list[AwsEvent], malformed: int) -> None:
+def _process(
+    request: Request, settings: Settings, events: list[AwsEvent], rejected: list[Rejected]
+) -> ProcessStats:
     runner = getattr(request.app.state, "detection_runner", None)
     if runner is not None:
-        runner.handle_events(events, malformed, source="ingest")
-        return
+        stats: ProcessStats = runner.handle_events(events, rejected, source="ingest")
+        return stats
     # No runner (detection not started): record now; deliveries wait for a runner to pick them up.
     sessionmaker = request.app.state.sessionmaker
-    count_malformed(sessionmaker, "ingest", malformed)
-    process_events(
+    count_malformed(sessionmaker, "ingest", rejected)
+    stats = process_events(
         sessionmaker,
         events,
         sink_names=[str(s.get("name") or s.get("type")) for s in settings.sinks],
@@ -73,6 +75,8 @@ def _process(request: Request, settings: Settings, events: list[AwsEvent], malfo
         address_window_days=settings.device_address_window_days,
         update_min_interval=settings.alert_update_min_interval,
     )
+    stats.malformed += len(rejected)
+    return stats
 
 
 @router.post(
@@ -98,15 +102,19 @@ async def ingest_eventbridge(
             413, "body_too_large", f"request body is larger than the limit of {limit} bytes"
         )
     try:
-        events, malformed = parse_json_events(body, source="ingest")
+        events, rejected = parse_json_events(body, source="ingest")
     except MalformedEvent as exc:
-        await run_in_threadpool(_count_whole_body, request)
+        await run_in_threadpool(_count_whole_body, request, body)
         raise InvalidRequest("body must be an EventBridge event or a JSON array of them") from exc
-    await run_in_threadpool(_process, request, settings, events, malformed)
-    return JSONResponse({"accepted": len(events), "skipped": malformed}, status_code=202)
+    stats = await run_in_threadpool(_process, request, settings, events, rejected)
+    # accepted: events recorded (or matching no canary); skipped: events that could not be read or
+    # recorded, counted and kept as dead letters. A malformed event naming a canary's key alerts.
+    return JSONResponse(
+        {"accepted": stats.events - stats.dead_lettered, "skipped": len(rejected) + stats.dead_lettered},
+        status_code=202,
+    )
 
 
-def _count_whole_body(request: Request) -> None:
-    with request.app.state.sessionmaker() as session:
-        bump_counter(session, "ingest.malformed")
-        session.commit()
+def _count_whole_body(request: Request, body: bytes) -> None:
+    text = body.decode("utf-8", "backslashreplace")
+    count_malformed(request.app.state.sessionmaker, "ingest", [Rejected("body is not JSON", text)])

@@ -154,7 +154,7 @@ def test_symlink_to_a_copy_of_our_bytes_is_not_taken_for_our_own_write(
     path.unlink()
     os.symlink(copy, path)
     assert rig.planter.is_own_content(str(path)) is False
-    assert wait_for(lambda: rig.ts(alice).status == "error")
+    assert wait_for(lambda: rig.ts(alice).status == "tampered")  # a replaced file: a tamper event
     assert os.path.islink(path) and copy.read_bytes().startswith(SEED)  # nothing written through
 
 
@@ -193,7 +193,7 @@ def test_symlinked_aws_directory_is_not_watched(tmp_path: Path, live_issuer: Any
     elsewhere.mkdir()
     os.symlink(elsewhere, alice.credentials.parent)
     states = rig.sync()
-    assert states[0].status == "error" and "symlink" in (states[0].last_error or "")
+    assert states[0].status == "tampered" and "symbolic link" in (states[0].last_error or "")
     watcher = RepairWatcher(rig.planter, debounce=0.1)
     watcher.start(rig.planter.paths)
     try:

@@ -41,6 +41,7 @@ ROUTE_TABLE: list[tuple[str, str, Any, set[str]]] = [
     ("GET", "/v1/alerts/{alert_id}", None, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/ack", {}, {"responder"}),
     ("POST", "/v1/alerts/{alert_id}/resolve", {}, {"responder"}),
+    ("GET", "/v1/dead-letters", None, {"responder"}),
     # Last: the responder's call retires device A (its tokens revoked), which the rows above need live.
     ("POST", "/v1/devices/{device_id}/retire", {}, {"responder"}),
 ]
@@ -108,7 +109,10 @@ def test_the_table_covers_every_route(live_issuer: Any) -> None:
     assert not missing, f"routes without an auth expectation in ROUTE_TABLE: {sorted(missing)}"
 
 
-def test_every_route_enforces_roles_and_device_scope(live_issuer: Any) -> None:
+def test_every_route_enforces_roles_and_device_scope(issuer_factory: Any) -> None:
+    # Every call on a credential route mints a fresh credential for device A: far beyond a real
+    # device's minting budget (test_mint_limits.py tests the budget itself).
+    live_issuer = issuer_factory(device_mint_burst=1000)
     world = _World(live_issuer)
     present = _app_routes(live_issuer)
     problems = []

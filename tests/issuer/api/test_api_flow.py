@@ -190,9 +190,9 @@ def test_events_are_idempotent_and_reads_are_queryable(live_issuer: Any) -> None
     ]
     url = f"/v1/devices/{device_id}/events"
     first = live_issuer.request("POST", url, token, json={"events": events})
-    assert first.json() == {"accepted": 6, "duplicates": 0}, first.text
+    assert first.json() == {"accepted": 6, "duplicates": 0, "rejected": 0, "errors": []}, first.text
     again = live_issuer.request("POST", url, token, json={"events": [*events[:2], _read_event(), events[0]]})
-    assert again.json() == {"accepted": 1, "duplicates": 3}
+    assert again.json() == {"accepted": 1, "duplicates": 3, "rejected": 0, "errors": []}
 
     reads = live_issuer.request("GET", f"/v1/devices/{device_id}/reads", responder, params={"since": "24h"})
     assert reads.status_code == 200, reads.text

@@ -71,24 +71,41 @@ def test_enroll_rejects_bad_bodies(world: dict[str, Any], body: Any, words: list
 
 
 @pytest.mark.parametrize(
-    ("events", "words"),
+    ("bad", "words"),
     [
-        ([_event(kind="telepathy")], ["kind"]),
-        ([_event(read=None)], ["read"]),
-        ([_event(tamper={"action": "file_deleted"})], ["tamper"]),
-        ([_event(time="yesterday")], ["time"]),
-        ([_event(time="0001-01-01T00:00:00+01:00")], ["time"]),
-        ([_event(read={"pid": 2**40, "sensor": "x"})], ["pid"]),
-        ([_event(read={"pid": "one", "sensor": "x"})], ["pid"]),
-        ([_event(read={"pid": 1, "sensor": "x", "flavour": 1})], ["flavour", "unknown field"]),
-        ([_event(event_id="")], ["event_id"]),
-        ([_event() for _ in range(1001)], ["events", "1000"]),
+        (_event(kind="telepathy"), ["events.1.kind"]),
+        (_event(read=None), ["read"]),
+        (_event(tamper={"action": "file_deleted"}), ["tamper"]),
+        (_event(time="yesterday"), ["time"]),
+        (_event(time="0001-01-01T00:00:00+01:00"), ["time"]),
+        (_event(read={"pid": 2**40, "sensor": "x"}), ["pid"]),
+        (_event(read={"pid": "one", "sensor": "x"}), ["pid"]),
+        (_event(read={"pid": 1, "sensor": "x", "flavour": 1}), ["flavour", "unknown field"]),
+        (_event(event_id=""), ["event_id"]),
+        ("not an event", ["events.1", "dictionary"]),
     ],
 )
-def test_events_reject_bad_batches(world: dict[str, Any], events: list[Any], words: list[str]) -> None:
+def test_a_bad_event_is_refused_alone_and_its_neighbours_are_stored(
+    world: dict[str, Any], bad: Any, words: list[str]
+) -> None:
     url = f"/v1/devices/{world['device_id']}/events"
+    events = [_event(), bad, _event()]
     response = world["issuer"].request("POST", url, world["device"], json={"events": events})
-    _error(response, 422, *words)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (2, 1)
+    [error] = answer["errors"]
+    assert error["index"] == 1
+    for word in words:
+        assert word in error["message"], (word, error["message"])
+
+
+def test_a_batch_over_the_limit_is_refused_whole(world: dict[str, Any]) -> None:
+    url = f"/v1/devices/{world['device_id']}/events"
+    events = [_event() for _ in range(1001)]
+    _error(
+        world["issuer"].request("POST", url, world["device"], json={"events": events}), 422, "events", "1000"
+    )
 
 
 @pytest.mark.parametrize(
@@ -176,7 +193,7 @@ def test_chunked_body_under_the_limit_is_accepted(world: dict[str, Any]) -> None
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 1, "duplicates": 0}
+    assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": 0, "errors": []}
 
 
 def test_413_on_a_raw_socket_with_a_lying_stream(world: dict[str, Any]) -> None:

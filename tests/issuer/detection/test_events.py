@@ -93,9 +93,9 @@ def test_non_object_event_raises() -> None:
 
 def test_body_with_array_counts_the_bad_ones() -> None:
     body = json.dumps([cloudtrail_event(), {"detail-type": "nope"}, 7, cloudtrail_event()])
-    events, malformed = parse_json_events(body, source="ingest")
+    events, rejected = parse_json_events(body, source="ingest")
     assert len(events) == 2
-    assert malformed == 2
+    assert [r.item for r in rejected] == [{"detail-type": "nope"}, 7]
 
 
 def test_body_that_is_not_json_raises() -> None:
