@@ -247,9 +247,11 @@ def check_known_canary_accounts(ctx: CheckContext) -> Iterator[CheckResult]:
                 pool.append((str(pool_account), decoded, f"decoded from access key id {key_id}"))
     found = check_accounts(pool, canaries)
     for finding in found:
+        # A failure, not a warning: scanners skip such keys offline, so an attacker who runs one
+        # never uses the canary and the detection is defeated before it starts.
         yield CheckResult(
             name,
-            WARN,
+            FAIL,
             finding.message(canaries),
             "mint from an account that is not on the list (a new canary account)",
         )

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from issuer.aws.fingerprint import CanaryListError, account_from_key_id, check_accounts, load_list
-from issuer.checks import CheckContext, known_canary_accounts
+from issuer.checks import CheckContext, check_known_canary_accounts
 from issuer.settings import Settings
 from tests.support.aws import DEFAULT_ACCOUNT_ID
 
@@ -62,18 +62,19 @@ class Gateway:
 
 def test_a_listed_pool_account_is_reported_with_the_source(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, accounts=[{"name": "canary-1"}, {"name": "canary-2"}])
-    results = known_canary_accounts(settings, CheckContext(gateway=Gateway({"canary-1": "052310077262"})))
-    warnings = [r.message for r in results if r.status == "warning"]
+    listed = Gateway({"canary-1": "052310077262"})
+    results = list(check_known_canary_accounts(CheckContext(settings, gateway_factory=lambda _s: listed)))
+    failures = [r.message for r in results if r.status == "fail"]
     assert any(
         m.startswith("pool account 'canary-1' (052310077262, sts:GetCallerIdentity) is on a public list")
-        for m in warnings
+        for m in failures
     )
-    assert any("trufflesecurity/trufflehog" in m for m in warnings)
-    assert any("could not learn the id of pool account canary-2" in m for m in warnings)
-    clean = known_canary_accounts(
-        settings.model_copy(update={"accounts": settings.accounts[:1]}),
-        CheckContext(gateway=Gateway({"canary-1": "111122223333"})),
-    )
+    assert any("trufflesecurity/trufflehog" in m for m in failures)
+    skipped = [r.message for r in results if r.status == "skip"]
+    assert any("could not learn the id of pool account canary-2" in m for m in skipped)
+    unlisted = Gateway({"canary-1": "111122223333"})
+    one_account = settings.model_copy(update={"accounts": settings.accounts[:1]})
+    clean = list(check_known_canary_accounts(CheckContext(one_account, gateway_factory=lambda _s: unlisted)))
     assert [r.status for r in clean] == ["ok"]
 
 
@@ -96,24 +97,22 @@ def test_the_check_command_against_the_emulated_account(tmp_path: Path, moto_url
     db = f"sqlite:///{tmp_path / 'issuer.db'}"
     config = tmp_path / "issuer.toml"
     config.write_text(f'aws_endpoint = "{moto_url}"\n')
-    clean = _check("--config", str(config), "--db", db)
+    clean = _check("--config", str(config), "--db", db, "--sqs-queue-url", "https://sqs.example/q")
     assert clean.returncode == 0, clean.stdout + clean.stderr
-    assert clean.stdout.startswith(
-        "OK       known_canary_accounts: no account of the pool is on the list of 26"
-    )
+    assert "fingerprint no account of the pool is on the list of 26" in clean.stdout
     # The operator's own list: moto's account (where this pool's keys live) is now a known canary.
     listed = tmp_path / "list.toml"
     listed.write_text(f'[source]\nname = "our red team"\n[[accounts]]\nid = "{DEFAULT_ACCOUNT_ID}"\n')
     config.write_text(f'aws_endpoint = "{moto_url}"\nknown_canary_accounts_file = "{listed}"\n')
-    found = _check("--config", str(config), "--db", db, "--json")
-    assert found.returncode == 3, found.stderr
-    [result] = json.loads(found.stdout)["results"]
-    assert (
-        result["status"] == "warning" and f"pool account 'default' ({DEFAULT_ACCOUNT_ID}" in result["message"]
-    )
+    found = _check("--config", str(config), "--db", db, "--json", "--sqs-queue-url", "https://sqs.example/q")
+    assert found.returncode == 1, found.stderr  # a failed check
+    [result] = [r for r in json.loads(found.stdout)["checks"] if r["check"] == "fingerprint"]
+    assert result["status"] == "fail" and f"pool account 'default' ({DEFAULT_ACCOUNT_ID}" in result["message"]
     assert "source: our red team" in result["message"]
-    offline = _check("--config", str(config), "--db", db, "--offline")
-    assert offline.returncode == 0  # no keys registered and AWS not asked: nothing to say
+    offline = _check(
+        "--config", str(config), "--db", db, "--offline", "--sqs-queue-url", "https://sqs.example/q"
+    )
+    assert offline.returncode == 0, offline.stdout  # no keys registered and AWS not asked: nothing to say
 
 
 def test_the_issuer_warns_at_start(
