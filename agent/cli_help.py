@@ -42,8 +42,8 @@ EXAMPLES = {
     ],
     "tray": ["tripkey-agent tray", "tripkey-agent tray --show"],
     "service": [
-        "tripkey-agent.exe service   # started by the Windows Service Control Manager, never by hand",
-        "tripkey-agent.exe service --configure-recovery   # what the MSI runs after installing",
+        "tripkey-agent service   # (Windows) started by the Service Control Manager, never by hand",
+        "tripkey-agent service --configure-recovery   # (Windows) what the MSI runs after installing",
     ],
     "sensors": [
         "sudo tripkey-agent sensors          # what can run here, and what `auto` picks and why",

@@ -11,9 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,25 +70,20 @@ def record_address(
     if address is None:
         return
     now = now or utcnow()
-    for _ in range(2):
-        result = session.execute(
+    last_seen = session.scalar(
+        select(DeviceAddress.last_seen).where(
+            DeviceAddress.device_id == device_id, DeviceAddress.address == address
+        )
+    )
+    if last_seen is not None and last_seen >= now - REFRESH:
+        return  # seen here within the hour: a read, no write
+    if last_seen is not None:
+        session.execute(
             update(DeviceAddress)
-            .where(
-                DeviceAddress.device_id == device_id,
-                DeviceAddress.address == address,
-                DeviceAddress.last_seen < now - REFRESH,
-            )
+            .where(DeviceAddress.device_id == device_id, DeviceAddress.address == address)
             .values(last_seen=now, seen_count=DeviceAddress.seen_count + 1)
         )
-        if cast(CursorResult[Any], result).rowcount:
-            break
-        known = session.scalar(
-            select(DeviceAddress.address).where(
-                DeviceAddress.device_id == device_id, DeviceAddress.address == address
-            )
-        )
-        if known is not None:
-            break  # seen within the last REFRESH: nothing to write
+    else:
         try:
             with session.begin_nested():
                 session.add(
@@ -97,9 +91,8 @@ def record_address(
                         device_id=device_id, address=address, first_seen=now, last_seen=now, seen_count=1
                     )
                 )
-        except IntegrityError:  # the same device's concurrent request inserted it: look again
-            continue
-        break
+        except IntegrityError:
+            pass  # the same device's concurrent request recorded it a moment ago
     session.commit()
 
 

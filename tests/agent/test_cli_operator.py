@@ -69,7 +69,7 @@ def test_plant_once_as_an_ordinary_user_says_run_as_root_and_enrolls_nothing(
         "nothing was enrolled or planted",
     )
     # Nothing happened anywhere: no device, no key in AWS, no state, no file touched.
-    assert live_issuer.request("GET", "/v1/devices", live_issuer.create_token()).json() == {"devices": []}
+    assert live_issuer.request("GET", "/v1/devices", live_issuer.create_token()).json()["devices"] == []
     assert inspector(moto_url, "iam").list_users()["Users"] == []
     assert not (shared_dir / "state").exists()
     assert not any(u.credentials.exists() for u in users)

@@ -63,7 +63,7 @@ def _deploy(moto_url: str, name: str, region: str = "us-east-1", **parameters: s
 
 def _readme_policy() -> dict[str, Any]:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Deploying the issuer") :]
+    section = readme[readme.index("### 1. The canary account") :]
     block = re.search(r"```json\n(.*?)```", section, re.S)
     assert block, "README's issuer policy block"
     text = block.group(1).replace("111111111111", ACCOUNT)

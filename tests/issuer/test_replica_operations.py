@@ -174,8 +174,8 @@ def test_an_unchanged_heartbeat_writes_nothing(
         return list(statements)
 
     try:
-        first = send(beat)
-        assert len(first) == 1 and "health=" in first[0].replace(" ", "")
+        first = send(beat)  # the health, and the device's first address (issuer/egress.py)
+        assert len(first) == 2 and "health=" in first[0].replace(" ", "") and "device_addresses" in first[1]
         assert send(beat) == [], "same health within the write granularity: no write at all"
         monkeypatch.setattr(registry, "HEARTBEAT_WRITE_GRANULARITY", dt.timedelta(0))
         [time_only] = send(beat)

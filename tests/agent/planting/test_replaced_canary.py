@@ -148,7 +148,7 @@ def test_the_watcher_sees_a_fifo_swapped_in_within_seconds(rig: Rig, tmp_path: P
     assert event["tamper"]["action"] == "file_replaced" and event["tamper"]["found"]["type"] == "fifo"
 
 
-def test_the_issuer_shows_the_device_not_planted_and_devices_list_stale_finds_it(
+def test_the_issuer_shows_the_device_not_planted_and_devices_list_finds_it(
     rig: Rig, tmp_path: Path, live_issuer: Any
 ) -> None:
     alice = rig.users[0]
@@ -170,7 +170,7 @@ def test_the_issuer_shows_the_device_not_planted_and_devices_list_stale_finds_it
     assert any(str(alice.credentials) in r and "FIFO" in r for r in coverage["reasons"])
 
     out, err = io.StringIO(), io.StringIO()
-    argv = ["--issuer", live_issuer.url, "--token", responder, "devices", "list", "--stale"]
+    argv = ["--issuer", live_issuer.url, "--token", responder, "devices", "list", "--not-planted"]
     assert tripkey(argv, stdout=out, stderr=err) == 0, err.getvalue()
     [line] = [line for line in out.getvalue().splitlines() if line.startswith(device_id)]
     assert line.rstrip().endswith("NOT PLANTED") and "1/2" in line

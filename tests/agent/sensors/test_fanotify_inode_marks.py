@@ -33,12 +33,13 @@ def _run(argv: list[str]) -> int:
     return proc.pid
 
 
-def _only_event(collector: FanCollector, pid: int, target: Path) -> None:
+def _only_event(collector: FanCollector, pid: int, target: Path, *, context: bool = True) -> None:
     assert collector.wait_for(lambda evs: any(e.pid == pid for e in evs), 5), "read not recorded"
     time.sleep(0.05)
     (event,) = collector.for_pid(pid)
     assert event.path == str(target) and event.access == "open", event
-    assert event.exe is not None and event.cmdline, event
+    if context:  # notification mode reads /proc after the fact: a reader that is gone has none
+        assert event.exe is not None and event.cmdline, event
 
 
 @pytest.mark.parametrize("notify", [False, True], ids=["permission", "notify"])
@@ -52,8 +53,9 @@ def test_read_through_a_hard_link_is_attributed(
     link = elsewhere / "notes.txt"
     os.link(fan_target, link)
     pid = _run(["cat", str(link)])
-    _only_event(fan_collector, pid, fan_target)
-    assert fan_collector.for_pid(pid)[0].cmdline == ("cat", str(link))
+    _only_event(fan_collector, pid, fan_target, context=not notify)
+    if not notify:
+        assert fan_collector.for_pid(pid)[0].cmdline == ("cat", str(link))
 
 
 def test_read_through_a_renamed_directory_and_after_renaming_back_is_attributed(

@@ -52,10 +52,10 @@ def test_an_event_the_database_refuses_is_kept_and_its_neighbours_stored(
     poisoned = events[1]["event_id"]
     real_row = agent_events._row
 
-    def row(device: str, event_id: str, event: Any, now: Any) -> AgentEvent:
-        built = real_row(device, event_id, event, now)
-        if event_id == poisoned:
-            built.detail = {"unserialisable": object()}
+    def row(device: str, event: Any, now: Any) -> dict[str, Any]:
+        built = real_row(device, event, now)
+        if event["event_id"] == poisoned:
+            built["detail"] = {"unserialisable": object()}
         return built
 
     monkeypatch.setattr(agent_events, "_row", row)
