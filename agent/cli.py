@@ -169,7 +169,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "tray":
         return cmd_tray(args)
     if args.command == "service":
-        from agent.winservice import run_windows_service
+        from agent.runtime.winservice import run_windows_service
 
         return run_windows_service(lambda: config_from_args(args), configure=args.configure_recovery)
     try:
@@ -220,7 +220,7 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 def _preflight(config: AgentConfig, command: str) -> None:
     """Before anything is enrolled or minted: can this process do the job at all?"""
     from agent.planting.planter import resolve_targets
-    from agent.preflight import PreflightError, check_can_plant
+    from agent.runtime.preflight import PreflightError, check_can_plant
 
     try:
         targets, _errors = resolve_targets(config)
@@ -234,9 +234,9 @@ def _preflight(config: AgentConfig, command: str) -> None:
 
 def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
     """The service, with its external deadman: the systemd watchdog when the unit has one, else a
-    supervisor process (agent.supervisor) that kills and restarts a stopped or wedged agent."""
+    supervisor process (agent.runtime.supervisor) that kills and restarts a stopped or wedged agent."""
     from agent import osflags
-    from agent.deadman import Deadman, systemd_watchdog
+    from agent.runtime.deadman import Deadman, systemd_watchdog
     from agent.service import run_service
 
     config.require_issuer()
@@ -253,7 +253,7 @@ def cmd_run(args: argparse.Namespace, config: AgentConfig) -> int:
             "until it is killed"
         )
         return run_service(config, deadman=Deadman(reason="turned off (deadman_seconds = 0)"))
-    from agent.supervisor import supervise
+    from agent.runtime.supervisor import supervise
 
     return supervise(lambda deadman: run_service(config, deadman=deadman), config.deadman_seconds)
 

@@ -8,7 +8,7 @@ Threads:
   uploader  flushes the spool in batches and sends the heartbeat (its own issuer client)
   repair    the tamper watcher (agent.planting.repair) and watchdog's observer
   sensor    whatever the chosen sensor runs; a sensor that holds readers pets the deadman
-  deadman   pets the external deadman (agent.deadman) while no sensor does it (every 10 s)
+  deadman   pets the external deadman (agent.runtime.deadman) while no sensor does it (every 10 s)
 
 Every new version of a planted file goes to the sensor before it is renamed into place
 (`Sensor.watch_new_file`, through the planter's `on_new_file`), and every change the repair watcher
@@ -37,7 +37,6 @@ from typing import Any
 from agent import __version__
 from agent.clock import to_iso, utcnow
 from agent.config import AgentConfig
-from agent.deadman import Deadman
 from agent.events.bounds import bound_event
 from agent.events.probe import ProvenanceProbe, with_provenance
 from agent.events.probe_deadline import BoundedProbe
@@ -55,6 +54,7 @@ from agent.reporting.payloads import (
 )
 from agent.reporting.spool import Spool
 from agent.reporting.uploader import UploadWorker
+from agent.runtime.deadman import Deadman
 from agent.selftest_mark import SELF_TEST, MarkReader
 from agent.state import READLOG_FILE, SPOOL_FILE, DirLock, StateStore
 from server_api_client import IssuerClient, TripkeyError
@@ -93,7 +93,7 @@ class AgentService:
     ) -> None:
         self.config = config
         self.clock = clock
-        # Kills this process from outside when it stops answering (agent.deadman); off in-process.
+        # Kills this process from outside when it stops answering (agent.runtime.deadman); off in-process.
         self.deadman = deadman or Deadman(reason="not armed: the agent runs inside another program")
         self._sensor_factory = sensor_factory
         self.stop_event = threading.Event()
@@ -339,7 +339,7 @@ class AgentService:
             return
         from pathlib import Path
 
-        from agent.selfreport import SelfReportServer
+        from agent.selfreport.server import SelfReportServer
 
         try:
             server = SelfReportServer(Path(self.config.selfreport_socket), self._on_self_report)

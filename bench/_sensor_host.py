@@ -2,7 +2,7 @@
 
     python -m bench._sensor_host --sensor NAME --target FILE --workdir DIR [--churn BIGFILE]
 
-The supervisor (agent.supervisor, as `tripkey-agent run` uses it) forks the host; the host starts
+The supervisor (agent.runtime.supervisor, as `tripkey-agent run` uses it) forks the host; the host starts
 the sensor (agent.sensors.create_sensor, or the bench's inotify baseline), hands it the deadman
 like the service does, and appends every event as a JSON line to DIR/events.jsonl (a stand-in for
 the service's consumer). With --churn it also runs the agent's real repair watcher on BIGFILE
@@ -24,9 +24,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agent.deadman import Deadman
 from agent.events.model import ReadEvent
-from agent.supervisor import supervise
+from agent.runtime.deadman import Deadman
+from agent.runtime.supervisor import supervise
 
 
 class _Inspector:

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from agent.selfreport import SelfReportServer, send_self_report
+from agent.selfreport.server import SelfReportServer, send_self_report
 from issuer.api.routers.events import _validate
 from issuer.api.schemas import AgentEventIn
 from tests.support.selfreport import MALLORY_UID, public_socket_dir, start_as

@@ -29,7 +29,7 @@ LINUX_ONLY = (
     "agent/sensors/_procinfo",
     "agent/sensors/_ebpf",
     "agent/sensors/_libbpf",
-    "agent/supervisor",  # the deadman's supervisor process: fork, pidfd, prctl
+    "agent/runtime/supervisor",  # the deadman's supervisor process: fork, pidfd, prctl
 )
 
 

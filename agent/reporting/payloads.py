@@ -156,7 +156,7 @@ def heartbeat_payload(
 
 
 def _deadman(value: Any) -> dict[str, Any] | None:
-    """Whether a stopped or wedged agent is killed from outside (agent.deadman), as sent."""
+    """Whether a stopped or wedged agent is killed from outside (agent.runtime.deadman), as sent."""
     if not isinstance(value, Mapping):
         return None
     timeout = value.get("timeout_ms")

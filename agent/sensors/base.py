@@ -56,7 +56,7 @@ ReadCallback = Callable[[ReadEvent], None]
 
 
 class DeadmanPetter(Protocol):
-    """The agent's external deadman (agent.deadman): a process that stops petting it is killed."""
+    """The agent's external deadman (agent.runtime.deadman): a process that stops petting it is killed."""
 
     interval: float  # pet at least this often (seconds)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import osflags
-from agent.selfreport import DEFAULT_SOCKET, SelfReportError, send_self_report
+from agent.selfreport.server import DEFAULT_SOCKET, SelfReportError, send_self_report
 from agent.tray import text
 from agent.tray.backend import select_backend
 

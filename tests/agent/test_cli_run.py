@@ -204,7 +204,7 @@ def agent_events(issuer: Any, kind: str) -> list[Any]:
 
 def test_self_report_from_the_tray_reaches_the_issuer(service_factory: Any, live_issuer: Any) -> None:
     """Bob's tray reports on Bob's file; root, who has no canary here, is refused (SO_PEERCRED)."""
-    from agent.selfreport import SelfReportError, send_self_report
+    from agent.selfreport.server import SelfReportError, send_self_report
 
     with public_socket_dir() as directory:
         socket_path = directory / "sr.sock"
@@ -212,7 +212,7 @@ def test_self_report_from_the_tray_reaches_the_issuer(service_factory: Any, live
         bob = users[1]
         send = (
             "from pathlib import Path\n"
-            "from agent.selfreport import SelfReportError, send_self_report\n"
+            "from agent.selfreport.server import SelfReportError, send_self_report\n"
             "for note in ('I ran cat on it by mistake', 'again'):\n"
             "    try:\n"
             f"        send_self_report(Path({str(socket_path)!r}), note=note)\n"

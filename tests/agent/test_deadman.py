@@ -1,4 +1,4 @@
-"""agent.deadman: the systemd watchdog protocol on a real AF_UNIX datagram socket (systemd itself
+"""agent.runtime.deadman: the systemd watchdog protocol on a real AF_UNIX datagram socket (systemd itself
 does not run here; this is exactly the boundary it listens on), and who pets: the service thread
 until a sensor takes over, the fanotify reader thread only while the answering path works."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.deadman import Deadman, notify_systemd, systemd_watchdog
+from agent.runtime.deadman import Deadman, notify_systemd, systemd_watchdog
 from agent.sensors import _procinfo as procinfo
 from tests.support.paths import requires_root
 from tests.support.sensors import FanCollector

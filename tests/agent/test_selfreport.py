@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.selfreport import (
+from agent.selfreport.server import (
     MAX_REQUEST_BYTES,
     REQUEST_SECONDS,
     SelfReport,
@@ -86,7 +86,8 @@ def test_unreachable_agent_gives_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_tray_modules_never_load_pystray_in_headless_use() -> None:
-    code = "import sys, agent.tray.app, agent.tray.backend, agent.selfreport; print('pystray' in sys.modules)"
+    modules = "agent.tray.app, agent.tray.backend, agent.selfreport.server"
+    code = f"import sys, {modules}; print('pystray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

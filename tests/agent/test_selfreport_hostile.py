@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from agent.config import load_config
 from agent.planting.targets import Target
 from agent.planting.users import LocalUser
-from agent.selfreport import REQUEST_SECONDS, SelfReport, SelfReportServer, send_self_report
+from agent.selfreport.server import REQUEST_SECONDS, SelfReport, SelfReportServer, send_self_report
 from agent.service import AgentService
 from agent.state import StateStore
 from agent.status import format_status, status_data
@@ -254,7 +254,7 @@ def test_a_user_cannot_attach_a_report_to_another_users_file(tmp_path: Path) -> 
         srv.start()
         try:
             send = (
-                "from agent.selfreport import send_self_report, SelfReportError\n"
+                "from agent.selfreport.server import send_self_report, SelfReportError\n"
                 "try:\n"
                 f"    send_self_report(__import__('pathlib').Path({str(srv.socket_path)!r}), note='mine', "
                 "path=sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] else None)\n"

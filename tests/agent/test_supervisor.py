@@ -1,4 +1,4 @@
-"""agent.supervisor, the deadman for agents not under a systemd watchdog, with stand-in agents.
+"""agent.runtime.supervisor, the deadman for agents not under a systemd watchdog, with stand-in agents.
 
 Each scenario runs the real Supervisor in a fresh interpreter (it forks, and forking pytest with its
 threads would be unsafe); the "agent" is a function that pets through the real PipeDeadman and then
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not osflags.LINUX, reason="the supervisor is Lin
 HARNESS = """
 import json, os, signal, sys, threading, time, logging
 from pathlib import Path
-from agent.supervisor import Supervisor
+from agent.runtime.supervisor import Supervisor
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 work = Path(sys.argv[1])
 scenario = sys.argv[2]
@@ -169,7 +169,7 @@ def test_an_agent_whose_sensor_holds_no_reader_gets_the_relaxed_timeout(tmp_path
 
 
 def test_the_supervisor_reads_pets_and_timeout_messages_in_any_chunking() -> None:
-    from agent.supervisor import Supervisor
+    from agent.runtime.supervisor import Supervisor
 
     sup = Supervisor(lambda deadman: 0, 1.5)
     assert sup._heard(b"..") and sup.timeout == 1.5

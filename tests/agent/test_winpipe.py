@@ -1,4 +1,4 @@
-"""Self-reports over the Windows named pipe (agent/winpipe.py) through the real SelfReportServer,
+"""Self-reports over the Windows named pipe (agent/selfreport/winpipe.py) through the real SelfReportServer,
 with win32pipe/win32file/win32security faked at the OS boundary (tests/support/win32.py): the
 server loop, the request parsing, the peer identity from the client's token and the client's
 check of the server run for real. Only Windows can prove the kernel's side (the CI job)."""
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import osflags, selfreport, winpipe
+from agent import osflags
 from agent.credfile.winacl import sid_for_uid
-from agent.selfreport import SelfReport, SelfReportError, SelfReportServer, send_self_report
+from agent.selfreport import server as selfreport
+from agent.selfreport import winpipe
+from agent.selfreport.server import SelfReport, SelfReportError, SelfReportServer, send_self_report
 from tests.support.win32 import FakePipes
 
 ALICE = "S-1-5-21-1-2-3-1109"

@@ -1,4 +1,4 @@
-"""The Windows service entry (agent/winservice.py) against a fake of the SCM surface.
+"""The Windows service entry (agent/runtime/winservice.py) against a fake of the SCM surface.
 
 win32serviceutil.ServiceFramework, win32service and servicemanager are faked at the OS boundary
 (tests/support/win32.py: status reports, event-log messages, the dispatcher); the service class,
@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from agent import osflags, winservice
-from agent.winservice import Modules, dispatch, service_class
+from agent import osflags
+from agent.runtime import winservice
+from agent.runtime.winservice import Modules, dispatch, service_class
 from tests.support.win32 import FakeServiceModules
 
 RUNNING, STOPPED, STOP_PENDING, START_PENDING = 4, 1, 3, 2

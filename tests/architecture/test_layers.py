@@ -23,7 +23,7 @@ AGENT_TOP = (
     "agent.trigger",
     "agent.selfreport",
     "agent.tray",
-    "agent.winservice",
+    "agent.runtime",
 )
 
 RULES = (

@@ -65,5 +65,5 @@ def test_unknown_pass_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_darwin_pass_leaves_out_linux_kernel_sensors() -> None:
     darwin = typecheck.PASSES["darwin"].targets
-    assert "agent/sensors/_eslogger.py" in darwin and "agent/selfreport.py" in darwin
+    assert "agent/sensors/_eslogger.py" in darwin and "agent/selfreport/server.py" in darwin
     assert not [t for t in darwin if t.startswith("agent/sensors/_fanotify")]

@@ -128,7 +128,7 @@ def test_tray_autostart_runs_the_tray_per_user() -> None:
 
 def test_agent_unit_arms_the_deadman() -> None:
     """systemd kills a stopped or wedged agent (closing its fanotify fd releases every held reader)
-    within 2 s: the agent pets WATCHDOG=1 (agent.deadman), READY=1 starts the clock."""
+    within 2 s: the agent pets WATCHDOG=1 (agent.runtime.deadman), READY=1 starts the clock."""
     service = unit_directives(AGENT_UNIT)["Service"]
     assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
     assert service["WatchdogSignal"] == ["SIGKILL"]  # SIGABRT (the default) would dump core first

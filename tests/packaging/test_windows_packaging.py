@@ -28,7 +28,7 @@ def test_wxs_installs_the_service_and_writes_the_policy_key() -> None:
     [service] = root.iter(f"{WIX}ServiceInstall")
     assert (service.get("Name"), service.get("Arguments"), service.get("Account"), service.get("Start")) == (
         "TripkeyAgent",
-        "service",  # the ServiceFramework entry (agent/winservice.py); `run` is the console form
+        "service",  # the ServiceFramework entry (agent/runtime/winservice.py); `run` is the console form
         "LocalSystem",
         "auto",
     )

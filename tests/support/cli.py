@@ -109,7 +109,7 @@ def every_leaf_command(parser: Any, prefix: Sequence[str] = ()) -> list[tuple[st
 _AGENT_MODULES = (
     "agent.cli",
     "agent.service",
-    "agent.preflight",
+    "agent.runtime.preflight",
     "agent.planting.planter",
     "agent.reporting.uploader",
     "agent.events.readlog",

@@ -59,7 +59,7 @@ def run_as(uid: int, code: str, timeout: float = 60) -> subprocess.CompletedProc
         pytest.skip("needs root: the test speaks to the socket as other local users")
     preload = (
         "import sys, os, json, socket, time, threading, contextlib, struct, encodings.utf_8\n"
-        "import agent.selfreport\n"
+        "import agent.selfreport.server\n"
         f"os.setgroups([]); os.setgid({uid}); os.setuid({uid})\n"
         "assert os.geteuid() != 0\nos.chdir('/')\n"
         "exec(compile(sys.stdin.read(), '<as-other-user>', 'exec'))"

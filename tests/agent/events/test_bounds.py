@@ -34,7 +34,7 @@ from agent.events.model import ProcessInfo, ReadEvent
 from agent.events.readlog import ReadLog
 from agent.events.redact import REDACTED
 from agent.reporting.payloads import heartbeat_payload, read_event_payload
-from agent.selfreport import parse_request
+from agent.selfreport.server import parse_request
 from issuer.api.schemas import EventBatch, Heartbeat
 from issuer.settings import Settings
 

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from agent.selfreport import SelfReportError
+from agent.selfreport.server import SelfReportError
 from agent.tray import native, text
 from agent.tray.app import NativeTrayApp
 

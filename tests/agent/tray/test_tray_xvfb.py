@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.selfreport import SelfReport, SelfReportServer
+from agent.selfreport.server import SelfReport, SelfReportServer
 from agent.tray.app import ICON_COLOUR
 from tests.support.paths import REPO_ROOT
 

@@ -5,7 +5,7 @@ talks to the issuer: it writes one JSON line to the agent's socket, and the agen
 uid from the kernel (SO_PEERCRED), so a self-report cannot claim to come from another user; the
 agent then binds it only to files planted for that uid (agent.service), never to another user's.
 Windows has no SO_PEERCRED: there the transport is a named pipe and the caller is identified by
-impersonating it (agent.winpipe); the server loop below is the same.
+impersonating it (agent.selfreport.winpipe); the server loop below is the same.
 
 The socket faces every local user, so whatever one sends must not silence it for the others:
 
@@ -73,7 +73,7 @@ _XUCRED = struct.Struct("IIh16I")  # cr_version, cr_uid, cr_ngroups, cr_groups[1
 
 def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the connected process, as the kernel knows them."""
-    if osflags.WINDOWS:  # an agent.winpipe.PipeConnection: the client's token, by impersonation
+    if osflags.WINDOWS:  # an agent.selfreport.winpipe.PipeConnection: the client's token, by impersonation
         pipe: Any = conn
         return pipe.peer_credentials()  # type: ignore[no-any-return, unused-ignore]
     if osflags.LINUX:
@@ -91,7 +91,7 @@ def _peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
 
 def _user_name(uid: int) -> str:
     if osflags.WINDOWS:
-        from agent import winpipe
+        from agent.selfreport import winpipe
 
         return winpipe.account_name(uid) or str(uid)
     import pwd
@@ -151,7 +151,7 @@ class SelfReportServer:
         self.max_clients = max_clients
         self.max_clients_per_uid = max_clients_per_uid
         self.request_seconds = request_seconds
-        self._sock: Any = None  # a Unix socket, or on Windows an agent.winpipe.PipeListener
+        self._sock: Any = None  # a Unix socket, or on Windows an agent.selfreport.winpipe.PipeListener
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -164,7 +164,7 @@ class SelfReportServer:
 
     def start(self) -> None:
         if osflags.WINDOWS:
-            from agent import winpipe
+            from agent.selfreport import winpipe
 
             path = str(self.socket_path)
             listener = winpipe.PipeListener(path if winpipe.is_pipe_name(path) else winpipe.DEFAULT_PIPE)
@@ -355,7 +355,7 @@ def send_self_report(
     """Tell the local agent that this user opened the planted file on purpose or by mistake."""
     request = json.dumps({"note": note, "path": path} if path else {"note": note}).encode() + b"\n"
     if osflags.WINDOWS:
-        from agent import winpipe
+        from agent.selfreport import winpipe
 
         name = str(socket_path) if winpipe.is_pipe_name(str(socket_path)) else winpipe.DEFAULT_PIPE
         try:

@@ -8,7 +8,7 @@ fd (the kernel does that when the process dies) releases every held reader at on
 * under systemd (`WatchdogSec=`, `WatchdogSignal=SIGKILL` in packaging/linux/tripkey-agent.service):
   `WATCHDOG=1` datagrams to $NOTIFY_SOCKET (sd_notify's protocol, a few lines of `socket`);
 * otherwise: one byte down a pipe to the supervisor process `tripkey-agent run` starts
-  (agent.supervisor), which SIGKILLs the agent after `deadman_seconds` without one and restarts it.
+  (agent.runtime.supervisor), which SIGKILLs the agent after `deadman_seconds` without one and restarts it.
 
 Who pets matters: a sensor that holds readers pets from the code path that answers them
 (`Sensor.attach_deadman`), so a wedged capture path stops the petting, and the deadman's timeout is
@@ -229,7 +229,7 @@ class SystemdWatchdog(Deadman):
 
 
 class PipeDeadman(Deadman):
-    """One byte down the supervisor's pipe (agent.supervisor)."""
+    """One byte down the supervisor's pipe (agent.runtime.supervisor)."""
 
     kind = "supervisor"
 

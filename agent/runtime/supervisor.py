@@ -2,7 +2,7 @@
 
 `tripkey-agent run` forks: the child is the agent (enroll, plant, sense, ...), the parent stays a
 small loop that holds nothing — it forked before any sensor existed, so it has no fanotify fd and
-can never hold a reader. The agent pets it through a pipe (agent.deadman.PipeDeadman) from the code
+can never hold a reader. The agent pets it through a pipe (agent.runtime.deadman.PipeDeadman) from the code
 path that answers permission events. When no pet arrives for `timeout` seconds (the agent was
 stopped with SIGSTOP, or is wedged) the supervisor SIGKILLs it: the kernel closes its fanotify fd,
 which releases every reader it held at once. Then it restarts the agent, after 1 s, 2 s, 4 s, ...
@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from agent.deadman import Deadman, PipeDeadman, notify_systemd
+from agent.runtime.deadman import Deadman, PipeDeadman, notify_systemd
 
 log = logging.getLogger(__name__)
 
