@@ -19,6 +19,7 @@ from issuer import __version__
 from issuer.cli_help import EPILOG, EXAMPLES
 from issuer.detection import ingest_secret
 from issuer.settings import Settings, SettingsError, load_settings
+from issuer.timefmt import iso, iso_or_none
 from server_api_client.cli_conventions import (
     ArgumentParser,
     HelpFormatter,
@@ -338,8 +339,8 @@ def _token_row(row: Any) -> dict[str, Any]:
         "role": row.role,
         "label": row.label,
         "device_id": row.device_id,
-        "created_at": row.created_at.isoformat(),
-        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "created_at": iso(row.created_at),
+        "revoked_at": iso_or_none(row.revoked_at),
     }
 
 

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         alert_cmds,
         "list",
         "list alerts, newest first",
-        ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].id'"],
+        ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].alert_id'"],
     )
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
     p.add_argument("--severity", choices=["low", "medium", "high", "critical"], help="only this severity")
