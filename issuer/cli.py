@@ -36,6 +36,13 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NO_DATABASE = 3
 EXIT_LISTEN = 4
+# The error object's code for each exit code (--json; docs/schema.md, "Errors").
+ERROR_CODES = {
+    EXIT_FAILURE: "failed",
+    EXIT_USAGE: "usage_error",
+    EXIT_NO_DATABASE: "no_database",
+    EXIT_LISTEN: "cannot_listen",
+}
 
 
 class CliError(Exception):
@@ -335,7 +342,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def _token_row(row: Any) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "token_id": row.id,
         "role": row.role,
         "label": row.label,
         "device_id": row.device_id,
@@ -397,7 +404,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return handlers[args.command](args)
     except CliError as exc:
-        return report_error(PROG, str(exc), exc.exit_code, as_json=getattr(args, "json", False))
+        return report_error(
+            PROG,
+            str(exc),
+            exc.exit_code,
+            as_json=getattr(args, "json", False),
+            code=ERROR_CODES.get(exc.exit_code),
+        )
     except KeyboardInterrupt:
         return 130
 

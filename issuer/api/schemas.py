@@ -46,6 +46,12 @@ UtcTime = Annotated[
     dt.datetime, AfterValidator(_to_utc), PlainSerializer(iso, return_type=str, when_used="json")
 ]
 Pid = Annotated[int, Field(ge=0, le=INT32_MAX)]
+# Events and heartbeats say which version of docs/schema.md they follow; this issuer reads 1.x (and
+# events of agents from before versions, which sent none).
+SchemaVersion = Annotated[
+    str | None,
+    Field(default=None, pattern=r"^1\.[0-9]{1,4}$", description="1.x (docs/schema.md); absent: 1.0"),
+]
 Uid = Annotated[int, Field(ge=-1, le=2**32)]
 
 
@@ -167,6 +173,7 @@ class Ancestor(RequestBody):
     exe: LongText | None = None
     cmdline: Annotated[list[LongText], Field(max_length=256)] = []
     uid: Uid | None = None
+    user: OptName = None  # its account name (schema 1.0)
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -274,6 +281,7 @@ class SelfReportInfo(RequestBody):
 
 
 class AgentEventIn(RequestBody):
+    schema_version: SchemaVersion = None
     event_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
     kind: Literal["read", "tamper", "self_report"]
     time: UtcTime
@@ -365,6 +373,7 @@ class SelfReportHealth(RequestBody):
 
 
 class Heartbeat(RequestBody):
+    schema_version: SchemaVersion = None
     agent_version: Text40 | None = None
     sensor: SensorHealth
     selfreport: SelfReportHealth | None = None

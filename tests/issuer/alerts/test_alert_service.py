@@ -256,7 +256,9 @@ def test_enrichment_reads_window_and_verdict(det_sessionmaker, det_credential, d
         "/tmp/.x/grabber" in reason["text"] and "grabber --all" in reason["text"]
         for reason in alert.verdict["reasons"]
     )
-    assert not any("/usr/bin/less" in reason["text"] for reason in alert.verdict["reasons"]), "after use: no leak"
+    assert not any("/usr/bin/less" in reason["text"] for reason in alert.verdict["reasons"]), (
+        "after use: no leak"
+    )
 
 
 def test_a_read_in_the_same_second_as_the_use_can_be_the_leak(

@@ -288,9 +288,7 @@ def test_privilege_attempts_are_suspicious_whoever_read_the_file() -> None:
         )
     )
     assert verdict.hint == "suspicious"
-    assert any(
-        "privilege attempt(s) with the key: iam:CreateUser via AWS CLI v1" in r for r in verdict.texts
-    )
+    assert any("privilege attempt(s) with the key: iam:CreateUser via AWS CLI v1" in r for r in verdict.texts)
 
 
 def test_a_masquerading_reader_is_named_with_its_evidence() -> None:
