@@ -258,8 +258,8 @@ def _run(
         if not raised:
             raise
         raise DemoError(
-            f"{exc}: alert {raised[-1]['alert_id']} was raised but names no reader; the agent's record of the "
-            "read never reached the issuer (its reasons are in agent.log)"
+            f"{exc}: alert {raised[-1]['alert_id']} was raised but names no reader; the agent's record of "
+            "the read never reached the issuer (its reasons are in agent.log)"
         ) from None
     alert_path = output_dir / "alert.json"
     alert_path.write_text(json.dumps(alert, indent=2, sort_keys=True) + "\n")
