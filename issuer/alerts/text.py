@@ -27,7 +27,7 @@ def _siem_lines(siem: dict[str, Any]) -> list[str]:
     """The fields a SOC queries (the alert's `siem` block), for text-only sinks (Slack, email)."""
     reader = (
         f"reader: {siem.get('reader_exe')} pid {siem.get('reader_pid')} user {siem.get('reader_user')} "
-        f"started {siem.get('reader_start_time')} sha256 {siem.get('reader_sha256')}"
+        f"started {siem.get('reader_start_time') or '?'} sha256 {siem.get('reader_sha256') or '?'}"
         if siem.get("reader_exe") or siem.get("reader_pid")
         else "reader: none recorded before the first use"
     )
