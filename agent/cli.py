@@ -31,6 +31,7 @@ from server_api_client import IssuerUnreachable, TripkeyError
 from server_api_client.cli_conventions import (
     ArgumentParser,
     HelpFormatter,
+    error_object,
     parse_args,
     report_error,
     run_quietly_on_broken_pipe,
@@ -45,6 +46,19 @@ EXIT_NOT_ENROLLED = 5
 EXIT_NO_AWS_CLI = 6
 EXIT_NOT_DENIED = 7
 EXIT_AWS_UNREACHABLE = 8
+
+
+# The error object's code for each exit code (--json; docs/schema.md, "Errors").
+ERROR_CODES = {
+    EXIT_FAILURE: "failed",
+    EXIT_USAGE: "usage_error",
+    EXIT_PARTIAL: "partial",
+    EXIT_UNREACHABLE: "issuer_unreachable",
+    EXIT_NOT_ENROLLED: "not_enrolled",
+    EXIT_NO_AWS_CLI: "no_aws_cli",
+    EXIT_NOT_DENIED: "not_denied",
+    EXIT_AWS_UNREACHABLE: "aws_unreachable",
+}
 
 
 class CliError(Exception):
@@ -181,7 +195,7 @@ def _run(args: argparse.Namespace) -> int:
     except BrokenPipeError:
         raise  # the output's reader went away: quiet exit 141 (main), not an error to print
     except ConfigError as exc:
-        return _fail(args, f"configuration error: {exc}", EXIT_USAGE)
+        return _fail(args, f"configuration error: {exc}", EXIT_USAGE, error_code="config_error")
     except CliError as exc:
         return _fail(args, str(exc), exc.code)
     except StateError as exc:  # AgentBusy included
@@ -195,15 +209,23 @@ def _run(args: argparse.Namespace) -> int:
         return 130
 
 
-def _fail(args: argparse.Namespace, message: str, code: int, *, also_stdout: bool = True) -> int:
+def _fail(
+    args: argparse.Namespace,
+    message: str,
+    code: int,
+    *,
+    also_stdout: bool = True,
+    error_code: str | None = None,
+) -> int:
     """The error sentence on stderr (control characters made visible: a message may quote a hostile
-    name); with --json {"error", "exit_code"} on stderr and stdout instead, exact."""
+    name); with --json the error object (docs/schema.md) on stderr and stdout instead, exact."""
     as_json = bool(getattr(args, "json", False))
+    word = error_code or ERROR_CODES.get(code)
     if as_json and not also_stdout:  # stdout already carries the command's own JSON report
-        sys.stderr.write(json.dumps({"error": message, "exit_code": code}, sort_keys=True) + "\n")
+        sys.stderr.write(json.dumps(error_object(message, code, word), sort_keys=True) + "\n")
         return code
     return report_error(
-        "tripkey-agent", message if as_json else visible(message), code, as_json=as_json, label=""
+        "tripkey-agent", message if as_json else visible(message), code, as_json=as_json, label="", code=word
     )
 
 
@@ -351,10 +373,17 @@ def cmd_check(args: argparse.Namespace, config: AgentConfig) -> int:
     owned = store.state.owned_key_ids if store else set()
     found = inspect_targets(paths, config.profile, owned, {t.path: t.owner for t in targets})
     found.update({path: f"error: {message}" for path, message in errors.items()})
-    data = {"profile": config.profile, "targets": [{"path": p, "state": s} for p, s in sorted(found.items())]}
+    data = {"profile": config.profile, "targets": [_check_target(p, s) for p, s in sorted(found.items())]}
     text = "\n".join(f"{s:10}  {p}" for p, s in sorted(found.items())) or "no targets"
     _emit(args, data, text)
     return EXIT_OK if found and all(s == "ours" for s in found.values()) else EXIT_PARTIAL
+
+
+def _check_target(path: str, state: str) -> dict[str, Any]:
+    """One target as `check --json` reports it: its state word, and the error apart from it."""
+    if state.startswith("error: "):
+        return {"path": path, "state": "error", "error": state.removeprefix("error: ")}
+    return {"path": path, "state": state, "error": None}
 
 
 def cmd_sensors(args: argparse.Namespace, config: AgentConfig) -> int:

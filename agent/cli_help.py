@@ -17,7 +17,8 @@ exit codes:
   7    trigger: the canary was NOT denied (its explicit deny is not in effect)
   8    trigger: AWS could not be reached at all (the self-test proved nothing)
   141  {BROKEN_PIPE_HELP}
-  With --json, an error is a JSON object {{"error": "...", "exit_code": N}} on stderr (and stdout).
+  With --json, an error is a JSON object {{"error": {{"code": "...", "message": "..."}}, "exit_code": N}}
+  on stderr (and stdout); docs/schema.md lists the codes.
 
 configuration: --config FILE (TOML; default $TRIPKEY_CONFIG or /etc/tripkey/agent.toml),
 TRIPKEY_<KEY> environment variables, then flags (flags win).

@@ -43,7 +43,7 @@ def status_data(config: AgentConfig) -> dict[str, Any]:
         targets.append(
             {
                 "path": ts.path,
-                "owner": ts.owner,
+                "local_user": ts.owner,
                 "profile": ts.profile,
                 "status": ts.status,
                 "access_key_id": ts.access_key_id,
@@ -181,7 +181,7 @@ def format_status(data: dict[str, Any]) -> str:
         return "\n".join(visible(line) for line in lines)
     header = (
         "PATH",
-        "OWNER",
+        "LOCAL USER",
         "PROFILE",
         "STATUS",
         "ACCESS KEY ID",
@@ -195,7 +195,7 @@ def format_status(data: dict[str, Any]) -> str:
             visible(str(cell))
             for cell in (
                 t["path"],
-                t["owner"],
+                t["local_user"],
                 t["profile"],
                 t["status"],
                 t["access_key_id"] or "-",

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from agent.clock import to_iso
 from agent.config import AgentConfig
 from agent.credfile import edit as credfile
 from agent.planting.targets import read_target
@@ -226,7 +227,7 @@ def run_trigger(
             access_key_id=ts.access_key_id,
             credential_id=ts.credential_id,
             selftest_id=info.selftest_id,
-            selftest_expires_at=info.expires_at.isoformat(),
+            selftest_expires_at=to_iso(info.expires_at) or "",
             aws_cli=aws,
             aws_endpoint=config.aws_endpoint_url,
             selftest_pid=mark.pid,

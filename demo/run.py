@@ -258,12 +258,12 @@ def _run(
         if not raised:
             raise
         raise DemoError(
-            f"{exc}: alert {raised[-1]['id']} was raised but names no reader; the agent's record of the "
-            "read never reached the issuer (its reasons are in agent.log)"
+            f"{exc}: alert {raised[-1]['alert_id']} was raised but names no reader; the agent's record of "
+            "the read never reached the issuer (its reasons are in agent.log)"
         ) from None
     alert_path = output_dir / "alert.json"
     alert_path.write_text(json.dumps(alert, indent=2, sort_keys=True) + "\n")
-    steps.detail(f"alert {alert['id']} raised; JSON written to {alert_path}")
+    steps.detail(f"alert {alert['alert_id']} raised; JSON written to {alert_path}")
     steps.detail(f"delivered to the JSONL sink {sink_file}")
     if not steps.quiet:
         print()
@@ -344,7 +344,7 @@ def _alert_with_reads(
 ) -> dict[str, Any] | None:
     try:
         for summary in client.list_alerts():
-            alert = client.get_alert(summary.id).raw
+            alert = client.get_alert(summary.alert_id).raw
             credential = (alert.get("enrichment") or {}).get("credential") or {}
             if credential.get("access_key_id") != key_id:
                 continue

@@ -19,6 +19,7 @@ from issuer import __version__
 from issuer.cli_help import EPILOG, EXAMPLES
 from issuer.detection import ingest_secret
 from issuer.settings import Settings, SettingsError, load_settings
+from issuer.timefmt import iso, iso_or_none
 from server_api_client.cli_conventions import (
     ArgumentParser,
     HelpFormatter,
@@ -35,6 +36,13 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NO_DATABASE = 3
 EXIT_LISTEN = 4
+# The error object's code for each exit code (--json; docs/schema.md, "Errors").
+ERROR_CODES = {
+    EXIT_FAILURE: "failed",
+    EXIT_USAGE: "usage_error",
+    EXIT_NO_DATABASE: "no_database",
+    EXIT_LISTEN: "cannot_listen",
+}
 
 
 class CliError(Exception):
@@ -334,12 +342,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def _token_row(row: Any) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "token_id": row.id,
         "role": row.role,
         "label": row.label,
         "device_id": row.device_id,
-        "created_at": row.created_at.isoformat(),
-        "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "created_at": iso(row.created_at),
+        "revoked_at": iso_or_none(row.revoked_at),
     }
 
 
@@ -396,7 +404,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     try:
         return handlers[args.command](args)
     except CliError as exc:
-        return report_error(PROG, str(exc), exc.exit_code, as_json=getattr(args, "json", False))
+        return report_error(
+            PROG,
+            str(exc),
+            exc.exit_code,
+            as_json=getattr(args, "json", False),
+            code=ERROR_CODES.get(exc.exit_code),
+        )
     except KeyboardInterrupt:
         return 130
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from issuer.models import Device
+from issuer.timefmt import iso
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def coverage_info(device: Device, stale: bool) -> dict[str, Any]:
     if device.last_heartbeat_at is None:
         reasons.append("the agent has never sent a heartbeat")
     elif stale:
-        reasons.append(f"no heartbeat since {device.last_heartbeat_at.isoformat()}")
+        reasons.append(f"no heartbeat since {iso(device.last_heartbeat_at)}")
     not_planted = [t for t in targets if not t.get("planted")]
     for target in not_planted:
         reasons.append(f"{_text(target.get('path'), '?')}: {_text(target.get('error'), 'not planted')}")

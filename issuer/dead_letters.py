@@ -117,7 +117,7 @@ def all_counters(session: Session) -> dict[str, int]:
 
 def dead_letter_info(row: DeadLetter) -> dict[str, Any]:
     return {
-        "id": row.id,
+        "dead_letter_id": row.id,
         "source": row.source,
         "device_id": row.device_id,
         "reason": row.reason,

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from issuer.errors import TooManyRequests
 from issuer.models import Device, Placement, utcnow
+from issuer.timefmt import iso, iso_or_none
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,11 +114,11 @@ def minting_info(device: Device, now: dt.datetime | None = None) -> dict[str, An
     until = device.mint_window_until
     active = until is not None and until > now
     return {
-        "window_ends_at": until if active else None,
+        "window_ends_at": iso(until) if until is not None and active else None,
         "minted_in_window": int(device.mint_window_count or 0) if active else 0,
         "window_limit": int(device.mint_window_limit or 0) if active else None,
         "refused": int(device.mints_refused or 0),
-        "last_refused_at": device.last_mint_refused_at,
+        "last_refused_at": iso_or_none(device.last_mint_refused_at),
     }
 
 

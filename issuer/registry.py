@@ -22,6 +22,7 @@ from issuer.device_health import health_columns
 from issuer.errors import AwsUpstreamError, Conflict, NotFound
 from issuer.minting import MintLimits, minting_info, reserve_mint
 from issuer.models import ApiToken, Credential, Device, Placement, utcnow
+from issuer.timefmt import iso
 from issuer.tokens import create_token, hash_secret, new_id
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def enroll_device(
         # Retired means offboarded for good: its keys are revoked and must not come back to life
         # because an agent was left behind with a valid enroll token.
         raise Conflict(
-            f"device {device.id} ({device.hostname}) was retired at {device.retired_at.isoformat()}; "
+            f"device {device.id} ({device.hostname}) was retired at {iso(device.retired_at)}; "
             "to enroll this host again, remove the agent's state directory on it (it then enrolls as "
             "a new device)"
         )

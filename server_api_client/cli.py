@@ -36,6 +36,7 @@ from server_api_client.commands import (
 )
 from server_api_client.errors import (
     AuthError,
+    IssuerResponseError,
     IssuerUnreachable,
     NotFound,
     ProtocolError,
@@ -65,7 +66,8 @@ exit codes:
   5    issuer error (5xx), or an answer that is not the issuer's documented JSON (another web server
        at that URL: check --issuer)
   141  {BROKEN_PIPE_HELP}
-  With --json, an error is a JSON object {{"error": "...", "exit_code": N}} on stderr (and stdout).
+  With --json, an error is a JSON object {{"error": {{"code": "...", "message": "..."}}, "exit_code": N}}
+  on stderr (and stdout); `code` is the issuer's own error code when it answered with one.
 
 examples:
   tripkey alerts list --status open
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         alert_cmds,
         "list",
         "list alerts, newest first",
-        ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].id'"],
+        ["tripkey alerts list --status open", "tripkey alerts list --json | jq -r '.alerts[].alert_id'"],
     )
     p.add_argument("--status", choices=["open", "acknowledged", "resolved"], help="only alerts in this state")
     p.add_argument("--severity", choices=["low", "medium", "high", "critical"], help="only this severity")
@@ -429,6 +431,18 @@ def _exit_code_for(exc: TripkeyError) -> int:
     return EXIT_SERVER
 
 
+def _error_code_for(exc: TripkeyError) -> str:
+    """The error object's code: the issuer's own (`unauthenticated`, `rate_limited`...) when it
+    answered with one, else what went wrong on the way."""
+    if isinstance(exc, IssuerResponseError) and exc.code:
+        return exc.code
+    if isinstance(exc, IssuerUnreachable):
+        return "issuer_unreachable"
+    if isinstance(exc, ProtocolError):
+        return "protocol_error"
+    return "error"
+
+
 def _hint(exc: TripkeyError) -> str:
     """Advice only where it fits the failure: a CA hint for an untrusted certificate, not for every
     TLS problem (https:// to a plain-HTTP port is not solved by --ca-bundle)."""
@@ -467,8 +481,10 @@ def _main(argv: Sequence[str] | None, stdout: Out | None, stderr: Out | None) ->
     func: Callable[[IssuerClient, argparse.Namespace, Out], int] = args.func
     as_json = bool(getattr(args, "json", False))
 
-    def fail(message: str, code: int, label: str = "error") -> int:
-        return report_error("tripkey", message, code, as_json=as_json, stdout=out, stderr=err, label=label)
+    def fail(message: str, code: int, label: str = "error", word: str | None = None) -> int:
+        return report_error(
+            "tripkey", message, code, as_json=as_json, stdout=out, stderr=err, label=label, code=word
+        )
 
     try:
         with _make_client(args) as client:
@@ -476,9 +492,9 @@ def _main(argv: Sequence[str] | None, stdout: Out | None, stderr: Out | None) ->
     except (UsageError, CommandUsageError) as exc:
         return fail(str(exc), EXIT_USAGE)
     except NotFound as exc:
-        return fail(exc.message, EXIT_NOT_FOUND, label="not found")
+        return fail(exc.message, EXIT_NOT_FOUND, label="not found", word=exc.code or "not_found")
     except TripkeyError as exc:
-        return fail(f"{exc}{_hint(exc)}", _exit_code_for(exc))
+        return fail(f"{exc}{_hint(exc)}", _exit_code_for(exc), word=_error_code_for(exc))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """What the three command lines (`tripkey`, `tripkey-agent`, `tripkey-issuer`) do the same way.
 
 * An error is one sentence on stderr, ``<prog>: [error: ]<what and how to fix it>``. With ``--json``
-  it is a JSON object instead, ``{"error": "<sentence>", "exit_code": N}``, on stderr (for a script
-  that reads errors) and on stdout (for one that parses only stdout): never a traceback. Usage
-  errors found by argparse too (`ArgumentParser`, `parse_args`).
+  it is a JSON object instead, ``{"error": {"code": "<word>", "message": "<sentence>"},
+  "exit_code": N}`` — the issuer API's error object plus the exit code (docs/schema.md, "Errors") —
+  on stderr (for a script that reads errors) and on stdout (for one that parses only stdout): never a
+  traceback. Usage errors found by argparse too (`ArgumentParser`, `parse_args`).
 * Output into a pipe whose reader went away (``tripkey alerts show ID --json | head``) ends the
   command quietly with exit 141 (128 + SIGPIPE), as a shell utility killed by SIGPIPE would; the
   standard Python recipe: stdout is pointed at /dev/null so the interpreter's final flush cannot
@@ -61,8 +62,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
         ArgumentParser.json_errors = False
 
 
-def error_object(message: str, exit_code: int) -> dict[str, object]:
-    return {"error": message, "exit_code": exit_code}
+# Error codes every tool uses for the exit codes they share; each tool passes its own for the rest.
+COMMON_ERROR_CODES = {2: "usage_error", 130: "interrupted", EXIT_BROKEN_PIPE: "broken_pipe"}
+
+
+def error_object(message: str, exit_code: int, code: str | None = None) -> dict[str, object]:
+    """The one error shape: the issuer API's `{"error": {"code", "message"}}` plus the exit code."""
+    word = code or COMMON_ERROR_CODES.get(exit_code, "error")
+    return {"error": {"code": word, "message": message}, "exit_code": exit_code}
 
 
 def report_error(
@@ -74,12 +81,14 @@ def report_error(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     label: str = "error",
+    code: str | None = None,
 ) -> int:
-    """Print the error the tool's way; return `exit_code` for `return report_error(...)`."""
+    """Print the error the tool's way; return `exit_code` for `return report_error(...)`. `code` is
+    the error's word in JSON (default: from the exit code, COMMON_ERROR_CODES, else "error")."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     if as_json:
-        line = json.dumps(error_object(message, exit_code), sort_keys=True)
+        line = json.dumps(error_object(message, exit_code, code), sort_keys=True)
         err.write(line + "\n")
         out.write(line + "\n")
     else:
@@ -110,6 +119,7 @@ def _silence_stdout() -> None:
 
 __all__ = [
     "BROKEN_PIPE_HELP",
+    "COMMON_ERROR_CODES",
     "EXIT_BROKEN_PIPE",
     "ArgumentParser",
     "HelpFormatter",

@@ -326,7 +326,7 @@ class IssuerClient(ListRoutes):
         body = {"note": note} if note is not None else {}
         # Not retried after sending: a repeated call would append the note twice.
         data = self._request("POST", f"/v1/alerts/{_seg(alert_id)}/{action}", body=body, idempotent=False)
-        if isinstance(data, dict) and ("id" in data or "alert_id" in data):
+        if isinstance(data, dict) and "alert_id" in data:
             return Alert.from_json(data)
         return self.get_alert(alert_id)  # the route answered with a bare ack; fetch the new state
 

@@ -84,7 +84,7 @@ def cmd_alerts_show(client: IssuerClient, args: argparse.Namespace, out: Out) ->
 def cmd_alerts_transition(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     act = client.ack_alert if args.transition == "ack" else client.resolve_alert
     alert = act(args.alert_id, note=args.note)
-    return _emit_one(out, args, alert.raw, f"alert {alert.id} is now {alert.status}")
+    return _emit_one(out, args, alert.raw, f"alert {alert.alert_id} is now {alert.status}")
 
 
 def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:

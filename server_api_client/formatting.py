@@ -97,7 +97,7 @@ def alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
         ["ID", "STATUS", "SEVERITY", "KIND", "HOST", "ACCESS KEY", "LAST SEEN", "EVENTS", "VERDICT", "TITLE"],
         [
             [
-                a.get("id") or a.get("alert_id"),
+                a.get("alert_id"),
                 a.get("status"),
                 a.get("severity"),
                 a.get("kind"),
@@ -115,6 +115,11 @@ def alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
 
 def _same_reader(read: Mapping[str, Any]) -> tuple[Any, ...]:
     return (read.get("pid"), read.get("exe"), str(read.get("cmdline")), bool(read.get("after_first_use")))
+
+
+def _reason_text(reason: Any) -> Any:
+    """A verdict reason's sentence (reasons are objects since alert schema 1.0)."""
+    return reason.get("text") if isinstance(reason, dict) else reason
 
 
 def _reads_block(reads: list[Any]) -> str:
@@ -136,12 +141,19 @@ def _reads_block(reads: list[Any]) -> str:
         )
         lines.append(f"      exe: {text(read.get('exe'))}")
         lines.append(f"      cmdline: {cmdline(read.get('cmdline'))}")
+        if read.get("cwd") or read.get("start_time"):
+            lines.append(f"      cwd: {text(read.get('cwd'))}  started: {text(read.get('start_time'))}")
         provenance = _provenance_line(read)
         if provenance:
             lines.append(f"      provenance: {provenance}")
         ancestors = [_dict(a) for a in _list(read.get("ancestors"))]
         if ancestors:
-            chain = " <- ".join(f"{text(a.get('exe'))}[{text(a.get('pid'))}]" for a in ancestors)
+            chain = " <- ".join(
+                f"{text(a.get('exe'))}[{text(a.get('pid'))}"
+                + (f" {text(a.get('user'))}" if a.get("user") else "")
+                + "]"
+                for a in ancestors
+            )
             lines.append(f"      parents: {chain}")
     return "\n".join(lines)
 
@@ -200,7 +212,7 @@ def alert_report(alert: Mapping[str, Any]) -> str:
     selftest = " [SELFTEST]" if alert.get("selftest") else ""
 
     parts = [
-        f"ALERT {text(alert.get('id') or alert.get('alert_id'))}{selftest}: {text(alert.get('title'))}",
+        f"ALERT {text(alert.get('alert_id'))}{selftest}: {text(alert.get('title'))}",
         fields(
             [
                 ("severity", alert.get("severity")),
@@ -209,11 +221,12 @@ def alert_report(alert: Mapping[str, Any]) -> str:
                 ("first seen", alert.get("first_seen")),
                 ("last seen", alert.get("last_seen")),
                 ("events", alert.get("event_count")),
+                ("ATT&CK", _dict(alert.get("siem")).get("attack_technique_ids") or None),
             ]
         ),
         section(
             f"VERDICT HINT: {text(verdict.get('hint'))}",
-            "\n".join(f"  - {text(r)}" for r in _list(verdict.get("reasons"))),
+            "\n".join(f"  - {text(_reason_text(r))}" for r in _list(verdict.get("reasons"))),
         ),
         section(
             "CREDENTIAL AND PLACEMENT",
@@ -222,7 +235,7 @@ def alert_report(alert: Mapping[str, Any]) -> str:
                     ("host", f"{text(device.get('hostname'))} ({text(device.get('device_id'))})"),
                     ("os", " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None),
                     ("serial", device.get("serial")),
-                    ("user", placement.get("local_user")),
+                    ("local user", placement.get("local_user")),
                     ("path", placement.get("path")),
                     ("profile", placement.get("profile")),
                     ("access key id", credential.get("access_key_id")),
@@ -586,7 +599,7 @@ def dead_letters_report(counters: Mapping[str, int], entries: Sequence[Mapping[s
     for entry in entries:
         where = f" device {text(entry.get('device_id'))}" if entry.get("device_id") else ""
         when, source = text(entry.get("received_at")), text(entry.get("source"))
-        lines.append(f"  #{text(entry.get('id'))}  {when}  {source}{where}")
+        lines.append(f"  #{text(entry.get('dead_letter_id'))}  {when}  {source}{where}")
         lines.append(f"      why:  {text(entry.get('reason'))}")
         lines.append(f"      what: {_clip(text(entry.get('payload')), 200)}")
     parts.append(section(f"DEAD LETTERS ({len(entries)}, newest first)", "\n".join(lines)))

@@ -301,18 +301,9 @@ class ReadRecord:
         )
 
 
-def _alert_id(r: _Reader) -> str:
-    # The contract names it "id" (issuer/alerts); accept "alert_id" too rather than fail on a rename.
-    if isinstance(r.data.get("id"), str):
-        return r.data["id"]
-    if isinstance(r.data.get("alert_id"), str):
-        return r.data["alert_id"]
-    raise ProtocolError(f"{r.model}: missing required field 'id'")
-
-
 @dataclass(frozen=True)
 class AlertSummary:
-    id: str
+    alert_id: str
     kind: str | None
     severity: str | None
     status: str
@@ -327,7 +318,7 @@ class AlertSummary:
     def from_json(cls, data: Any) -> AlertSummary:
         r = _Reader(data, "AlertSummary")
         return cls(
-            id=_alert_id(r),
+            alert_id=r.get_str("alert_id"),
             kind=r.opt_str("kind"),
             severity=r.opt_str("severity"),
             status=r.get_str("status"),
@@ -355,7 +346,7 @@ class Alert(AlertSummary):
         head = AlertSummary.from_json(data)
         r = _Reader(data, "Alert")
         return cls(
-            id=head.id,
+            alert_id=head.alert_id,
             kind=head.kind,
             severity=head.severity,
             status=head.status,

@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.support.e2e",
     "tests.support.enforced",
     "tests.support.pushpath",
+    "tests.support.schema_world",
 ]
 
 

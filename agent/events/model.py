@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from agent.clock import to_iso
 from agent.events.bounds import ANCESTOR_ARGV_BUDGET, MAX_ANCESTORS, READER_ARGV_BUDGET, printable, trim_argv
 from agent.events.provenance import CodeSigning, ReaderProvenance
 from agent.events.redact import redact_argv
@@ -20,15 +21,23 @@ from agent.events.redact import redact_argv
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProcessInfo:
-    """One ancestor of a reader, as far as it could be seen."""
+    """One ancestor of a reader, as far as it could be seen. `user` is its account name when the
+    sensor knows it (Windows, macOS); otherwise it is looked up from the uid when the event is written."""
 
     pid: int
     exe: str | None = None
     cmdline: tuple[str, ...] = ()
     uid: int | None = None
+    user: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "exe": self.exe, "cmdline": list(self.cmdline), "uid": self.uid}
+        return {
+            "pid": self.pid,
+            "exe": self.exe,
+            "cmdline": list(self.cmdline),
+            "uid": self.uid,
+            "user": self.user if self.user is not None else user_name(self.uid),
+        }
 
 
 def _optional(text: str | None) -> str | None:
@@ -109,7 +118,7 @@ class ReadEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "time": self.time.isoformat(),
+            "time": to_iso(self.time),
             "path": self.path,
             "pid": self.pid,
             "ppid": self.ppid,
@@ -117,7 +126,7 @@ class ReadEvent:
             "cmdline": list(self.cmdline),
             "uid": self.uid,
             "user": self.user,
-            "start_time": self.start_time.isoformat() if self.start_time else None,
+            "start_time": to_iso(self.start_time),
             "cwd": self.cwd,
             "access": self.access,
             "sensor": self.sensor,

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.clock import utcnow
+from agent.clock import from_iso, to_iso, utcnow
 from agent.events.bounds import visible
 from agent.events.model import READER_FIELDS, ReadEvent
 from agent.events.secrets import KnownSecrets, known
@@ -77,6 +77,16 @@ _MIGRATIONS = {
     3: ("ALTER TABLE reads ADD COLUMN partial INTEGER NOT NULL DEFAULT 0",),
 }
 _ADDED_IN = {"provenance": 2, "claimed_label": 2, "trust_reason": 2, "partial": 3}
+
+
+def _one_format(value: Any) -> Any:
+    """A stored time in the one format (RFC 3339, UTC, `Z`); anything else is left as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return to_iso(from_iso(value))
+    except ValueError:
+        return value
 
 
 def _select_list(version: int) -> str:
@@ -197,7 +207,7 @@ class ReadLog:
         ancestors = [{**a, "cmdline": [self._scrub(arg) for arg in a["cmdline"]]} for a in data["ancestors"]]
         row = (
             event_id,
-            event.time.astimezone(dt.UTC).isoformat(),
+            to_iso(event.time),
             event.time.timestamp(),
             self._scrub(event.path),
             event.pid,
@@ -260,6 +270,9 @@ class ReadLog:
             item["ancestors"] = json.loads(item["ancestors"])
             item["provenance"] = json.loads(item["provenance"]) if item["provenance"] else None
             item["partial"] = bool(item["partial"])
+            # Rows written before the one time format (docs/schema.md) said "+00:00".
+            item["time"] = _one_format(item["time"])
+            item["start_time"] = _one_format(item["start_time"])
             out.append(item)
         return out
 

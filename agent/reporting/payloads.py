@@ -22,6 +22,9 @@ from agent.state import StateStore
 
 Secrets = Iterable[str] | KnownSecrets
 
+# The version of the event and heartbeat JSON (docs/schema.md, "Versions"); the issuer accepts 1.x.
+SCHEMA_VERSION = "1.0"
+
 
 def read_event_payload(
     event: ReadEvent, event_id: str, classification: str | Classification | None, *, secrets: Secrets = ()
@@ -39,6 +42,7 @@ def read_event_payload(
     else:
         read["classification"] = classification
     payload = {
+        "schema_version": SCHEMA_VERSION,
         "event_id": event_id,
         "kind": "read",
         "time": to_iso(event.time),
@@ -71,6 +75,7 @@ def tamper_payload(
             for key, value in found.items()
         }
     payload = {
+        "schema_version": SCHEMA_VERSION,
         "event_id": str(uuid.uuid4()),
         "kind": "tamper",
         "time": to_iso(now),
@@ -85,6 +90,7 @@ def self_report_payload(
 ) -> dict[str, Any]:
     """A "self_report" event: a local user says they opened the file ("I opened it by mistake")."""
     payload = {
+        "schema_version": SCHEMA_VERSION,
         "event_id": str(uuid.uuid4()),
         "kind": "self_report",
         "time": to_iso(at),
@@ -120,6 +126,7 @@ def heartbeat_payload(
         "uncovered": [bound_text(str(gap), TEXT_BUDGET) for gap in sensor_health.get("uncovered") or ()][:32],
     }
     payload = {
+        "schema_version": SCHEMA_VERSION,
         "agent_version": agent_version,
         "sensor": sensor,
         "targets": [
@@ -197,6 +204,7 @@ def target_reports(store: StateStore) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "SCHEMA_VERSION",
     "heartbeat_payload",
     "read_event_payload",
     "self_report_payload",

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from agent import osflags
+from agent.clock import to_iso
 from agent.sensors import _eventlog_win32 as win32
 from agent.sensors._eventlog_parse import (
     EVENT_ACCESS,
@@ -278,7 +279,7 @@ class EventLogSensor(Sensor):
         self.log_clears += 1
         who = subject_user(event) or "an unknown account"
         self._error = (
-            f"the Security log was cleared at {event.time.isoformat()} by {who} (event 1102): "
+            f"the Security log was cleared at {to_iso(event.time)} by {who} (event 1102): "
             "reads before that moment may be missing"
         )
         log.error("tampering: %s", self._error)

@@ -267,7 +267,7 @@ def _report(
         detections = session.scalar(select(func.count()).select_from(Detection))
     deliveries: dict[str, int] = {}
     for body in c.receiver.json_bodies():
-        alert_id = body.get("alert", {}).get("id")
+        alert_id = body.get("alert", {}).get("alert_id")
         deliveries[alert_id] = deliveries.get(alert_id, 0) + 1
     latencies = [v for v in alert_latency.values() if v is not None]
     return {

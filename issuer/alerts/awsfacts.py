@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from issuer.timefmt import iso
+
 # ---- user-agent families -------------------------------------------------------------------------
 
 FAMILY_NAMES = {
@@ -223,6 +225,8 @@ def quarantine_policy(event_name: str | None, raw: dict[str, Any] | None) -> str
     return arn if isinstance(arn, str) and arn.startswith(QUARANTINE_POLICY_PREFIX) else None
 
 
+MAX_CALLS_SHOWN = 200  # per-event records an alert carries (its `event_count` counts them all)
+
 # ---- one alert's facts ----------------------------------------------------------------------------
 
 
@@ -240,12 +244,19 @@ class Call:
     error_code: str | None
     detection_source: str
     quarantine: str | None = None  # the quarantine policy AWS attached, for such a call
+    # The record itself: CloudTrail's eventID (the last-used safety net makes one up), name and service.
+    event_id: str | None = None
+    event_name: str | None = None
+    event_source: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AwsFacts:
     calls: tuple[Call, ...]
     device_addresses: tuple[str, ...] = ()
+    # The newest call when `calls` had to stop short of it (an alert with more events than are loaded):
+    # the "last" source address and user agent come from it.
+    latest: Call | None = None
 
     def of_kind(self, *kinds: str) -> list[Call]:
         return [c for c in self.calls if c.kind in kinds]
@@ -301,24 +312,42 @@ class AwsFacts:
         errors = f"; errors {', '.join(self.error_codes()[:4])}" if self.error_codes() else ""
         return f"AWS calls ({kinds}) via {families} from {places}{errors}"
 
+    def first_and_last(self) -> dict[str, str | None]:
+        """The first and the last source address and user agent of the incident."""
+        every = [*self.calls, *([self.latest] if self.latest is not None else [])]
+        with_ip = [c for c in every if c.source_ip]
+        with_ua = [c for c in every if c.user_agent]
+        return {
+            "first_source_ip": with_ip[0].source_ip if with_ip else None,
+            "last_source_ip": with_ip[-1].source_ip if with_ip else None,
+            "first_user_agent": with_ua[0].user_agent if with_ua else None,
+            "last_user_agent": with_ua[-1].user_agent if with_ua else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            # One record per AWS event (CloudTrail record or last-used observation), oldest first.
             "calls": [
                 {
-                    "time": c.time.isoformat().replace("+00:00", "Z"),
+                    "event_id": c.event_id,
+                    "time": iso(c.time),
+                    "event_name": c.event_name,
+                    "event_source": c.event_source,
                     "call": c.name,
                     "kind": c.kind,
                     "region": c.region,
                     "source_ip": c.source_ip,
                     "address_relation": c.relation,
+                    "user_agent": c.user_agent,
                     "user_agent_family": c.family,
                     "user_agent_detail": c.family_detail,
                     "error_code": c.error_code,
                     "detection_source": c.detection_source,
-                    **({"quarantine_policy": c.quarantine} if c.quarantine else {}),
+                    "quarantine_policy": c.quarantine,
                 }
-                for c in self.calls[:200]
+                for c in self.calls[:MAX_CALLS_SHOWN]
             ],
+            **self.first_and_last(),
             "call_kinds": self.kinds(),
             "user_agent_families": self.families(),
             "source_addresses": [
@@ -356,6 +385,7 @@ def service_of(event_source: str | None) -> str | None:
 def make_call(
     *,
     time: dt.datetime,
+    event_id: str | None = None,
     event_name: str | None,
     event_source: str | None,
     region: str | None,
@@ -383,6 +413,9 @@ def make_call(
         error_code=error_code,
         detection_source=detection_source,
         quarantine=quarantine,
+        event_id=event_id,
+        event_name=event_name,
+        event_source=event_source,
     )
 
 

@@ -16,10 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from issuer import egress, registry
-from issuer.alerts.awsfacts import AwsFacts, make_call
+from issuer.alerts.awsfacts import AwsFacts, Call, make_call
 from issuer.alerts.verdict import ReadFact, SelfReportFact, Verdict, VerdictInput, decide
-from issuer.detection.events import as_utc
 from issuer.models import AgentEvent, Credential, Detection, Device, Placement
+from issuer.timefmt import as_utc, iso, iso_or_none
 
 AFTER_USE_WINDOW = dt.timedelta(minutes=10)
 # Agent clocks drift; a read a little "before" the issuer minted the key is still of this key.
@@ -30,10 +30,40 @@ USE_TIME_SLACK = dt.timedelta(seconds=3)
 MAX_READS = 200
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    if value is None:
+_iso = iso_or_none
+
+
+def _time_text(value: Any) -> str | None:
+    """A time the agent sent (stored as text): in the one format, or None when it is not a time."""
+    if not isinstance(value, str) or not value:
         return None
-    return as_utc(value).isoformat().replace("+00:00", "Z")
+    try:
+        return iso(dt.datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ancestor(item: Any) -> dict[str, Any] | None:
+    """One process of the reader's parent chain; `user` is its account name (agents send it since
+    schema 1.0; older ones sent only the uid)."""
+    if not isinstance(item, dict):
+        return None
+    cmdline = item.get("cmdline") if isinstance(item.get("cmdline"), list) else []
+    return {
+        "pid": _int_or_none(item.get("pid")),
+        "exe": _text_or_none(item.get("exe")),
+        "cmdline": [str(part) for part in cmdline],
+        "uid": _int_or_none(item.get("uid")),
+        "user": _text_or_none(item.get("user")),
+    }
 
 
 def device_facts(device: Device) -> dict[str, Any]:
@@ -56,13 +86,16 @@ def _read_record(event: AgentEvent, first_use: dt.datetime) -> dict[str, Any]:
         "time": _iso(event.time),
         "pid": event.pid if event.pid is not None else read.get("pid"),
         "ppid": read.get("ppid"),
+        "start_time": _time_text(read.get("start_time")),
         "exe": event.exe or read.get("exe"),
         "cmdline": [str(part) for part in cmdline],
+        "cwd": _text_or_none(read.get("cwd")),
         "uid": read.get("uid"),
         "user": event.user or read.get("user"),
+        "access": _text_or_none(read.get("access")),
         "classification": event.classification or read.get("classification"),
         "sensor": read.get("sensor"),
-        "ancestors": read.get("ancestors") or [],
+        "ancestors": [a for a in map(_ancestor, read.get("ancestors") or []) if a is not None],
         "partial": bool(read.get("partial")),
         "provenance": read.get("provenance") if isinstance(read.get("provenance"), dict) else None,
         "claimed_label": read.get("claimed_label"),
@@ -132,22 +165,33 @@ def aws_facts(
         .order_by(Detection.event_time, Detection.id)
         .limit(MAX_DETECTIONS)
     ).all()
-    calls = tuple(
-        make_call(
-            time=as_utc(row.event_time),
-            event_name=row.event_name,
-            event_source=row.event_source,
-            region=row.region,
-            source_ip=row.source_ip,
-            user_agent=row.user_agent,
-            error_code=row.error_code,
-            detection_source=row.source,
-            raw=row.raw if isinstance(row.raw, dict) else None,
-            device_addresses=seen,
-        )
-        for row in rows
+    calls = tuple(_call(row, seen) for row in rows)
+    latest = None
+    if len(rows) == MAX_DETECTIONS:  # more than are loaded: the newest one names the last address
+        newest = session.scalars(
+            select(Detection)
+            .where(Detection.alert_id == alert_id)
+            .order_by(Detection.event_time.desc(), Detection.id.desc())
+            .limit(1)
+        ).first()
+        latest = _call(newest, seen) if newest is not None else None
+    return AwsFacts(calls=calls, device_addresses=tuple(seen), latest=latest)
+
+
+def _call(row: Detection, seen: list[str]) -> Call:
+    return make_call(
+        time=as_utc(row.event_time),
+        event_id=row.source_event_id.removeprefix("tamper:"),
+        event_name=row.event_name,
+        event_source=row.event_source,
+        region=row.region,
+        source_ip=row.source_ip,
+        user_agent=row.user_agent,
+        error_code=row.error_code,
+        detection_source=row.source,
+        raw=row.raw if isinstance(row.raw, dict) else None,
+        device_addresses=seen,
     )
-    return AwsFacts(calls=calls, device_addresses=tuple(seen))
 
 
 def build_context(
@@ -197,6 +241,7 @@ def build_context(
             provenance=record["provenance"],
             claimed=record["claimed_label"] if isinstance(record["claimed_label"], str) else None,
             trust_reason=record["trust_reason"] if isinstance(record["trust_reason"], str) else None,
+            event_id=record["event_id"],
         )
         for row, record in zip(rows, reads, strict=True)
         if as_utc(row.time) <= leak_end
@@ -243,7 +288,7 @@ def build_context(
             placement_user=placement.local_user,
             reads=tuple(leak_reads),
             self_reports=tuple(
-                SelfReportFact(time=as_utc(row.time), user=record["user"])
+                SelfReportFact(time=as_utc(row.time), user=record["user"], event_id=row.event_id)
                 for row, record in zip(relevant_reports, self_reports, strict=True)
             ),
             agent_stale=health["stale_at_use"],

@@ -1,4 +1,5 @@
-"""The JSON shape of an alert, shared by the API (GET /v1/alerts/{id}) and the sinks."""
+"""The JSON shape of an alert, shared by the API (GET /v1/alerts/{id}) and the sinks
+(docs/schema.md; docs/schemas/alert.json)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from issuer.alerts.enrich import _iso
 from issuer.alerts.service import SELFTEST, SUMMARY_KEYS
+from issuer.alerts.siem import siem_block
 from issuer.models import Alert, Delivery
+from issuer.timefmt import iso_or_none as _iso
+
+# The version of the alert's JSON (docs/schema.md, "Versions"): the minor part grows with additions,
+# the major part changes when a field is renamed, removed or changes meaning.
+ALERT_SCHEMA_VERSION = "1.0"
 
 
 def _alert_head(alert: Alert) -> dict[str, Any]:
     """The fields the list and the full alert share."""
     return {
-        "id": alert.id,
+        "alert_id": alert.id,
         "kind": alert.kind,
         "severity": alert.severity,
         "status": alert.status,
@@ -44,6 +50,7 @@ def alert_summary(alert: Alert) -> dict[str, Any]:
 def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = True) -> dict[str, Any]:
     summary = alert.summary or {}
     data: dict[str, Any] = {
+        "schema_version": ALERT_SCHEMA_VERSION,
         **_alert_head(alert),
         "summary": {key: list(summary.get(key) or []) for key in SUMMARY_KEYS}
         | {
@@ -58,6 +65,7 @@ def alert_to_dict(session: Session, alert: Alert, *, with_deliveries: bool = Tru
         "created_at": _iso(alert.created_at),
         "updated_at": _iso(alert.updated_at),
     }
+    data["siem"] = siem_block(data)
     if with_deliveries:
         rows = session.scalars(
             select(Delivery).where(Delivery.alert_id == alert.id).order_by(Delivery.sink, Delivery.revision)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from issuer.alerts.awsfacts import quarantine_policy
 from issuer.alerts.enrich import build_context
 from issuer.alerts.updates import consider_update, mark_notified
+from issuer.alerts.verdict import context_reason
 from issuer.detection.events import AwsEvent, as_utc
 from issuer.detection.matching import TAMPER, Match
 from issuer.models import Alert, Credential, Delivery, Detection, SelfTest, utcnow
@@ -246,18 +247,24 @@ def refresh_context(
         alert_id=alert.id,
         address_window_days=address_window_days,
     )
-    reasons = list(verdict.reasons)
+    reasons = [reason.as_dict() for reason in verdict.reasons]
     if alert.kind == AWS_KEY_PUBLISHED:
         reasons.insert(
             0,
-            "AWS itself found this key published (typically in a public code repository) and "
-            "quarantined its principal: treat the key as public, whoever used it",
+            context_reason(
+                "alert_kind_aws_key_published",
+                "AWS itself found this key published (typically in a public code repository) and "
+                "quarantined its principal: treat the key as public, whoever used it",
+            ).as_dict(),
         )
     if alert.kind == PRINCIPAL_TAMPER:
         reasons.insert(
             0,
-            "someone other than the issuer changed the canary principal in IAM: the "
-            "credential is known to an attacker who also holds IAM permissions",
+            context_reason(
+                "alert_kind_principal_tamper",
+                "someone other than the issuer changed the canary principal in IAM: the "
+                "credential is known to an attacker who also holds IAM permissions",
+            ).as_dict(),
         )
     alert.enrichment = enrichment
     alert.verdict = {"hint": verdict.hint, "reasons": reasons}

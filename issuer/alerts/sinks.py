@@ -4,6 +4,13 @@ Configuration is one table per sink in the issuer settings (``[[sinks]]`` with `
 ``name``). Every sink takes ``max_attempts`` (default 5), ``backoff_seconds`` (default 2, doubled
 each retry) and ``timeout`` (default 10 s).
 
+Formats (docs/schema.md): the webhook and JSONL sinks take ``format = "native" | "ocsf" | "ecs"``:
+the alert's own JSON (with its `siem` block), an OCSF 1.8.0 Detection Finding (issuer.alerts.ocsf) or an
+ECS 8.17.0 document (issuer.alerts.ecs). The webhook's native body is the envelope
+``{"type": "tripkey.alert", "schema_version", "siem", "alert"}``; in the other formats the body is the
+mapped document itself. The JSONL sink writes exactly one document per line: the alert itself, or
+its mapping, nothing around it.
+
 Webhook signature: ``X-Tripkey-Timestamp: <unix seconds>`` and
 ``X-Tripkey-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + body)>``; receivers should
 reject stale timestamps to stop replays.
@@ -23,7 +30,6 @@ fold a mail header. JSON payloads (webhook, JSONL, the alert attached to the ema
 from __future__ import annotations
 
 import abc
-import datetime as dt
 import hashlib
 import hmac
 import json
@@ -38,6 +44,10 @@ from typing import Any, ClassVar
 
 import requests
 
+from issuer.alerts.ecs import to_ecs
+from issuer.alerts.ocsf import to_ocsf
+from issuer.alerts.text import headline as _headline
+from issuer.alerts.text import text_body as _text_body
 from issuer.textsafe import visible
 
 DELIVERED = "delivered"
@@ -57,6 +67,25 @@ class SinkConfigError(SinkError):
 
 class DeliveryFailed(SinkError):
     """One delivery attempt failed; the message is safe to store (no URL, no secret)."""
+
+
+FORMATS = ("native", "ocsf", "ecs")
+
+
+def _format(config: dict[str, Any], sink: str) -> str:
+    value = str(config.get("format") or "native")
+    if value not in FORMATS:
+        raise SinkConfigError(f"sink {sink!r}: format {value!r} is not one of {', '.join(FORMATS)}")
+    return value
+
+
+def render(alert: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """The alert as one document in `fmt` (native: the alert itself)."""
+    if fmt == "ocsf":
+        return to_ocsf(alert)
+    if fmt == "ecs":
+        return to_ecs(alert)
+    return alert
 
 
 def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
@@ -122,48 +151,24 @@ class WebhookSink(Sink):
         super().__init__(config)
         self.url = str(_require(config, "url", self.name))
         self.secret = str(_require(config, "secret", self.name))
+        self.format = _format(config, self.name)
+
+    def payload(self, alert: dict[str, Any]) -> dict[str, Any]:
+        if self.format != "native":
+            return render(alert, self.format)
+        return {
+            "type": "tripkey.alert",
+            "schema_version": alert.get("schema_version"),
+            "siem": alert.get("siem"),
+            "alert": alert,
+        }
 
     def send(self, alert: dict[str, Any]) -> str:
-        body = json.dumps({"type": "tripkey.alert", "alert": alert}, sort_keys=True).encode()
+        body = json.dumps(self.payload(alert), sort_keys=True).encode()
         timestamp = str(int(time.time()))
         headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: sign_webhook(self.secret, timestamp, body)}
         _post_json(self.url, {}, self.timeout, headers=headers, body=body)
         return DELIVERED
-
-
-def _headline(alert: dict[str, Any]) -> str:
-    verdict = alert.get("verdict") or {}
-    update = alert.get("update") if isinstance(alert.get("update"), dict) else None
-    marker = f" UPDATE {update.get('revision')}" if update else ""
-    severity = str(alert.get("severity") or "?").upper()
-    return visible(f"[Tripkey {severity}{marker}] {alert.get('title')} — hint: {verdict.get('hint')}")
-
-
-def _text_body(alert: dict[str, Any]) -> str:
-    summary = alert.get("summary") or {}
-    enrichment = alert.get("enrichment") or {}
-    device = enrichment.get("device") or {}
-    placement = enrichment.get("placement") or {}
-    lines = [
-        _headline(alert),
-        f"alert: {alert.get('id')}  kind: {alert.get('kind')}  selftest: {alert.get('selftest')}",
-        f"first seen: {alert.get('first_seen')}  events: {alert.get('event_count')}",
-        f"host: {device.get('hostname')} ({device.get('device_id')})  user: {placement.get('local_user')}"
-        f"  file: {placement.get('path')}  profile: {placement.get('profile')}",
-        *[f"what changed: {change}" for change in ((alert.get("update") or {}).get("changes") or [])],
-        f"calls: {', '.join(summary.get('event_names') or [])}",
-        f"source IPs: {', '.join(summary.get('source_ips') or [])}",
-        f"user agents: {', '.join(summary.get('user_agents') or [])}",
-        "reasons:",
-        *[f"  - {reason}" for reason in (alert.get("verdict") or {}).get("reasons", [])],
-    ]
-    for read in (enrichment.get("reads") or [])[:10]:
-        lines.append(
-            f"read {read.get('time')}: {read.get('exe')} {' '.join(map(str, read.get('cmdline') or []))} "
-            f"user={read.get('user')} class={read.get('classification')}"
-        )
-    # Each line is one value or more, none of them ours: a newline inside a value is spelled out too.
-    return "\n".join(visible(line) for line in lines)
 
 
 def _slack_escape(text: str) -> str:
@@ -216,15 +221,18 @@ class PagerDutySink(Sink):
         payload = {
             "routing_key": self.routing_key,
             "event_action": "trigger",  # the same dedup_key: an update refreshes the same incident
-            "dedup_key": f"tripkey-{alert.get('id')}",
+            "dedup_key": f"tripkey-{alert.get('alert_id')}",
             "payload": {
                 "summary": visible(str(alert.get("title")))[:1024],
                 "source": visible(str(device.get("hostname") or "tripkey-issuer")),
                 "severity": _PD_SEVERITY.get(str(alert.get("severity")), "error"),
+                "timestamp": alert.get("first_seen"),
                 "component": "tripkey",
                 "class": alert.get("kind"),
                 "custom_details": {
-                    "alert_id": alert.get("id"),
+                    "alert_id": alert.get("alert_id"),
+                    "schema_version": alert.get("schema_version"),
+                    "siem": alert.get("siem"),
                     "verdict": alert.get("verdict"),
                     "summary": alert.get("summary"),
                     "first_seen": alert.get("first_seen"),
@@ -301,12 +309,14 @@ class JsonlSink(Sink):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.path = Path(str(_require(config, "path", self.name))).expanduser()
+        self.format = _format(config, self.name)
+
+    def line(self, alert: dict[str, Any]) -> str:
+        """Exactly one document, one line: the alert itself (native) or its mapping."""
+        return json.dumps(render(alert, self.format), sort_keys=True) + "\n"
 
     def send(self, alert: dict[str, Any]) -> str:
-        line = (
-            json.dumps({"delivered_at": dt.datetime.now(dt.UTC).isoformat(), "alert": alert}, sort_keys=True)
-            + "\n"
-        )
+        line = self.line(alert)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One write of one line with O_APPEND: concurrent writers never interleave a record.

@@ -6,6 +6,9 @@ sees the whole picture. Reasons quote their evidence: the reader's path, owner, 
 ("none" when nothing owns it), hash prefix; the user-agent family, the calls and where they came
 from relative to the device. The hint is a triage aid, never a conclusion.
 
+Each reason is a structured object (docs/schema.md): the rule that fired, the hint it points to, the
+sentence a person reads, the evidence as data, and the read and AWS events it refers to.
+
 Readers and AWS facts are read together: a secret scanner's read followed by an identity check is a
 scanner verifying its find; the same read followed by enumeration or privilege attempts is not.
 """
@@ -14,17 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any
 
-from issuer.alerts.awsfacts import (
-    ENUMERATION,
-    FAMILY_NAMES,
-    PRIVILEGE,
-    RELATION_NAMES,
-    WRITE,
-    AwsFacts,
-    Call,
+from issuer.alerts.awsfacts import ENUMERATION, PRIVILEGE, WRITE, AwsFacts, Call
+from issuer.alerts.evidence import (
+    ReadFact,
+    Reason,
+    Verdict,
+    calls_text,
+    context_reason,
+    describe_process,
+    fire,
 )
+from issuer.timefmt import iso
 
 # Most severe first.
 HINTS = (
@@ -61,23 +65,10 @@ SELF_REPORT_AFTER = dt.timedelta(minutes=10)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ReadFact:
-    time: dt.datetime
-    classification: str | None
-    user: str | None
-    exe: str | None
-    cmdline: tuple[str, ...] = ()
-    pid: int | None = None
-    partial: bool = False  # the sensor could not capture all of this read's context when it happened
-    provenance: dict[str, Any] | None = None  # as the agent sent it (docs/api.md)
-    claimed: str | None = None  # the label its name claimed, when it is masquerading
-    trust_reason: str | None = None  # the agent's evidence for the label, or against the claim
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class SelfReportFact:
     time: dt.datetime
     user: str | None
+    event_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,15 +83,6 @@ class VerdictInput:
     readlog_failed: int = 0  # reads the agent could not write to its local read log
     selftest: bool = False
     aws: AwsFacts | None = None  # what AWS recorded about the use (issuer.alerts.awsfacts)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Verdict:
-    hint: str
-    reasons: tuple[str, ...]
-
-    def as_dict(self) -> dict[str, object]:
-        return {"hint": self.hint, "reasons": list(self.reasons)}
 
 
 def _explained_by(read: ReadFact, reports: list[SelfReportFact], placement_user: str | None) -> bool:
@@ -119,98 +101,25 @@ def _explained_by(read: ReadFact, reports: list[SelfReportFact], placement_user:
     return False
 
 
-def _text(value: Any) -> str:
-    return str(value) if value not in (None, "") else "?"
-
-
-def describe_file(prov: Any) -> str:
-    """A provenance file entry in a few words: owner, writability, place, package or none, hash."""
-    if not isinstance(prov, dict):
-        return "not examined"
-    if prov.get("error"):
-        return f"not examined ({prov['error']})"
-    owner = prov.get("owner") or prov.get("uid")
-    parts = [f"owner {_text(owner)}"]
-    if prov.get("user_writable"):
-        parts.append(f"writable by a non-root user ({_text(prov.get('writable_via'))})")
-    if prov.get("user_place"):
-        parts.append(f"in {prov['user_place']}")
-    if prov.get("package_db") is not None or prov.get("package"):
-        package = prov.get("package") or "none"
-        if prov.get("package") and prov.get("package_verified") is False:
-            package += ", CONTENT DIFFERS"
-        parts.append(f"package {package}")
-    sha = prov.get("sha256")
-    parts.append(
-        f"sha256 {sha[:12]}…"
-        if isinstance(sha, str) and sha
-        else f"sha256 ? ({_text(prov.get('hash_error'))})"
-    )
-    if prov.get("replaced"):
-        parts.append("replaced after it started")
-    return ", ".join(parts)
-
-
-def describe_provenance(prov: dict[str, Any] | None) -> str:
-    if not isinstance(prov, dict):
-        return "provenance not recorded"
-    if prov.get("exe") is None and prov.get("error"):
-        return f"provenance unavailable: {prov['error']}"
-    parts = [describe_file(prov.get("exe"))]
-    signing = prov.get("signing")
-    if isinstance(signing, dict):
-        if signing.get("platform_binary"):
-            parts.append(f"signer Apple ({_text(signing.get('signing_id'))})")
-        elif signing.get("signer"):
-            parts.append(f"signer {signing['signer']}")
-        elif signing.get("team_id") and not signing.get("adhoc"):
-            parts.append(f"signer team {signing['team_id']} ({_text(signing.get('signing_id'))})")
-        else:
-            parts.append(f"signer none ({_text(signing.get('signing_id'))}, ad-hoc or unsigned)")
-    elif isinstance(prov.get("exe"), dict) and prov["exe"].get("package_db") is None:
-        parts.append("package/signer unknown")  # no package database, no signature reported (Windows)
-    script = prov.get("script")
-    if isinstance(script, dict):
-        parts.append(f"script {_text(script.get('path'))}: {describe_file(script)}")
-    elif prov.get("script_kind") == "inline":
-        parts.append("inline code")
-    return "; ".join(parts)
-
-
-def describe_process(read: ReadFact) -> str:
-    cmd = " ".join(read.cmdline) if read.cmdline else "?"
-    return (
-        f"{read.exe or '?'} (cmdline: {cmd}; user: {read.user or '?'}; pid: {read.pid or '?'}; "
-        f"{describe_provenance(read.provenance)})"
-    )
-
-
-def _calls_text(calls: list[Call]) -> str:
-    names = list(dict.fromkeys(c.name for c in calls))
-    where = list(
-        dict.fromkeys(f"{c.source_ip or 'no address'} ({RELATION_NAMES[c.relation]})" for c in calls)
-    )
-    families = list(dict.fromkeys(c.family for c in calls))
-    return (
-        f"{', '.join(names[:5])} via {', '.join(FAMILY_NAMES.get(f, f) for f in families)} "
-        f"from {', '.join(where[:3])}"
-    )
-
-
 def decide(facts: VerdictInput) -> Verdict:
     own = [read for read in facts.reads if read.classification == SELF_TEST]
     facts = dataclasses.replace(facts, reads=tuple(r for r in facts.reads if r.classification != SELF_TEST))
-    fired: list[tuple[str, str]] = []
+    fired: list[Reason] = []
     if own:
         fired.append(
-            (
+            fire(
+                "self_test_read",
                 "likely_benign",
                 f"{len(own)} read(s) by the agent's own self-test (tripkey-agent trigger, pid {own[0].pid}), "
                 "which copies the key only into a root-only temporary file: not a way the key left",
+                read=own[0],
+                reads=len(own),
             )
         )
     aws = facts.aws
     clause = f"; {aws.clause()}" if aws is not None and aws.calls else ""
+    # The calls a reason quoting `clause` refers to.
+    every_call: tuple[Call, ...] = aws.calls if aws is not None else ()
 
     reported = [
         r
@@ -221,12 +130,20 @@ def decide(facts: VerdictInput) -> Verdict:
     if reported:
         first = min(reported, key=lambda r: r.time)
         fired.append(
-            (
+            fire(
+                "self_report",
                 "likely_benign",
                 f"the device user {first.user or facts.placement_user} self-reported opening the file at "
-                f"{first.time.isoformat()}, shortly before the first use"
+                f"{iso(first.time)}, shortly before the first use"
                 + (f"; that explains {len(explained)} read(s) by them" if explained else "")
                 + clause,
+                calls=every_call,
+                self_report={
+                    "event_id": first.event_id,
+                    "time": iso(first.time),
+                    "user": first.user or facts.placement_user,
+                },
+                explained_read_event_ids=[r.event_id for r in explained if r.event_id],
             )
         )
 
@@ -238,12 +155,15 @@ def decide(facts: VerdictInput) -> Verdict:
             continue
         if read.classification == MASQUERADING:
             fired.append(
-                (
+                fire(
+                    "masquerading_reader",
                     "suspicious",
                     f"reader masquerading as {read.claimed or 'a trusted tool'}: {describe_process(read)} "
-                    f"read the file at {read.time.isoformat()}"
+                    f"read the file at {iso(read.time)}"
                     + (f" — {read.trust_reason}" if read.trust_reason else "")
                     + clause,
+                    read=read,
+                    calls=every_call,
                 )
             )
         elif read.classification in BACKGROUND_CLASSES:
@@ -251,10 +171,12 @@ def decide(facts: VerdictInput) -> Verdict:
         elif read.classification not in (SECRET_SCANNER, AWS_TOOL):
             kind = read.classification or "unclassified"
             fired.append(
-                (
+                fire(
+                    "untrusted_reader",
                     "suspicious",
-                    f"{kind} reader: {describe_process(read)} read the file at {read.time.isoformat()}"
-                    + clause,
+                    f"{kind} reader: {describe_process(read)} read the file at {iso(read.time)}" + clause,
+                    read=read,
+                    calls=every_call,
                 )
             )
         elif read.classification == SECRET_SCANNER:
@@ -264,10 +186,13 @@ def decide(facts: VerdictInput) -> Verdict:
                 aws_by_owner.append(read)
             else:
                 fired.append(
-                    (
+                    fire(
+                        "aws_tool_not_owner",
                         "suspicious",
                         f"AWS tool run by {read.user or 'an unknown user'}, not the "
                         f"file's owner {facts.placement_user}: {describe_process(read)}{clause}",
+                        read=read,
+                        calls=every_call,
                     )
                 )
 
@@ -282,40 +207,59 @@ def decide(facts: VerdictInput) -> Verdict:
         elsewhere = aws.from_elsewhere() if aws is not None else []
         if elsewhere:
             fired.append(
-                (
+                fire(
+                    "owner_aws_tool_used_elsewhere",
                     "suspicious",
                     f"only AWS tools run by the device's user {facts.placement_user} read the file, but the "
-                    f"key was used from outside this device's network: {_calls_text(elsewhere)}",
+                    f"key was used from outside this device's network: {calls_text(elsewhere)}",
+                    read=aws_by_owner[0],
+                    calls=elsewhere,
                 )
             )
         else:
             fired.append(
-                (
+                fire(
+                    "owner_aws_tool",
                     "curious_user",
                     f"only AWS tools run by the device's user {facts.placement_user} "
                     f"read the file ({len(aws_by_owner)} read(s)), e.g. {describe_process(aws_by_owner[0])}"
                     + clause,
+                    read=aws_by_owner[0],
+                    calls=every_call,
+                    reads=len(aws_by_owner),
                 )
             )
 
     if aws is not None:
         privilege = aws.of_kind(PRIVILEGE)
         if privilege:
-            fired.append(("suspicious", f"privilege attempt(s) with the key: {_calls_text(privilege)}"))
-        for call in aws.quarantines():
             fired.append(
-                (
-                    "key_copied_elsewhere",
-                    f"AWS found this key published: it attached {call.quarantine} to the canary principal "
-                    f"at {call.time.isoformat()} (from {call.source_ip or 'AWS'}); the key is public",
+                fire(
+                    "privilege_attempt",
+                    "suspicious",
+                    f"privilege attempt(s) with the key: {calls_text(privilege)}",
+                    calls=privilege,
                 )
             )
-        if reported and not any(h == "suspicious" for h, _ in fired) and aws.from_elsewhere():
+        for call in aws.quarantines():
             fired.append(
-                (
+                fire(
+                    "aws_found_key_published",
+                    "key_copied_elsewhere",
+                    f"AWS found this key published: it attached {call.quarantine} to the canary principal "
+                    f"at {iso(call.time)} (from {call.source_ip or 'AWS'}); the key is public",
+                    calls=[call],
+                    quarantine_policy=call.quarantine,
+                )
+            )
+        if reported and not any(r.hint == "suspicious" for r in fired) and aws.from_elsewhere():
+            fired.append(
+                fire(
+                    "self_report_use_elsewhere",
                     "suspicious",
                     "a self-report explains a read, not a use from outside this device's network: "
-                    + _calls_text(aws.from_elsewhere()),
+                    + calls_text(aws.from_elsewhere()),
+                    calls=aws.from_elsewhere(),
                 )
             )
 
@@ -327,83 +271,122 @@ def decide(facts: VerdictInput) -> Verdict:
     )
     if not facts.reads and context_ok and not (facts.selftest and own):
         fired.append(
-            (
+            fire(
+                "no_read_recorded",
                 "key_copied_elsewhere",
                 "no read of the file was recorded since planting while the "
                 "agent was healthy: the key probably travelled without being read on this host "
                 "(check backups, file sync, disk images, VM snapshots)" + clause,
+                calls=every_call,
             )
         )
     for read in background:
         fired.append(
-            (
+            fire(
+                "background_copier",
                 "key_copied_elsewhere",
                 f"{read.classification} process {describe_process(read)} read "
                 "the file: the key may have travelled with its copy",
+                read=read,
             )
         )
 
     if facts.agent_stale:
         fired.append(
-            (
+            fire(
+                "agent_stale",
                 "context_incomplete",
                 "the agent was offline or stale at the time of use: reads may be missing" + clause,
+                calls=every_call,
             )
         )
     if not facts.sensor_healthy:
-        fired.append(("context_incomplete", "the agent's sensor reported itself unhealthy"))
+        fired.append(
+            fire("sensor_unhealthy", "context_incomplete", "the agent's sensor reported itself unhealthy")
+        )
     if facts.lost_events:
         fired.append(
-            (
+            fire(
+                "lost_events",
                 "context_incomplete",
                 f"the agent lost {facts.lost_events} read event(s)"
                 " (sensor queue, full spool, refused upload or a spool it could not write)",
+                lost_events=facts.lost_events,
             )
         )
     if facts.readlog_failed:
         fired.append(
-            (
+            fire(
+                "readlog_failed",
                 "context_incomplete",
                 f"the agent could not write {facts.readlog_failed} read(s) to its local read log "
                 "(full disk or database error): the host's own record is incomplete",
+                readlog_failed=facts.readlog_failed,
             )
         )
 
     partial = [read for read in facts.reads if read.partial]
     if partial:
         fired.append(
-            (
+            fire(
+                "partial_reads",
                 "context_incomplete",
                 f"{len(partial)} read(s) were only partly captured (e.g. {describe_process(partial[0])}: "
                 "started before the agent, or part of its parent chain could not be named)",
+                read=partial[0],
+                reads=len(partial),
             )
         )
 
     if not fired:
-        fired.append(("suspicious", "no rule explains this use" + clause))
-    if facts.selftest:
-        reasons_prefix = ["a self-test of this credential was active: this use is expected"]
-    else:
-        reasons_prefix = []
-    hint = min((h for h, _ in fired), key=_RANK.__getitem__)
-    ordered = sorted(fired, key=lambda item: _RANK[item[0]])
-    return Verdict(hint=hint, reasons=tuple(reasons_prefix + [f"{h}: {text}" for h, text in ordered]))
+        fired.append(fire("no_rule", "suspicious", "no rule explains this use" + clause, calls=every_call))
+    prefix = (
+        [context_reason("selftest_active", "a self-test of this credential was active: this use is expected")]
+        if facts.selftest
+        else []
+    )
+    hint = min((r.hint for r in fired if r.hint is not None), key=_RANK.__getitem__)
+    ordered = sorted(fired, key=lambda r: _RANK[r.hint or hint])
+    return Verdict(hint=hint, reasons=tuple(prefix + ordered))
 
 
-def _scanner_reason(read: ReadFact, aws: AwsFacts | None, clause: str) -> tuple[str, str]:
+def _scanner_reason(read: ReadFact, aws: AwsFacts | None, clause: str) -> Reason:
     """A scanner's read is consistent with an identity check (its verification), not with more."""
     beyond = aws.of_kind(ENUMERATION, PRIVILEGE, WRITE) if aws is not None else []
     if beyond:
-        return (
+        return fire(
+            "scanner_beyond_identity",
             "suspicious",
             f"a secret scanner read the file ({describe_process(read)}), but the key was then used beyond "
-            f"an identity check: {_calls_text(beyond)}; a scanner verifying its find does not do that",
+            f"an identity check: {calls_text(beyond)}; a scanner verifying its find does not do that",
+            read=read,
+            calls=beyond,
         )
     note = ""
+    verifiers: list[Call] = []
     if aws is not None and aws.attributed():
         verifiers = [c for c in aws.calls if c.family == "secret_scanner_verifier"]
         if verifiers:
-            note = f"; consistent: {_calls_text(verifiers)} is the scanner's own verification"
+            note = f"; consistent: {calls_text(verifiers)} is the scanner's own verification"
         else:
             note = "; the identity check did not come from a known scanner verifier"
-    return ("scanner_verification", f"a secret scanner read the file: {describe_process(read)}{note}{clause}")
+    return fire(
+        "scanner_verification",
+        "scanner_verification",
+        f"a secret scanner read the file: {describe_process(read)}{note}{clause}",
+        read=read,
+        calls=aws.calls if aws is not None else (),
+        verifier_event_ids=[c.event_id for c in verifiers if c.event_id],
+    )
+
+
+__all__ = [
+    "HINTS",
+    "ReadFact",
+    "Reason",
+    "SelfReportFact",
+    "Verdict",
+    "VerdictInput",
+    "context_reason",
+    "decide",
+]

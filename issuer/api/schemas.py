@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+
+from issuer.timefmt import iso
 
 MAX_EVENTS_PER_BATCH = 1000
 INT32_MAX = 2**31 - 1
@@ -38,8 +40,18 @@ LongText = Annotated[str, Field(max_length=8192), AfterValidator(_no_nul)]
 OptName = Annotated[
     str | None, Field(default=None, max_length=255), AfterValidator(lambda v: v and _no_nul(v))
 ]
-UtcTime = Annotated[dt.datetime, AfterValidator(_to_utc)]
+# Every time the API reads or writes: naive (SQLite) or offset times become UTC, and JSON carries the
+# one format of docs/schema.md (RFC 3339, UTC, `Z`).
+UtcTime = Annotated[
+    dt.datetime, AfterValidator(_to_utc), PlainSerializer(iso, return_type=str, when_used="json")
+]
 Pid = Annotated[int, Field(ge=0, le=INT32_MAX)]
+# Events and heartbeats say which version of docs/schema.md they follow; this issuer reads 1.x (and
+# events of agents from before versions, which sent none).
+SchemaVersion = Annotated[
+    str | None,
+    Field(default=None, pattern=r"^1\.[0-9]{1,4}$", description="1.x (docs/schema.md); absent: 1.0"),
+]
 Uid = Annotated[int, Field(ge=-1, le=2**32)]
 
 
@@ -81,7 +93,7 @@ class IssuedCredential(BaseModel):
     access_key_id: str
     secret_access_key: str
     session_token: str | None
-    expires_at: dt.datetime | None
+    expires_at: UtcTime | None
     backend: str
     account: str
     principal_name: str
@@ -97,11 +109,11 @@ class DeviceOut(BaseModel):
     serial: str | None
     users: list[str]
     agent_version: str | None
-    enrolled_at: dt.datetime
-    last_heartbeat_at: dt.datetime | None
+    enrolled_at: UtcTime
+    last_heartbeat_at: UtcTime | None
     health: dict[str, Any]
     stale: bool
-    retired_at: dt.datetime | None = None
+    retired_at: UtcTime | None = None
     coverage: dict[str, Any] = Field(
         default={},
         description="state (ok | degraded | sensor_unhealthy | not_planted | stale), planted, targets, "
@@ -127,10 +139,10 @@ class CredentialInfo(BaseModel):
     path: str
     profile: str
     device_id: str
-    created_at: dt.datetime
-    expires_at: dt.datetime | None
-    retired_at: dt.datetime | None
-    revoked_at: dt.datetime | None
+    created_at: UtcTime
+    expires_at: UtcTime | None
+    retired_at: UtcTime | None
+    revoked_at: UtcTime | None
     status: Literal["active", "retired", "revoked", "expired"]
 
 
@@ -161,6 +173,7 @@ class Ancestor(RequestBody):
     exe: LongText | None = None
     cmdline: Annotated[list[LongText], Field(max_length=256)] = []
     uid: Uid | None = None
+    user: OptName = None  # its account name (schema 1.0)
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -268,6 +281,7 @@ class SelfReportInfo(RequestBody):
 
 
 class AgentEventIn(RequestBody):
+    schema_version: SchemaVersion = None
     event_id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
     kind: Literal["read", "tamper", "self_report"]
     time: UtcTime
@@ -359,6 +373,7 @@ class SelfReportHealth(RequestBody):
 
 
 class Heartbeat(RequestBody):
+    schema_version: SchemaVersion = None
     agent_version: Text40 | None = None
     sensor: SensorHealth
     selfreport: SelfReportHealth | None = None
@@ -374,7 +389,7 @@ class Heartbeat(RequestBody):
 
 class HeartbeatAck(BaseModel):
     ok: bool
-    server_time: dt.datetime
+    server_time: UtcTime
 
 
 class SelftestRequest(RequestBody):
@@ -383,13 +398,13 @@ class SelftestRequest(RequestBody):
 
 class SelftestCreated(BaseModel):
     selftest_id: str
-    expires_at: dt.datetime
+    expires_at: UtcTime
 
 
 class ReadRecord(BaseModel):
     event_id: str
     device_id: str
-    time: dt.datetime
+    time: UtcTime
     path: str
     pid: int | None = None
     ppid: int | None = None
@@ -397,7 +412,7 @@ class ReadRecord(BaseModel):
     cmdline: list[str] = []
     uid: int | None = None
     user: str | None = None
-    start_time: dt.datetime | None = None
+    start_time: UtcTime | None = None
     cwd: str | None = None
     access: str | None = None
     sensor: str | None = None
@@ -441,11 +456,11 @@ QueryText = Annotated[str | None, AfterValidator(_query_text)]
 
 
 class DeadLetterOut(BaseModel):
-    id: int
+    dead_letter_id: int
     source: str
     device_id: str | None
     reason: str
-    received_at: dt.datetime
+    received_at: UtcTime
     payload: str  # the refused item as JSON text (bounded; credentials-bearing fields removed)
 
 

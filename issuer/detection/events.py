@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from issuer.textsafe import bounded, storable_json
+from issuer.timefmt import as_utc, iso
 
 CLOUDTRAIL_DETAIL_TYPE = "AWS API Call via CloudTrail"
 # arn:aws:sts::123456789012:federated-user/NAME (any partition)
@@ -68,13 +69,6 @@ class Rejected:
     item: Any = dataclasses.field(compare=False, hash=False)
 
 
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """Datetimes read back from SQLite are naive; every time in Tripkey is UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
 def parse_time(value: Any) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return as_utc(value)
@@ -100,9 +94,7 @@ def believable_time(when: dt.datetime, received_at: dt.datetime) -> tuple[dt.dat
         why = "before AWS existed"
     else:
         return when, None
-    return received_at, (
-        f"the event's time {when.isoformat()} is {why}; recorded at the time it was received"
-    )
+    return received_at, (f"the event's time {iso(when)} is {why}; recorded at the time it was received")
 
 
 def _short(value: Any, limit: int = 80) -> str:

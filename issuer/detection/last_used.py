@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from issuer.detection.events import AwsEvent, Rejected, as_utc
 from issuer.detection.locks import Lease
 from issuer.models import Credential
+from issuer.timefmt import iso
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,14 @@ def last_used_event(credential: Credential, last_used: dict[str, Any]) -> AwsEve
     region = last_used.get("Region")
     return AwsEvent(
         source="last_used",
-        event_id=f"last_used:{credential.access_key_id}:{when.isoformat()}",
+        event_id=f"last_used:{credential.access_key_id}:{iso(when)}",
         event_time=when,
         event_name=service if service and service != "N/A" else "unknown",
         region=region if region and region != "N/A" else None,
         access_key_id=credential.access_key_id,
         raw={
             "AccessKeyLastUsed": {
-                k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in last_used.items()
+                k: (iso(v) if isinstance(v, dt.datetime) else v) for k, v in last_used.items()
             }
         },
     )

@@ -22,6 +22,7 @@ from issuer.alerts.service import record_match
 from issuer.detection.counters import bump_counter
 from issuer.detection.events import AwsEvent, Rejected
 from issuer.detection.matching import match_event
+from issuer.timefmt import iso
 
 log = logging.getLogger(__name__)
 _RETRIES = 5
@@ -107,7 +108,7 @@ def _as_item(event: AwsEvent) -> dict[str, Any]:
     """What a dead letter keeps of a parsed event: its fields and the stored part of its record."""
     return {
         "event_id": event.event_id,
-        "event_time": event.event_time.isoformat(),
+        "event_time": iso(event.event_time),
         "event_name": event.event_name,
         "event_source": event.event_source,
         "access_key_id": event.access_key_id,

@@ -125,6 +125,7 @@ def test_trigger_uses_the_canary_with_the_aws_cli(
     planted = state["targets"][str(alice.credentials)]
     assert report["used"] is True and report["credential_id"] == planted["credential_id"]
     assert report["outcome"] == "not_denied" and json.loads(err)["exit_code"] == 7
+    assert json.loads(err)["error"]["code"] == "not_denied"
     assert report["identity"]["Arn"].startswith("arn:aws:iam::")
     assert report["selftest_id"]
     code, out, err = run(capsys, "trigger", "--config", cfg, "--target", "/nowhere/credentials")
@@ -278,14 +279,15 @@ def test_errors_are_json_with_json(tmp_path: Path, capsys: pytest.CaptureFixture
     bad = tmp_path / "bad.toml"
     bad.write_text("all_user = true\n")
     code, out, err = run(capsys, "status", "--json", "--config", str(bad))
-    assert code == 2 and "unknown configuration key 'all_user'" in json.loads(err)["error"]
+    assert code == 2 and "unknown configuration key 'all_user'" in json.loads(err)["error"]["message"]
     assert json.loads(out) == json.loads(err) == {"error": json.loads(err)["error"], "exit_code": 2}
+    assert json.loads(err)["error"]["code"] == "config_error"
     code, out, err = run(capsys, "status", "--config", str(bad))
     assert code == 2 and err.startswith("tripkey-agent: configuration error: unknown configuration key")
     with pytest.raises(SystemExit) as usage:  # argparse's own usage errors, as JSON when --json is given
         main(["reads", "--limit", "many", "--json"])
     out, err = capsys.readouterr()
-    assert usage.value.code == 2 and "invalid int value: 'many'" in json.loads(err)["error"]
+    assert usage.value.code == 2 and "invalid int value: 'many'" in json.loads(err)["error"]["message"]
     assert json.loads(out) == json.loads(err)
     code, out, err = run(capsys, "unplant", "--json", "--state-dir", str(tmp_path / "s"), "--set", "x=1")
     assert code == 2 and json.loads(out)["exit_code"] == 2
@@ -301,7 +303,7 @@ def test_state_dir_of_another_user_is_refused_by_every_writer(
     os.chown(setup["state"], 23999, 23999)
     for command in ("plant-once", "unplant"):
         code, out, err = run(capsys, command, "--json", "--config", setup["config"])
-        assert code == 1 and "owned by uid 23999" in json.loads(err)["error"], (command, err)
+        assert code == 1 and "owned by uid 23999" in json.loads(err)["error"]["message"], (command, err)
         assert json.loads(out)["exit_code"] == 1
     assert list(setup["state"].iterdir()) == []
     assert not any(
@@ -324,7 +326,9 @@ def test_trigger_never_follows_a_users_symlink(
     alice.credentials.unlink()
     os.symlink(roots, alice.credentials)
     code, out, err = run(capsys, "trigger", "--config", cfg, "--target", str(alice.credentials), "--json")
-    assert code == 1 and "symlink" in json.loads(err)["error"] and json.loads(out)["exit_code"] == 1
+    assert (
+        code == 1 and "symlink" in json.loads(err)["error"]["message"] and json.loads(out)["exit_code"] == 1
+    )
     assert "AKIAROOTKEY" not in out + err
     # A file whose profile is no longer the planted canary (e.g. the user's own key) is not used either.
     alice.credentials.unlink()

@@ -75,7 +75,7 @@ def test_plant_once_as_an_ordinary_user_says_run_as_root_and_enrolls_nothing(
     assert not any(u.credentials.exists() for u in users)
 
     as_json = run_agent_as_user(NOBODY, NOBODY, "plant-once", "--config", str(config), "--json")
-    assert as_json.returncode == 1 and "run as root" in json.loads(as_json.stderr)["error"]
+    assert as_json.returncode == 1 and "run as root" in json.loads(as_json.stderr)["error"]["message"]
     # `run` checks the same before it enrolls.
     service = run_agent_as_user(NOBODY, NOBODY, "run", "--config", str(config))
     assert_one_line_error(service, 1, "run as root (sudo tripkey-agent run ...)")

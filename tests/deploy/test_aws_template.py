@@ -154,7 +154,7 @@ def _wait_for_alert(issuer: Any, token: str, access_key_id: str, timeout: float 
     while time.monotonic() < deadline:
         for summary in issuer.request("GET", "/v1/alerts", token).json()["alerts"]:
             if summary["access_key_id"] == access_key_id:
-                return issuer.request("GET", f"/v1/alerts/{summary['id']}", token).json()  # type: ignore[no-any-return]
+                return issuer.request("GET", f"/v1/alerts/{summary['alert_id']}", token).json()  # type: ignore[no-any-return]
         time.sleep(0.5)
     raise AssertionError(f"no alert for {access_key_id} within {timeout:.0f} s")
 

@@ -83,7 +83,7 @@ def test_demo_names_the_curious_reader_and_leaves_nothing_behind(tmp_path: Path)
     assert "aws_secret_access_key" not in done.stdout + json.dumps(alert)
     # The JSONL sink got the same alert.
     lines = (output / "alerts.jsonl").read_text().splitlines()
-    assert any(json.loads(line).get("alert", json.loads(line)).get("id") == alert["id"] for line in lines)
+    assert any(json.loads(line)["alert_id"] == alert["alert_id"] for line in lines)
     # Nothing the demo started is still running.
     assert _processes_with_marker(marker) == []
 

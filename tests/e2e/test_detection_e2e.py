@@ -191,7 +191,7 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         )
         secret = secret_line.split("=", 1)[1].strip()
         assert secret not in json.dumps(received)
-        assert secret not in json.dumps(responder.get_alert(alert["id"]).raw)
+        assert secret not in json.dumps(responder.get_alert(alert["alert_id"]).raw)
     finally:
         agent.send_signal(signal.SIGTERM)
         try:

@@ -92,7 +92,7 @@ def _selftest_alert(responder: IssuerClient, key_id: str, until: Any, timeout: f
     deadline = time.monotonic() + timeout
     alert: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        alerts = [responder.get_alert(summary.id).raw for summary in responder.list_alerts()]
+        alerts = [responder.get_alert(summary.alert_id).raw for summary in responder.list_alerts()]
         mine = [a for a in alerts if a["enrichment"]["credential"]["access_key_id"] == key_id]
         if mine:
             alert = mine[0]
@@ -136,10 +136,12 @@ def test_trigger_opens_a_selftest_alert_whose_own_read_is_not_suspicious(
     alert = _selftest_alert(responder, key_id, explained)
     assert alert["kind"] == "selftest" and alert["selftest"] is True and alert["severity"] == "low"
     assert alert["verdict"]["hint"] == "likely_benign", alert["verdict"]
-    assert not any(reason.startswith("suspicious") for reason in alert["verdict"]["reasons"])
-    assert any("agent's own self-test" in reason for reason in alert["verdict"]["reasons"])
+    assert not any(reason["hint"] == "suspicious" for reason in alert["verdict"]["reasons"])
+    assert any("agent's own self-test" in reason["text"] for reason in alert["verdict"]["reasons"])
+    own = next(r for r in alert["verdict"]["reasons"] if r["rule"] == "self_test_read")
+    assert own["read_event_id"] in {r["event_id"] for r in alert["enrichment"]["reads"]}
     # The use was a self-test, so no incident was opened for this key.
-    alerts = [responder.get_alert(s.id).raw for s in responder.list_alerts()]
+    alerts = [responder.get_alert(s.alert_id).raw for s in responder.list_alerts()]
     assert all(a["kind"] == "selftest" for a in alerts)
 
 

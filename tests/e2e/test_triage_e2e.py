@@ -213,7 +213,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         ) -> dict[str, Any] | None:
             for summary in responder.list_alerts():
                 if summary.raw.get("access_key_id") == key_id and summary.raw.get("kind") == kind:
-                    alert = responder.get_alert(summary.id).raw
+                    alert = responder.get_alert(summary.alert_id).raw
                     if "sqs" in alert["summary"]["detection_sources"] and (
                         hint is None or alert["verdict"]["hint"] == hint
                     ):
@@ -263,7 +263,9 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
             assert "127.77.0.9" in alert["summary"]["source_ips"]
             assert any(ua.startswith("aws-cli/") for ua in alert["summary"]["user_agents"])
             first = wait(
-                lambda: [b for b in hook.json_bodies() if b["alert"]["id"] == alert["id"]], 30, "the delivery"
+                lambda: [b for b in hook.json_bodies() if b["alert"]["alert_id"] == alert["alert_id"]],
+                30,
+                "the delivery",
             )
             assert "update" not in first[0]["alert"]
             # The incident goes on: enumeration is new, and the sinks hear of it as an update.
@@ -272,7 +274,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
                 lambda: [
                     b["alert"]
                     for b in hook.json_bodies()
-                    if b["alert"]["id"] == alert["id"] and "update" in b["alert"]
+                    if b["alert"]["alert_id"] == alert["alert_id"] and "update" in b["alert"]
                 ],
                 60,
                 "an update of the alert",

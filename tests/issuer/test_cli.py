@@ -47,17 +47,17 @@ def test_token_create_json_works_against_the_running_issuer(live_issuer: Any) ->
     result = _cli("token", "create", "--role", "responder", "--label", "on-call", "--db", db, "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["role"] == "responder" and data["id"].startswith("tok_") and data["label"] == "on-call"
+    assert data["role"] == "responder" and data["token_id"].startswith("tok_") and data["label"] == "on-call"
     assert data["database"] == {"url": db, "source": "--db"}  # which database, for scripts
     assert result.stderr == ""
     token = data["token"]
     assert live_issuer.request("GET", "/v1/devices", token).status_code == 200
 
     listed = json.loads(_cli("token", "list", "--db", db, "--json").stdout)["tokens"]
-    assert [t["id"] for t in listed] == [data["id"]]
+    assert [t["token_id"] for t in listed] == [data["token_id"]]
     assert all("token" not in t for t in listed)  # plaintext is never shown again
 
-    revoked = _cli("token", "revoke", data["id"], "--db", db, "--json")
+    revoked = _cli("token", "revoke", data["token_id"], "--db", db, "--json")
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked_at"]
     assert live_issuer.request("GET", "/v1/devices", token).status_code == 401
 
@@ -171,7 +171,7 @@ def test_unknown_role_and_bad_config_are_clear_errors(tmp_path: Path) -> None:
 def test_errors_with_json_are_json_on_stderr_too(tmp_path: Path) -> None:
     result = _cli("token", "list", "--json", env={"TRIPKEY_DATA_DIR": str(tmp_path)})
     error = assert_json_error(result, 3, "there is no issuer database")
-    assert set(error) == {"error", "exit_code"}
+    assert error["error"]["code"] == "no_database"
     bad = _cli("ingest-secret", "create", "--name", "no spaces please", "--json")
     assert_json_error(bad, 2, "--name must be")
     # Usage errors found by argparse are JSON too when --json was asked for.

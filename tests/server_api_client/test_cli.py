@@ -197,7 +197,7 @@ def test_alerts_list_show_ack_resolve(cl_world: World) -> None:
     assert listed.out.splitlines()[0].split()[:3] == ["ID", "STATUS", "SEVERITY"]
     assert alert_id in listed.out
     as_json = tripkey(cl_world, "alerts", "list", "--status", "open", "--json").json()
-    assert alert_id in {a["id"] for a in as_json["alerts"]}
+    assert alert_id in {a["alert_id"] for a in as_json["alerts"]}
 
     show = tripkey(cl_world, "alerts", "show", alert_id)
     assert show.code == 0, show.err
@@ -222,7 +222,7 @@ def test_alerts_list_show_ack_resolve(cl_world: World) -> None:
     ):
         assert expected in show.out, expected
     shown_json = tripkey(cl_world, "alerts", "show", alert_id, "--json").json()
-    assert shown_json["id"] == alert_id
+    assert shown_json["alert_id"] == alert_id
     assert shown_json["enrichment"]["placement"]["path"] == cl_world.path
 
     acked = tripkey(cl_world, "alerts", "ack", alert_id, "--note", "on it")
@@ -230,7 +230,7 @@ def test_alerts_list_show_ack_resolve(cl_world: World) -> None:
     resolved = tripkey(cl_world, "alerts", "resolve", alert_id, "--note", "test key use", "--json")
     assert resolved.code == 0 and resolved.json()["status"] == "resolved"
     assert alert_id in {
-        a["id"]
+        a["alert_id"]
         for a in tripkey(cl_world, "alerts", "list", "--status", "resolved", "--json").json()["alerts"]
     }
 

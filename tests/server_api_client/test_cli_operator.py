@@ -134,17 +134,20 @@ def test_errors_with_json_are_a_json_object_on_stderr(cl_world: World, cl_server
     code, out, err = tripkey("alerts", "show", "alr_nope", "--json", world=cl_world)
     assert code == 1
     error = json.loads(err)
-    assert error["exit_code"] == 1 and "alr_nope" in error["error"]
+    assert error["exit_code"] == 1 and "alr_nope" in error["error"]["message"]
+    assert error["error"]["code"] == "not_found"  # the issuer's own code, passed through
     assert json.loads(out) == error
     cl_server.rule = lambda req: Scripted(500, {"error": {"code": "internal_error", "message": "boom"}})
     code, _, err = tripkey("devices", "list", "--json", url=cl_server.url)
-    assert code == 5 and json.loads(err)["exit_code"] == 5 and "boom" in json.loads(err)["error"]
+    assert code == 5 and json.loads(err)["exit_code"] == 5 and "boom" in json.loads(err)["error"]["message"]
+    assert json.loads(err)["error"]["code"] == "internal_error"
     code, _, err = tripkey("devices", "list", "--json")  # no --issuer: a usage error, still JSON
-    assert code == 2 and "TRIPKEY_ISSUER_URL" in json.loads(err)["error"]
+    assert code == 2 and "TRIPKEY_ISSUER_URL" in json.loads(err)["error"]["message"]
+    assert json.loads(err)["error"]["code"] == "usage_error"
     code, out, err = tripkey("alerts", "list", "--status", "bogus", "--json", world=cl_world)
     assert (
         code == 2
-        and "invalid choice: 'bogus'" in json.loads(err)["error"]
+        and "invalid choice: 'bogus'" in json.loads(err)["error"]["message"]
         and json.loads(out)["exit_code"] == 2
     )
 
@@ -158,7 +161,7 @@ def test_a_closed_pipe_is_quiet(cl_world: World) -> None:
     code, err = run_into_closed_pipe("tripkey", "devices", "list", env=env)
     assert (code, err) == (141, "")
     fine = run_tool("tripkey", "alerts", "show", alert_id, "--json", env=env)
-    assert fine.returncode == 0 and json.loads(fine.stdout)["id"] == alert_id
+    assert fine.returncode == 0 and json.loads(fine.stdout)["alert_id"] == alert_id
 
 
 def test_every_command_has_help_with_examples() -> None:

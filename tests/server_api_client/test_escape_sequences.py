@@ -76,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, moto_server: Any) -> Any:
         "responder": responder,
         "device_id": device_id,
         "key": minted["access_key_id"],
-        "alert_id": alert["id"],
+        "alert_id": alert["alert_id"],
     }
     issuer.stop()
 

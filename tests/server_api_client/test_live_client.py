@@ -156,7 +156,7 @@ def test_not_found_and_bad_token(cl_world: World, responder: IssuerClient) -> No
 
 def test_alert_lifecycle(cl_world: World, responder: IssuerClient) -> None:
     alert_id = cl_world.alert()
-    listed = {a.id: a for a in responder.list_alerts(status="open")}
+    listed = {a.alert_id: a for a in responder.list_alerts(status="open")}
     assert alert_id in listed and listed[alert_id].status == "open"
     alert = responder.get_alert(alert_id)
     assert isinstance(alert, Alert)
@@ -164,10 +164,10 @@ def test_alert_lifecycle(cl_world: World, responder: IssuerClient) -> None:
     assert "203.0.113.9" in alert.summary["source_ips"]
     acked = responder.ack_alert(alert_id, note="looking")
     assert acked.status == "acknowledged"
-    assert alert_id not in {a.id for a in responder.list_alerts(status="open")}
+    assert alert_id not in {a.alert_id for a in responder.list_alerts(status="open")}
     resolved = responder.resolve_alert(alert_id)
     assert resolved.status == "resolved"
-    assert alert_id in {a.id for a in responder.list_alerts(status="resolved")}
+    assert alert_id in {a.alert_id for a in responder.list_alerts(status="resolved")}
     with pytest.raises(RejectedError) as conflict:
         responder.ack_alert(alert_id)  # a resolved alert stays resolved
     assert conflict.value.status_code == 409

@@ -104,5 +104,9 @@ def test_alert_accepts_alert_id_and_keeps_raw() -> None:
             "extra": 1,
         }
     )
-    assert alert.id == "al_9" and alert.verdict == {"hint": "x"} and alert.deliveries == ({"sink": "jsonl"},)
+    assert (
+        alert.alert_id == "al_9"
+        and alert.verdict == {"hint": "x"}
+        and alert.deliveries == ({"sink": "jsonl"},)
+    )
     assert alert.raw["extra"] == 1 and alert.selftest is False and alert.event_count == 0

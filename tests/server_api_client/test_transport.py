@@ -348,7 +348,7 @@ def test_single_event_413_is_raised(cl_server: ScriptedServer) -> None:
 
 
 def test_ack_with_bare_answer_fetches_the_alert(cl_server: ScriptedServer) -> None:
-    alert = {"id": "al_1", "status": "acknowledged", "title": "t", "notes": [{"text": "mine"}]}
+    alert = {"alert_id": "al_1", "status": "acknowledged", "title": "t", "notes": [{"text": "mine"}]}
     cl_server.script(Scripted(200, {"ok": True}), Scripted(200, alert))
     client, _ = make_client(cl_server)
     result = client.ack_alert("al_1", note="mine")

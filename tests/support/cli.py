@@ -52,13 +52,16 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
 
 
 def assert_json_error(result: subprocess.CompletedProcess[str], code: int, *phrases: str) -> dict[str, Any]:
-    """With --json: the error is one JSON object on stderr (and the same on stdout), exit `code`."""
+    """With --json: the error is one JSON object on stderr (and the same on stdout), exit `code`:
+    `{"error": {"code", "message"}, "exit_code"}` (docs/schema.md, "Errors")."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     error = json.loads(result.stderr)
-    assert error["exit_code"] == code and isinstance(error["error"], str)
+    assert set(error) == {"error", "exit_code"} and set(error["error"]) == {"code", "message"}, error
+    assert error["exit_code"] == code and isinstance(error["error"]["message"], str)
+    assert isinstance(error["error"]["code"], str) and error["error"]["code"], error
     for phrase in phrases:
-        assert phrase in error["error"], (phrase, error)
+        assert phrase in error["error"]["message"], (phrase, error)
     assert json.loads(result.stdout) == error
     return dict(error)
 

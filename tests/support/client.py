@@ -183,7 +183,7 @@ class World:
         responder = IssuerClient(self.url, self.responder_token)
         for summary in responder.list_alerts():  # most recently active first
             if summary.raw.get("access_key_id") == self.access_key_id and summary.status != "resolved":
-                return summary.id
+                return summary.alert_id
         raise AssertionError(f"no alert for {self.access_key_id} after ingest")
 
 

@@ -275,7 +275,7 @@ def sessionmaker_for(url: str) -> tuple[Any, sessionmaker[Session]]:
 
 
 ALERT = {
-    "id": "alr_test",
+    "alert_id": "alr_test",
     "kind": "canary_use",
     "severity": "high",
     "status": "open",
@@ -289,7 +289,8 @@ ALERT = {
         "placement": {"local_user": "alice", "path": "/home/alice/.aws/credentials", "profile": "p"},
         "reads": [
             {
-                "time": "t",
+                "event_id": "r1",
+                "time": "2026-11-22T09:59:00Z",
                 "exe": "/usr/bin/cat",
                 "cmdline": ["cat", "f"],
                 "user": "alice",
@@ -297,5 +298,18 @@ ALERT = {
             }
         ],
     },
-    "verdict": {"hint": "suspicious", "reasons": ["suspicious: cat read it"]},
+    "verdict": {
+        "hint": "suspicious",
+        "reasons": [
+            {
+                "rule": "untrusted_reader",
+                "hint": "suspicious",
+                "text": "suspicious: cat read it",
+                "evidence": {},
+                "read_event_id": "r1",
+                "aws_event_ids": [],
+            }
+        ],
+    },
+    "siem": {"alert_id": "alr_test", "host": "lap-17", "attack_technique_ids": ["T1552.001", "T1078.004"]},
 }

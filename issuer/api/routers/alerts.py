@@ -24,6 +24,7 @@ from issuer.listing import AlertFilter, list_alerts_page
 from issuer.models import Alert
 from issuer.pagination import MAX_CURSOR_LENGTH
 from issuer.registry import is_plain_id
+from issuer.timefmt import iso
 
 router = APIRouter(tags=["alerts"])
 
@@ -36,7 +37,7 @@ class AlertNoteIn(RequestBody):
 
 
 class _AlertHead(BaseModel):
-    id: str
+    alert_id: str
     kind: str
     severity: str
     status: str
@@ -71,9 +72,18 @@ class SummaryOut(BaseModel):
     )
 
 
+class ReasonOut(BaseModel):
+    rule: str = Field(description="the rule that fired (docs/schema.md lists them)")
+    hint: str | None = Field(description="the hint this reason points to; null: context only")
+    text: str = Field(description="the sentence, quoting the evidence")
+    evidence: dict[str, Any] = Field(description="the same evidence as data: read, aws, counts")
+    read_event_id: str | None = Field(description="the read (enrichment.reads[].event_id) it is about")
+    aws_event_ids: list[str] = Field(description="the AWS events (enrichment.aws.calls[].event_id) it quotes")
+
+
 class VerdictOut(BaseModel):
     hint: str | None
-    reasons: list[str]
+    reasons: list[ReasonOut]
 
 
 class DeliveryOut(BaseModel):
@@ -86,6 +96,7 @@ class DeliveryOut(BaseModel):
 
 
 class AlertOut(_AlertHead):
+    schema_version: str = Field(description="version of the alert JSON (docs/schema.md)")
     summary: SummaryOut
     enrichment: dict[str, Any] = Field(
         description="device, placement, credential, reads_window, reads[] (each with its reader's "
@@ -100,6 +111,11 @@ class AlertOut(_AlertHead):
     notes: list[dict[str, Any]]
     created_at: str | None
     updated_at: str | None
+    siem: dict[str, Any] = Field(
+        description="flat block of the fields a SOC queries: host, device, local user, key, principal, "
+        "first/last source address and user agent, the decisive reader, verdict hint, ATT&CK techniques "
+        "(docs/schema.md, docs/schemas/alert.json)"
+    )
 
 
 def _get_alert(session: Session, alert_id: str, *, for_update: bool = False) -> Alert:
@@ -180,7 +196,7 @@ def _transition(session: Session, alert: Alert, action: str, note: str | None, t
     now = dt.datetime.now(dt.UTC)
     alert.notes = [
         *(alert.notes or []),
-        {"time": now.isoformat().replace("+00:00", "Z"), "action": action, "note": note, "by": token_id},
+        {"time": iso(now), "action": action, "note": note, "by": token_id},
     ]
     alert.updated_at = now
     session.commit()

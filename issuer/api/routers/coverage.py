@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from fastapi import APIRouter
@@ -11,6 +10,7 @@ from pydantic import BaseModel
 from issuer import fleet
 from issuer.api.auth import ResponderAuth
 from issuer.api.deps import SessionDep, SettingsDep
+from issuer.api.schemas import UtcTime
 
 router = APIRouter(tags=["coverage"])
 
@@ -52,7 +52,7 @@ class CredentialCounts(StatusCounts):
 
 
 class Coverage(BaseModel):
-    generated_at: dt.datetime
+    generated_at: UtcTime
     stale_after_seconds: float
     devices: DeviceCounts
     targets: TargetCounts

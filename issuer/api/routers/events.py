@@ -104,7 +104,9 @@ def heartbeat(
     device_id: str, body: Heartbeat, _auth: DeviceAuth, session: SessionDep, peer: PeerAddressDep
 ) -> HeartbeatAck:
     """Record the agent's health (sensor state, planted targets, spool) and its egress address."""
-    now = registry.record_heartbeat(session, device_id, body.model_dump(mode="json"))
+    # The stored health is what the agent reported; which schema version it wrote in is not health.
+    health = body.model_dump(mode="json", exclude={"schema_version"})
+    now = registry.record_heartbeat(session, device_id, health)
     egress.record_address(session, device_id, peer, now)
     return HeartbeatAck(ok=True, server_time=now)
 

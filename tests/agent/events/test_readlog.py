@@ -64,7 +64,7 @@ def test_record_and_query_round_trip(log: ReadLog):
     (row,) = log.query()
     assert row == {
         "event_id": event_id,
-        "time": "2026-11-22T12:00:00+00:00",
+        "time": "2026-11-22T12:00:00Z",
         "path": "/home/alice/.aws/credentials",
         "pid": 100,
         "ppid": 1,
@@ -72,13 +72,14 @@ def test_record_and_query_round_trip(log: ReadLog):
         "cmdline": ["cat", "/home/alice/.aws/credentials"],
         "uid": 1000,
         "user": "alice",
-        "start_time": "2026-11-22T11:59:59+00:00",
+        "start_time": "2026-11-22T11:59:59Z",
         "cwd": "/home/alice",
         "access": "open",
         "sensor": "audit",
         "ancestors": [
-            {"pid": 1, "exe": "/sbin/init", "cmdline": ["/sbin/init"], "uid": 0},
-            {"pid": 9, "exe": None, "cmdline": [], "uid": None},  # exited before it could be read
+            {"pid": 1, "exe": "/sbin/init", "cmdline": ["/sbin/init"], "uid": 0, "user": "root"},
+            # exited before it could be read
+            {"pid": 9, "exe": None, "cmdline": [], "uid": None, "user": None},
         ],
         "classification": "shell_utility",
         "provenance": None,

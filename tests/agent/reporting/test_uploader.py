@@ -131,6 +131,7 @@ def test_heartbeat_payload_matches_the_contract(
             spool=spool,
         )
     assert set(payload) == {
+        "schema_version",
         "agent_version",
         "sensor",
         "targets",

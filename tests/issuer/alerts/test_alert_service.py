@@ -173,7 +173,7 @@ def test_principal_tamper_is_a_separate_high_alert(det_sessionmaker, det_credent
     tamper = kinds["principal_tamper"]
     assert tamper.severity == "high"
     assert "mallory" in tamper.title and cred.principal_name in tamper.title
-    assert "someone other than the issuer" in tamper.verdict["reasons"][0]
+    assert "someone other than the issuer" in tamper.verdict["reasons"][0]["text"]
 
 
 def test_the_issuers_own_iam_calls_are_not_tampering(det_sessionmaker, det_credential) -> None:  # type: ignore[no-untyped-def]
@@ -253,9 +253,12 @@ def test_enrichment_reads_window_and_verdict(det_sessionmaker, det_credential, d
     assert reads[1]["cmdline"] == ["grabber", "--all"] and reads[1]["classification"] == "unknown"
     assert alert.verdict["hint"] == "suspicious"
     assert any(
-        "/tmp/.x/grabber" in reason and "grabber --all" in reason for reason in alert.verdict["reasons"]
+        "/tmp/.x/grabber" in reason["text"] and "grabber --all" in reason["text"]
+        for reason in alert.verdict["reasons"]
     )
-    assert not any("/usr/bin/less" in reason for reason in alert.verdict["reasons"]), "after use: no leak"
+    assert not any("/usr/bin/less" in reason["text"] for reason in alert.verdict["reasons"]), (
+        "after use: no leak"
+    )
 
 
 def test_a_read_in_the_same_second_as_the_use_can_be_the_leak(

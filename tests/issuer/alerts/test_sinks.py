@@ -24,7 +24,7 @@ def test_webhook_is_signed(det_webhook) -> None:  # type: ignore[no-untyped-def]
     assert sink.send(ALERT) == DELIVERED
     [request] = receiver.requests
     assert request["signature_ok"] is True
-    assert json.loads(request["body"])["alert"]["id"] == "alr_test"
+    assert json.loads(request["body"])["alert"]["alert_id"] == "alr_test"
     wrong = build_sink({"type": "webhook", "url": receiver.url, "secret": "not-it"})
     wrong.send(ALERT)
     assert receiver.bad_signatures == 1, "the receiver can tell a forged signature"
@@ -72,9 +72,10 @@ def test_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "out" / "alerts.jsonl"
     sink = build_sink({"type": "jsonl", "path": str(path)})
     sink.send(ALERT)
-    sink.send({**ALERT, "id": "alr_2"})
+    sink.send({**ALERT, "alert_id": "alr_2"})
     lines = path.read_text().splitlines()
-    assert [json.loads(line)["alert"]["id"] for line in lines] == ["alr_test", "alr_2"]
+    # Exactly one alert per line, the alert itself: nothing wrapped around it.
+    assert [json.loads(line) for line in lines] == [ALERT, {**ALERT, "alert_id": "alr_2"}]
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -161,7 +162,7 @@ def test_failing_sink_does_not_block_others_and_retry_then_success(
     assert rows["flaky"].delivered_at is not None
     assert (rows["dead"].status, rows["dead"].attempts) == ("failed", 2)
     assert len(good.requests) == 1, "a delivered sink is not sent again"
-    assert json.loads(good.requests[0]["body"])["alert"]["id"] == alert_id
+    assert json.loads(good.requests[0]["body"])["alert"]["alert_id"] == alert_id
     assert worker.run_once() == 0
 
 

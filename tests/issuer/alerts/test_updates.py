@@ -39,7 +39,7 @@ def deliver_all(det_sessionmaker, tmp_path: Path) -> list[dict]:  # type: ignore
     sink = JsonlSink({"type": "jsonl", "name": "soc", "path": str(tmp_path / "alerts.jsonl")})
     DeliveryWorker(det_sessionmaker, [sink]).run_once()
     path = tmp_path / "alerts.jsonl"
-    return [json.loads(line)["alert"] for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def use(cred, minutes: float, **kw):  # type: ignore[no-untyped-def]
@@ -64,7 +64,7 @@ def test_new_facts_update_the_alert_and_repeats_do_not(det_sessionmaker, det_cre
     run(det_sessionmaker, use(cred, 2, event_name="ListBuckets", event_source="s3.amazonaws.com"))
     assert deliveries(det_sessionmaker) == [(0, "delivered"), (1, "pending")]
     sent = deliver_all(det_sessionmaker, tmp_path)
-    assert sent[-1]["id"] == sent[0]["id"]  # the same alert...
+    assert sent[-1]["alert_id"] == sent[0]["alert_id"]  # the same alert...
     assert sent[-1]["update"]["revision"] == 1  # ...marked as an update, saying what changed
     assert sent[-1]["update"]["changes"] == ["new kind of calls: enumeration (s3:ListBuckets)"]
     run(det_sessionmaker, use(cred, 3, source_ip="192.0.2.44", user_agent="curl/8.4.0"))

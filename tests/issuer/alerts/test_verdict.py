@@ -99,9 +99,9 @@ CASES = [
 @pytest.mark.parametrize(("name", "facts", "hint"), CASES, ids=[c[0] for c in CASES])
 def test_verdict_table(name: str, facts: dict, hint: str) -> None:  # type: ignore[type-arg]
     verdict = decide(VerdictInput(first_use=USE, placement_user="alice", **{"reads": (), **facts}))
-    assert verdict.hint == hint, verdict.reasons
-    assert verdict.reasons, "every verdict explains itself"
-    assert verdict.reasons[0].startswith(hint)
+    assert verdict.hint == hint, verdict.texts
+    assert verdict.texts, "every verdict explains itself"
+    assert verdict.texts[0].startswith(hint)
 
 
 def test_suspicious_reason_names_the_process() -> None:
@@ -112,7 +112,7 @@ def test_suspicious_reason_names_the_process() -> None:
             reads=(read("unknown", exe="/tmp/.cache/x", cmdline=("x", "--grab"), user="alice"),),
         )
     )
-    reason = " ".join(verdict.reasons)
+    reason = " ".join(verdict.texts)
     assert "/tmp/.cache/x" in reason and "x --grab" in reason and "user: alice" in reason
 
 
@@ -126,7 +126,7 @@ def test_all_fired_rules_are_listed() -> None:
             reads=(read("secret_scanner", user="scan"), read("indexer_backup_av", user="root")),
         )
     )
-    hints = {reason.split(":", 1)[0] for reason in verdict.reasons}
+    hints = {reason.split(":", 1)[0] for reason in verdict.texts}
     assert {"likely_benign", "scanner_verification", "context_incomplete", "key_copied_elsewhere"} <= hints
 
 
@@ -134,7 +134,7 @@ def test_selftest_is_mentioned() -> None:
     verdict = decide(
         VerdictInput(first_use=USE, placement_user="alice", reads=(read("aws_tool"),), selftest=True)
     )
-    assert "self-test" in verdict.reasons[0]
+    assert "self-test" in verdict.texts[0]
     assert verdict.hint == "curious_user"
 
 
@@ -163,9 +163,9 @@ def test_the_self_tests_own_read_is_never_suspicious() -> None:
     """`tripkey-agent trigger` reads the planted file itself; the agent labels that read self_test."""
     own = read("self_test", user="root", minutes_before=1, **TRIGGER)
     verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(own,), selftest=True))
-    assert verdict.hint == "likely_benign", verdict.reasons
-    assert not any(reason.startswith("suspicious") for reason in verdict.reasons)
-    assert any("agent's own self-test" in reason and "pid 4242" in reason for reason in verdict.reasons)
+    assert verdict.hint == "likely_benign", verdict.texts
+    assert not any(reason.startswith("suspicious") for reason in verdict.texts)
+    assert any("agent's own self-test" in reason and "pid 4242" in reason for reason in verdict.texts)
 
 
 def test_an_unknown_reader_during_a_self_test_is_still_suspicious() -> None:
@@ -174,14 +174,14 @@ def test_an_unknown_reader_during_a_self_test_is_still_suspicious() -> None:
     verdict = decide(
         VerdictInput(first_use=USE, placement_user="alice", reads=(own, stranger), selftest=True)
     )
-    assert verdict.hint == "suspicious" and "/tmp/.x/stealer" in " ".join(verdict.reasons)
+    assert verdict.hint == "suspicious" and "/tmp/.x/stealer" in " ".join(verdict.texts)
 
 
 def test_a_self_test_read_does_not_explain_a_later_real_use() -> None:
     """Outside a self-test, the trigger's read is no leak path: the key travelled some other way."""
     own = read("self_test", user="root", minutes_before=60, **TRIGGER)
     verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(own,)))
-    assert verdict.hint == "key_copied_elsewhere", verdict.reasons
+    assert verdict.hint == "key_copied_elsewhere", verdict.texts
 
 
 def test_reads_missing_from_the_host_read_log_make_the_context_incomplete() -> None:
@@ -194,9 +194,9 @@ def test_reads_missing_from_the_host_read_log_make_the_context_incomplete() -> N
     facts = agent_health(device, USE, stale_after_seconds=600)
     assert (facts["readlog_failed"], facts["lost_events"]) == (33, 0)  # the spool sent them
     verdict = decide(VerdictInput(first_use=USE, placement_user="alice", reads=(), readlog_failed=33))
-    assert verdict.hint == "context_incomplete", verdict.reasons
-    assert any("could not write 33 read(s) to its local read log" in r for r in verdict.reasons)
-    assert not any("no read of the file was recorded" in r for r in verdict.reasons)
+    assert verdict.hint == "context_incomplete", verdict.texts
+    assert any("could not write 33 read(s) to its local read log" in r for r in verdict.texts)
+    assert not any("no read of the file was recorded" in r for r in verdict.texts)
 
 
 # ----- readers and AWS facts together -----------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_a_scanner_read_and_its_verifiers_identity_check_are_consistent() -> Non
         )
     )
     assert verdict.hint == "scanner_verification"
-    assert "consistent: sts:GetCallerIdentity via a secret scanner's verifier" in verdict.reasons[0]
+    assert "consistent: sts:GetCallerIdentity via a secret scanner's verifier" in verdict.texts[0]
 
 
 def test_a_scanner_read_followed_by_enumeration_from_elsewhere_is_not() -> None:
@@ -251,9 +251,9 @@ def test_a_scanner_read_followed_by_enumeration_from_elsewhere_is_not() -> None:
     assert verdict.hint == "suspicious"
     assert (
         "s3:ListBuckets via AWS CLI v1 from 203.0.113.50 (an address this device was never seen at)"
-        in (verdict.reasons[0])
+        in (verdict.texts[0])
     )
-    assert "a scanner verifying its find does not do that" in verdict.reasons[0]
+    assert "a scanner verifying its find does not do that" in verdict.texts[0]
 
 
 def test_the_owners_aws_tool_then_a_use_from_elsewhere_is_suspicious() -> None:
@@ -266,7 +266,7 @@ def test_the_owners_aws_tool_then_a_use_from_elsewhere_is_suspicious() -> None:
             aws=facts(call("ListBuckets", "s3.amazonaws.com")),
         )
     )
-    assert home.hint == "curious_user" and "198.51.100.7 (this device's network)" in home.reasons[0]
+    assert home.hint == "curious_user" and "198.51.100.7 (this device's network)" in home.texts[0]
     away = decide(
         VerdictInput(
             first_use=USE,
@@ -275,7 +275,7 @@ def test_the_owners_aws_tool_then_a_use_from_elsewhere_is_suspicious() -> None:
             aws=facts(call("ListBuckets", "s3.amazonaws.com", "203.0.113.9")),
         )
     )
-    assert away.hint == "suspicious" and "used from outside this device's network" in away.reasons[0]
+    assert away.hint == "suspicious" and "used from outside this device's network" in away.texts[0]
 
 
 def test_privilege_attempts_are_suspicious_whoever_read_the_file() -> None:
@@ -288,9 +288,7 @@ def test_privilege_attempts_are_suspicious_whoever_read_the_file() -> None:
         )
     )
     assert verdict.hint == "suspicious"
-    assert any(
-        "privilege attempt(s) with the key: iam:CreateUser via AWS CLI v1" in r for r in verdict.reasons
-    )
+    assert any("privilege attempt(s) with the key: iam:CreateUser via AWS CLI v1" in r for r in verdict.texts)
 
 
 def test_a_masquerading_reader_is_named_with_its_evidence() -> None:
@@ -324,7 +322,7 @@ def test_a_masquerading_reader_is_named_with_its_evidence() -> None:
         VerdictInput(first_use=USE, placement_user="bob", reads=(fake,), aws=facts(IDENTITY_BY_TRUFFLEHOG))
     )
     assert verdict.hint == "suspicious"
-    reason = verdict.reasons[0]
+    reason = verdict.texts[0]
     assert reason.startswith("suspicious: reader masquerading as secret_scanner: /tmp/x/trufflehog")
     for evidence in (
         "owner bob",
@@ -353,9 +351,9 @@ def test_aws_finding_the_key_published_says_so() -> None:
     assert verdict.hint == "key_copied_elsewhere"
     assert any(
         "AWS found this key published: it attached arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV2" in r
-        for r in verdict.reasons
+        for r in verdict.texts
     )
-    assert not any("privilege attempt" in r for r in verdict.reasons)  # AWS's own action, not an attack
+    assert not any("privilege attempt" in r for r in verdict.texts)  # AWS's own action, not an attack
 
 
 def test_a_self_report_does_not_excuse_a_use_from_elsewhere() -> None:
@@ -370,4 +368,4 @@ def test_a_self_report_does_not_excuse_a_use_from_elsewhere() -> None:
         )
     )
     assert verdict.hint == "suspicious"
-    assert any("a self-report explains a read, not a use from outside" in r for r in verdict.reasons)
+    assert any("a self-report explains a read, not a use from outside" in r for r in verdict.texts)

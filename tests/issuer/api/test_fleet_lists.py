@@ -171,18 +171,18 @@ def test_alert_read_and_credential_pages(fleet_issuer: Any) -> None:
     first = responder.alerts_page(limit=100)
     with fleet_issuer.session() as session:
         newer = seed_alerts(session, 3, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1), prefix="alr_new")
-    listed = [a.id for a in first.items]
+    listed = [a.alert_id for a in first.items]
     cursor = first.next_cursor
     while cursor:
         page = responder.alerts_page(limit=100, cursor=cursor)
-        listed += [a.id for a in page.items]
+        listed += [a.alert_id for a in page.items]
         cursor = page.next_cursor
     expected = [a["id"] for a in sorted(alerts, key=lambda a: (a["created_at"], a["id"]), reverse=True)]
     assert listed == expected, "alerts opened while paging sort before the cursor; none repeats"
-    assert [a.id for a in responder.alerts_page(limit=3).items] == [a["id"] for a in reversed(newer)]
-    high_open = {a.id for a in responder.iter_alerts(status="open", severity="high", page_size=50)}
+    assert [a.alert_id for a in responder.alerts_page(limit=3).items] == [a["id"] for a in reversed(newer)]
+    high_open = {a.alert_id for a in responder.iter_alerts(status="open", severity="high", page_size=50)}
     assert high_open == {a["id"] for a in alerts + newer if a["status"] == "open" and a["severity"] == "high"}
-    window = {a.id for a in responder.iter_alerts(since="100h", kind="selftest")}
+    window = {a.alert_id for a in responder.iter_alerts(since="100h", kind="selftest")}
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(hours=100)
     assert window == {a["id"] for a in alerts + newer if a["kind"] == "selftest" and a["last_seen"] >= cutoff}
     assert len(responder.list_alerts()) == ALERTS + 3, "the old call follows every page"

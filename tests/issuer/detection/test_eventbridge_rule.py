@@ -75,6 +75,6 @@ def test_the_documented_rule_routes_a_canary_use_to_the_issuer(issuer_factory: A
         alerts = [a for a in responder.list_alerts() if a.raw.get("access_key_id") == canary.access_key_id]
         time.sleep(0.3)
     assert alerts, "the documented rule did not bring the canary's use to the issuer"
-    alert = responder.get_alert(alerts[0].id).raw
+    alert = responder.get_alert(alerts[0].alert_id).raw
     assert alert["kind"] == "canary_use" and alert["summary"]["detection_sources"] == ["sqs"]
     assert len(responder.list_alerts()) == 1  # the service event matched nothing and raised nothing

@@ -52,7 +52,7 @@ def test_poison_between_two_good_events_on_the_ingest_endpoint(issuer_factory: A
         [first["access_key_id"], second["access_key_id"]]
     )
     for summary in alerts:
-        alert = issuer.request("GET", f"/v1/alerts/{summary['id']}", responder).json()
+        alert = issuer.request("GET", f"/v1/alerts/{summary['alert_id']}", responder).json()
         last_seen = dt.datetime.fromisoformat(alert["last_seen"].replace("Z", "+00:00"))
         assert before - dt.timedelta(minutes=5) < last_seen < now() + dt.timedelta(minutes=5)
         if summary["access_key_id"] == first["access_key_id"]:

@@ -186,7 +186,7 @@ def test_a_replica_that_lost_the_delivery_lease_stops_delivering(
         type = "webhook"
 
         def send(self, alert: dict[str, Any]) -> str:
-            sent.append(alert["id"])
+            sent.append(alert["alert_id"])
             if len(sent) == 1:
                 time.sleep(0.6)  # past replica A's lease...
                 assert replicas[1].delivery_lease.acquire()  # ...which replica B now takes

@@ -16,7 +16,8 @@ from tests.support.cloudtrail import cloudtrail_event, iso
 INGEST_SECRET = "ingest-" + "s" * 40
 OTHER_SECRET = "other-" + "o" * 40
 ALERT_KEYS = {
-    "id",
+    "schema_version",
+    "alert_id",
     "kind",
     "severity",
     "status",
@@ -30,6 +31,7 @@ ALERT_KEYS = {
     "verdict",
     "deliveries",
     "notes",
+    "siem",
 }
 
 
@@ -150,7 +152,7 @@ def test_alert_shape_refreshed_reads_ack_resolve(det_issuer) -> None:  # type: i
         "POST", f"/v1/devices/{device_id}/events", device_token, json={"events": [read]}
     )
     assert response.status_code == 200, response.text
-    alert = det_issuer.request("GET", f"/v1/alerts/{summary['id']}", responder).json()
+    alert = det_issuer.request("GET", f"/v1/alerts/{summary['alert_id']}", responder).json()
     assert set(alert) >= ALERT_KEYS
     assert set(alert["summary"]) >= {"source_ips", "user_agents", "event_names", "regions", "error_codes"}
     assert set(alert["enrichment"]) >= {
@@ -164,19 +166,21 @@ def test_alert_shape_refreshed_reads_ack_resolve(det_issuer) -> None:  # type: i
     assert alert["enrichment"]["device"]["device_id"] == device_id
     assert alert["enrichment"]["reads"][0]["cmdline"] == ["python3", "/tmp/loot.py"]
     assert alert["verdict"]["hint"] == "suspicious"
-    assert any("/tmp/loot.py" in r for r in alert["verdict"]["reasons"])
+    assert any("/tmp/loot.py" in r["text"] for r in alert["verdict"]["reasons"])
     assert cred["secret_access_key"] not in json.dumps(alert)
 
-    acked = det_issuer.request("POST", f"/v1/alerts/{alert['id']}/ack", responder, json={"note": "on it"})
+    acked = det_issuer.request(
+        "POST", f"/v1/alerts/{alert['alert_id']}/ack", responder, json={"note": "on it"}
+    )
     assert acked.status_code == 200 and acked.json()["status"] == "acknowledged"
     assert [n["note"] for n in acked.json()["notes"]] == ["on it"]
     assert [
-        a["id"]
+        a["alert_id"]
         for a in det_issuer.request("GET", "/v1/alerts?status=acknowledged", responder).json()["alerts"]
-    ] == [alert["id"]]
-    resolved = det_issuer.request("POST", f"/v1/alerts/{alert['id']}/resolve", responder)
+    ] == [alert["alert_id"]]
+    resolved = det_issuer.request("POST", f"/v1/alerts/{alert['alert_id']}/resolve", responder)
     assert resolved.status_code == 200 and resolved.json()["status"] == "resolved"
-    assert det_issuer.request("POST", f"/v1/alerts/{alert['id']}/ack", responder).status_code == 409
+    assert det_issuer.request("POST", f"/v1/alerts/{alert['alert_id']}/ack", responder).status_code == 409
     # a new use after resolution is a new incident
     ingest(det_issuer, cloudtrail_event(access_key_id=cred["access_key_id"]))
     assert len(det_issuer.request("GET", "/v1/alerts?status=open", responder).json()["alerts"]) == 1
@@ -189,15 +193,15 @@ def test_alert_routes_auth_and_bad_input(det_issuer) -> None:  # type: ignore[no
     [alert] = det_issuer.request("GET", "/v1/alerts", responder).json()["alerts"]
     assert det_issuer.request("GET", "/v1/alerts").status_code == 401
     assert det_issuer.request("GET", "/v1/alerts", device_token).status_code == 403
-    assert det_issuer.request("POST", f"/v1/alerts/{alert['id']}/ack", device_token).status_code == 403
+    assert det_issuer.request("POST", f"/v1/alerts/{alert['alert_id']}/ack", device_token).status_code == 403
     assert det_issuer.request("GET", "/v1/alerts/alr_nope", responder).status_code == 404
     assert det_issuer.request("GET", "/v1/alerts?status=bogus", responder).status_code == 422
     response = det_issuer.request(
-        "POST", f"/v1/alerts/{alert['id']}/ack", responder, json={"note": "x", "extra": 1}
+        "POST", f"/v1/alerts/{alert['alert_id']}/ack", responder, json={"note": "x", "extra": 1}
     )
     assert response.status_code == 422
     response = det_issuer.request(
-        "POST", f"/v1/alerts/{alert['id']}/resolve", responder, json={"note": "n" * 5000}
+        "POST", f"/v1/alerts/{alert['alert_id']}/resolve", responder, json={"note": "n" * 5000}
     )
     assert response.status_code == 422
 
@@ -227,11 +231,11 @@ def test_selftest_use_is_labelled_and_not_paged(issuer_factory, det_webhook) -> 
     payload = json.loads(hook.requests[0]["body"])["alert"]
     assert (payload["kind"], payload["severity"], payload["selftest"]) == ("selftest", "low", True)
     responder = issuer.create_token()
-    alert = issuer.request("GET", f"/v1/alerts/{payload['id']}", responder).json()
+    alert = issuer.request("GET", f"/v1/alerts/{payload['alert_id']}", responder).json()
     deadline = dt.datetime.now() + dt.timedelta(seconds=20)
     while {d["status"] for d in alert["deliveries"]} & {"pending"} and dt.datetime.now() < deadline:
         time.sleep(0.1)
-        alert = issuer.request("GET", f"/v1/alerts/{payload['id']}", responder).json()
+        alert = issuer.request("GET", f"/v1/alerts/{payload['alert_id']}", responder).json()
     statuses = {d["sink"]: d["status"] for d in alert["deliveries"]}
     assert statuses == {"pager": "skipped", "soc": "delivered"}
     assert pager.requests == [], "a self-test never pages"
