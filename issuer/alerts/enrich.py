@@ -56,7 +56,8 @@ def _ancestor(item: Any) -> dict[str, Any] | None:
     schema 1.0; older ones sent only the uid)."""
     if not isinstance(item, dict):
         return None
-    cmdline = item.get("cmdline") if isinstance(item.get("cmdline"), list) else []
+    raw_cmdline = item.get("cmdline")
+    cmdline: list[Any] = raw_cmdline if isinstance(raw_cmdline, list) else []
     return {
         "pid": _int_or_none(item.get("pid")),
         "exe": _text_or_none(item.get("exe")),

@@ -46,7 +46,8 @@ def text_body(alert: dict[str, Any]) -> str:
     enrichment = alert.get("enrichment") or {}
     device = enrichment.get("device") or {}
     placement = enrichment.get("placement") or {}
-    siem = alert.get("siem") if isinstance(alert.get("siem"), dict) else {}
+    raw_siem = alert.get("siem")
+    siem: dict[str, Any] = raw_siem if isinstance(raw_siem, dict) else {}
     lines = [
         headline(alert),
         f"alert: {alert.get('alert_id')}  kind: {alert.get('kind')}  selftest: {alert.get('selftest')}",

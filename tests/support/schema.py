@@ -39,7 +39,9 @@ def registry() -> Registry:
     for path in sorted(SCHEMA_DIR.glob("*.json")):
         contents = json.loads(path.read_text())
         assert contents.get("$id") == BASE_URI + path.name, f"{path.name}: $id must be {BASE_URI + path.name}"
-        resources.append((contents["$id"], Resource.from_contents(contents, default_specification=DRAFT202012)))
+        resources.append(
+            (contents["$id"], Resource.from_contents(contents, default_specification=DRAFT202012))
+        )
     return Registry().with_resources(resources)
 
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from tests.support.client import INGEST_DESTINATION, INGEST_SECRET, World, build_world
 from tests.support.cli import run_tool
+from tests.support.client import INGEST_DESTINATION, INGEST_SECRET, World, build_world
 from tests.support.detection import WebhookReceiver
 from tests.support.net import free_port
 
@@ -75,15 +75,34 @@ def schema_world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     hooks["pagerduty"] = WebhookReceiver(status=202)
     jsonl = {fmt: tmp / f"alerts-{fmt}.jsonl" for fmt in FORMATS}
     sinks: list[dict[str, Any]] = [
-        {"type": "webhook", "name": f"webhook-{fmt}", "url": hooks[f"webhook-{fmt}"].url, "secret": HOOK_SECRET}
+        {
+            "type": "webhook",
+            "name": f"webhook-{fmt}",
+            "url": hooks[f"webhook-{fmt}"].url,
+            "secret": HOOK_SECRET,
+        }
         | {"format": fmt}
         for fmt in FORMATS
     ]
-    sinks += [{"type": "jsonl", "name": f"jsonl-{fmt}", "path": str(jsonl[fmt]), "format": fmt} for fmt in FORMATS]
+    sinks += [
+        {"type": "jsonl", "name": f"jsonl-{fmt}", "path": str(jsonl[fmt]), "format": fmt} for fmt in FORMATS
+    ]
     sinks += [
         {"type": "slack", "name": "slack", "url": hooks["slack"].url},
-        {"type": "pagerduty", "name": "pagerduty", "routing_key": "R0UTING", "endpoint": hooks["pagerduty"].url},
-        {"type": "smtp", "name": "mail", "host": "127.0.0.1", "port": smtp.port, "from": "tk@x.test", "to": "soc@x.test"},
+        {
+            "type": "pagerduty",
+            "name": "pagerduty",
+            "routing_key": "R0UTING",
+            "endpoint": hooks["pagerduty"].url,
+        },
+        {
+            "type": "smtp",
+            "name": "mail",
+            "host": "127.0.0.1",
+            "port": smtp.port,
+            "from": "tk@x.test",
+            "to": "soc@x.test",
+        },
     ]
     ingest = [
         {"name": INGEST_DESTINATION, "secret_sha256": hashlib.sha256(INGEST_SECRET.encode()).hexdigest()}
