@@ -27,6 +27,11 @@ import pytest
 from server_api_client import IssuerClient
 from tests.support.e2e import E2EUser
 from tests.support.paths import FAKE_AWS_ENV, VENV_BIN, requires_root
+from tests.support.schema import read_jsonl, validate
+from tests.support.schema_mappings import (
+    assert_ecs_says_what_the_alert_says,
+    assert_ocsf_says_what_the_alert_says,
+)
 
 PROFILE = "prod-backup"
 HOOK_SECRET = "e2e-webhook-secret"
@@ -81,7 +86,12 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
     hook_url, received = webhook
     issuer = issuer_factory(
         poll_interval=1,
-        sinks=[{"type": "webhook", "name": "soc", "url": hook_url, "secret": HOOK_SECRET}],
+        sinks=[
+            {"type": "webhook", "name": "soc", "url": hook_url, "secret": HOOK_SECRET},
+            # The SIEM renderings of this real alert (issue 13): checked against docs/schemas below.
+            {"type": "jsonl", "name": "siem-ocsf", "path": str(tmp_path / "ocsf.jsonl"), "format": "ocsf"},
+            {"type": "jsonl", "name": "siem-ecs", "path": str(tmp_path / "ecs.jsonl"), "format": "ecs"},
+        ],
     )
     user = e2e_users[0]
     aws_dir = user.home / ".aws"
@@ -173,8 +183,8 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         assert json.loads(used.stdout)["Arn"].split("/")[-1] == principal
 
         delivered = _wait(lambda: [r for r in received if r["valid"]], 60, "the webhook delivery")
-        alert = delivered[0]["body"]
-        alert = alert.get("alert", alert)
+        validate(delivered[0]["body"], "sinks.json#/$defs/webhook_native")
+        alert = delivered[0]["body"]["alert"]
         assert alert["enrichment"]["credential"]["access_key_id"] == key_id
         assert alert["enrichment"]["placement"]["path"] == str(credentials)
         assert alert["enrichment"]["placement"]["local_user"] == user.name
@@ -192,6 +202,17 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         secret = secret_line.split("=", 1)[1].strip()
         assert secret not in json.dumps(received)
         assert secret not in json.dumps(responder.get_alert(alert["alert_id"]).raw)
+
+        # The same alert as an OCSF Detection Finding and an ECS document says what the alert says,
+        # the cat reader included.
+        ocsf = _wait(lambda: read_jsonl(tmp_path / "ocsf.jsonl"), 30, "the OCSF line")[0]
+        ecs = _wait(lambda: read_jsonl(tmp_path / "ecs.jsonl"), 30, "the ECS line")[0]
+        validate(ocsf, "sinks.json#/$defs/ocsf")
+        validate(ecs, "sinks.json#/$defs/ecs")
+        assert alert["siem"]["reader_exe"] == "/usr/bin/cat", alert["siem"]
+        assert_ocsf_says_what_the_alert_says(ocsf, alert)
+        assert_ecs_says_what_the_alert_says(ecs, alert)
+        assert secret not in json.dumps([ocsf, ecs])
     finally:
         agent.send_signal(signal.SIGTERM)
         try:

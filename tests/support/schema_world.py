@@ -1,5 +1,5 @@
 """A live issuer with an alert delivered to every kind of sink, for the schema tests (fixture
-`schema_world`, one per module): the real `tripkey`, `tripkey-agent` and `tripkey-issuer` commands run
+`schema_world`, one per session): the real `tripkey`, `tripkey-agent` and `tripkey-issuer` commands run
 against it, and every JSON they print and every payload a sink received is checked against
 docs/schemas.
 
@@ -54,7 +54,7 @@ class SchemaWorld:
         return run_tool("tripkey", *args, env=self.env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def schema_world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchemaWorld]:
     from aiosmtpd.controller import Controller
 
