@@ -120,7 +120,7 @@ def test_a_full_state_disk_counts_every_read_it_cannot_keep(
             )
         )
         assert verdict.hint == "context_incomplete"
-        assert any("local read log" in reason for reason in verdict.reasons)
+        assert any("local read log" in reason.text for reason in verdict.reasons)
 
         # Space again: reads are written again.
         filler.unlink()

@@ -104,7 +104,7 @@ def test_two_users_plant_and_unplant(
         assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (user.uid, user.gid, 0o600)
         section = botocore_profile(path, "prod-backup")
         assert section["aws_access_key_id"] == by_path[str(path)]["access_key_id"]
-        assert by_path[str(path)]["owner"] == user.name and by_path[str(path)]["status"] == "planted"
+        assert by_path[str(path)]["local_user"] == user.name and by_path[str(path)]["status"] == "planted"
         keys.add(section["aws_access_key_id"])
         # The user's own profiles still parse exactly as before.
         for own in ("default", "dev") if user.name == "tk-e2e-a" else ():

@@ -21,11 +21,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import botocore.session
+import pytest
 
 from issuer.alerts.verdict import HINTS
 from server_api_client import IssuerClient
@@ -70,7 +71,11 @@ def keys_in(text: str) -> tuple[str, str]:
 
 
 def aws(
-    endpoint: str, *argv: str, keys: tuple[str, str] | None = None, credentials: Path | None = None
+    endpoint: str,
+    *argv: str,
+    keys: tuple[str, str] | None = None,
+    credentials: Path | None = None,
+    cli: Path = VENV_BIN / "aws",
 ) -> str:
     """The real AWS CLI: with keys taken out of the file (no read of it) or reading the file itself."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -83,7 +88,7 @@ def aws(
         env["AWS_SHARED_CREDENTIALS_FILE"] = str(credentials)
     profile = ["--profile", PROFILE] if credentials is not None else []
     done = subprocess.run(
-        [str(VENV_BIN / "aws"), "--endpoint-url", endpoint, *profile, *argv, "--output", "json"],
+        [str(cli), "--endpoint-url", endpoint, *profile, *argv, "--output", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -125,9 +130,30 @@ def wait(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture
+def installed_aws() -> Iterator[Path]:
+    """The venv's `aws` script as an administrator installs a tool: root-owned, mode 0755, outside every
+    user-writable place. The checkout itself may live in one (a clean clone in /tmp), and a trusted
+    label rightly does not hold for a script there: the curious user runs the installed copy."""
+    directory = Path(tempfile.mkdtemp(prefix="tripkey-e2e-tools-", dir="/opt"))
+    try:
+        directory.chmod(0o755)
+        installed = directory / "aws"
+        shutil.copy2(VENV_BIN / "aws", installed)
+        installed.chmod(0o755)
+        yield installed
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @requires_root
 def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
-    tmp_path: Path, issuer_factory: Any, push_path: PushPath, e2e_users: list[E2EUser], det_webhook: Any
+    tmp_path: Path,
+    issuer_factory: Any,
+    push_path: PushPath,
+    e2e_users: list[E2EUser],
+    det_webhook: Any,
+    installed_aws: Path,
 ) -> None:
     alice, bob = e2e_users
     hook = det_webhook(secret=HOOK_SECRET)
@@ -324,11 +350,11 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         assert "a secret scanner's verifier (TruffleHog)" in reasons and "this device's network" in reasons
 
         # --- curious_user: root (the file's owner) runs the real AWS CLI with the planted profile ---
-        aws(push_path.aws_url, "sts", "get-caller-identity", credentials=files["curious"])
+        aws(push_path.aws_url, "sts", "get-caller-identity", credentials=files["curious"], cli=installed_aws)
         alert = settle("curious", key_of[str(files["curious"])], "curious_user")
         reasons = json.dumps(alert["verdict"]["reasons"])
         assert "AWS CLI v1" in reasons and "127.0.0.1 (this device's network)" in reasons
-        assert str(VENV_BIN / "aws") in reasons  # the script the interpreter ran, with its provenance
+        assert str(installed_aws) in reasons  # the script the interpreter ran, with its provenance
 
         # --- likely_benign: alice cats her file, says so, and the key is used from her network -----
         shown = as_user(alice, "/usr/bin/cat", str(files["benign"])).stdout

@@ -49,6 +49,8 @@ def naming_problems(document: Any, data_keyed: frozenset[str] = DATA_KEYED) -> l
     for where, key, value in _walk(document, "", data_keyed):
         if not SNAKE.match(key):
             problems.append(f"{where}/{key}: not snake_case")
+        elif key == "owner" and "/provenance" in where:
+            continue  # an executable's file owner (a reader's provenance), not the local user
         elif key in FORBIDDEN:
             problems.append(f"{where}/{key}: use {FORBIDDEN[key]}")
         elif key.endswith("_at") and not (
