@@ -29,19 +29,18 @@ import os
 from typing import Any
 
 from issuer import __version__
-from issuer.alerts.siem import ATTACK_TACTICS, ATTACK_TECHNIQUES, decisive_read
+from issuer.alerts.siem import (
+    ATTACK_TACTICS,
+    ATTACK_TECHNIQUES,
+    alert_sections,
+    as_dict,
+    as_list,
+    decisive_read,
+)
 
 ECS_VERSION = "8.17.0"
 SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}
 OS_TYPES = {"linux": "linux", "darwin": "macos", "macos": "macos", "windows": "windows"}
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _compact(data: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +84,7 @@ def _threat(techniques: list[str]) -> dict[str, Any]:
 
 def _process(read: dict[str, Any]) -> dict[str, Any]:
     exe = read.get("exe") if isinstance(read.get("exe"), str) else None
-    argv = [str(a) for a in _list(read.get("cmdline"))]
+    argv = [str(a) for a in as_list(read.get("cmdline"))]
     uid = read.get("uid")
     ppid = read.get("ppid")
     return {
@@ -97,7 +96,7 @@ def _process(read: dict[str, Any]) -> dict[str, Any]:
         "command_line": " ".join(argv) if argv else None,
         "start": read.get("start_time"),
         "working_directory": read.get("cwd"),
-        "hash": {"sha256": _dict(_dict(read.get("provenance")).get("exe")).get("sha256")},
+        "hash": {"sha256": as_dict(as_dict(read.get("provenance")).get("exe")).get("sha256")},
         "user": {"name": read.get("user"), "id": str(uid) if isinstance(uid, int) else None},
         "parent": {"pid": ppid if isinstance(ppid, int) else None},
     }
@@ -105,18 +104,11 @@ def _process(read: dict[str, Any]) -> dict[str, Any]:
 
 def to_ecs(alert: dict[str, Any]) -> dict[str, Any]:
     """The alert (its native JSON, issuer.alerts.serialize) as an ECS 8.17.0 document."""
-    enrichment = _dict(alert.get("enrichment"))
-    device = _dict(enrichment.get("device"))
-    placement = _dict(enrichment.get("placement"))
-    credential = _dict(enrichment.get("credential"))
-    aws = _dict(enrichment.get("aws"))
-    siem = _dict(alert.get("siem"))
-    verdict = _dict(alert.get("verdict"))
-    update = _dict(alert.get("update"))
-    calls = [c for c in _list(aws.get("calls")) if isinstance(c, dict)]
+    _enrichment, device, placement, credential, aws, siem, verdict, update = alert_sections(alert)
+    calls = [c for c in as_list(aws.get("calls")) if isinstance(c, dict)]
     reader = decisive_read(alert) or {}
     path = placement.get("path") if isinstance(placement.get("path"), str) else None
-    reasons = [_dict(r) for r in _list(verdict.get("reasons"))]
+    reasons = [as_dict(r) for r in as_list(verdict.get("reasons"))]
     techniques = list(siem.get("attack_technique_ids") or [])
     addresses = [ip for ip in (_ip(v) for v in siem.get("source_ips") or []) if ip]
     severity = SEVERITY.get(str(alert.get("severity")))

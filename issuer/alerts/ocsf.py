@@ -28,7 +28,14 @@ import os
 from typing import Any
 
 from issuer import __version__
-from issuer.alerts.siem import ATTACK_TACTICS, ATTACK_TECHNIQUES, decisive_read
+from issuer.alerts.siem import (
+    ATTACK_TACTICS,
+    ATTACK_TECHNIQUES,
+    alert_sections,
+    as_dict,
+    as_list,
+    decisive_read,
+)
 
 OCSF_VERSION = "1.8.0"
 CLASS_UID = 2004  # Detection Finding
@@ -40,14 +47,6 @@ OS_TYPES = {"linux": 200, "darwin": 300, "macos": 300, "windows": 100}
 MAX_EVIDENCES = 100
 # Observable type ids (dictionary.json `types` and attributes with an `observable` number).
 OBS_HOSTNAME, OBS_IP, OBS_USER_NAME, OBS_HASH, OBS_FILE_PATH, OBS_CREDENTIAL = 1, 2, 4, 8, 45, 19
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _ms(value: Any) -> int | None:
@@ -96,8 +95,8 @@ def _user(name: Any, uid: Any = None) -> dict[str, Any] | None:
 
 def _process(read: dict[str, Any]) -> dict[str, Any]:
     exe = read.get("exe")
-    sha = _dict(_dict(read.get("provenance")).get("exe")).get("sha256")
-    argv = [str(a) for a in _list(read.get("cmdline"))]
+    sha = as_dict(as_dict(read.get("provenance")).get("exe")).get("sha256")
+    argv = [str(a) for a in as_list(read.get("cmdline"))]
     file = None
     if isinstance(exe, str) and exe:
         file = _compact(
@@ -198,14 +197,7 @@ def _observables(alert: dict[str, Any], siem: dict[str, Any]) -> list[dict[str, 
 
 def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
     """The alert (its native JSON, issuer.alerts.serialize) as an OCSF 1.8.0 Detection Finding."""
-    enrichment = _dict(alert.get("enrichment"))
-    device = _dict(enrichment.get("device"))
-    placement = _dict(enrichment.get("placement"))
-    credential = _dict(enrichment.get("credential"))
-    aws = _dict(enrichment.get("aws"))
-    siem = _dict(alert.get("siem"))
-    verdict = _dict(alert.get("verdict"))
-    update = _dict(alert.get("update"))
+    enrichment, device, placement, credential, aws, siem, verdict, update = alert_sections(alert)
     activity_id = 2 if update else 1
     severity_id, severity = SEVERITY.get(str(alert.get("severity")), (0, "Unknown"))
     status_id, status = STATUS.get(str(alert.get("status")), (99, str(alert.get("status"))))
@@ -213,12 +205,12 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
     os_name = str(device.get("os") or "").lower()
     planted = _planted_file(placement)
     reader = decisive_read(alert)
-    reads = [r for r in _list(enrichment.get("reads")) if isinstance(r, dict)]
-    calls = [c for c in _list(aws.get("calls")) if isinstance(c, dict)]
+    reads = [r for r in as_list(enrichment.get("reads")) if isinstance(r, dict)]
+    calls = [c for c in as_list(aws.get("calls")) if isinstance(c, dict)]
     evidences = [_read_evidence(r, planted) for r in reads[-MAX_EVIDENCES // 2 :]]
     evidences += [_call_evidence(c, credential) for c in calls[: MAX_EVIDENCES // 2]]
     region = next((c.get("region") for c in calls if c.get("region")), None)
-    reasons = [_dict(r) for r in _list(verdict.get("reasons"))]
+    reasons = [as_dict(r) for r in as_list(verdict.get("reasons"))]
     when = update.get("at") if update else alert.get("created_at")
     return _compact(
         {
@@ -261,7 +253,7 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
                     "last_seen_time": _ms(alert.get("last_seen")),
                     "analytic": {"name": f"tripkey {alert.get('kind')}", "type_id": 1, "type": "Rule"},
                     "attacks": attacks or None,
-                    "data_sources": list(_dict(alert.get("summary")).get("detection_sources") or []) or None,
+                    "data_sources": as_list(as_dict(alert.get("summary")).get("detection_sources")) or None,
                 }
             ),
             "attacks": attacks or None,

@@ -14,7 +14,7 @@ no read explains the use (the key travelled without being read on this host).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from issuer.alerts.service import AWS_KEY_PUBLISHED, CANARY_USE, PRINCIPAL_TAMPER
 
@@ -42,20 +42,48 @@ TECHNIQUES_BY_KIND = {
 SELF_TEST_LABEL = "self_test"
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """A section of an alert's JSON that may be absent or malformed (an older alert), as a dict."""
     return value if isinstance(value, dict) else {}
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+class AlertSections(NamedTuple):
+    """The sections of an alert's JSON every rendering reads (SIEM block, OCSF, ECS); absent ones empty."""
+
+    enrichment: dict[str, Any]
+    device: dict[str, Any]
+    placement: dict[str, Any]
+    credential: dict[str, Any]
+    aws: dict[str, Any]
+    siem: dict[str, Any]
+    verdict: dict[str, Any]
+    update: dict[str, Any]
+
+
+def alert_sections(alert: dict[str, Any]) -> AlertSections:
+    enrichment = as_dict(alert.get("enrichment"))
+    return AlertSections(
+        enrichment,
+        as_dict(enrichment.get("device")),
+        as_dict(enrichment.get("placement")),
+        as_dict(enrichment.get("credential")),
+        as_dict(enrichment.get("aws")),
+        as_dict(alert.get("siem")),
+        as_dict(alert.get("verdict")),
+        as_dict(alert.get("update")),
+    )
 
 
 def decisive_read(alert: dict[str, Any]) -> dict[str, Any] | None:
     """The read the verdict rests on (module docstring), from the alert's JSON."""
-    enrichment = _dict(alert.get("enrichment"))
-    reads = [r for r in _list(enrichment.get("reads")) if isinstance(r, dict)]
+    enrichment = as_dict(alert.get("enrichment"))
+    reads = [r for r in as_list(enrichment.get("reads")) if isinstance(r, dict)]
     by_id = {r.get("event_id"): r for r in reads if r.get("event_id")}
-    for reason in _list(_dict(alert.get("verdict")).get("reasons")):
+    for reason in as_list(as_dict(alert.get("verdict")).get("reasons")):
         if isinstance(reason, dict) and reason.get("hint") and reason.get("read_event_id") in by_id:
             return by_id[reason["read_event_id"]]
     before = [r for r in reads if not r.get("after_first_use") and r.get("classification") != SELF_TEST_LABEL]
@@ -63,23 +91,23 @@ def decisive_read(alert: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _sha256(read: dict[str, Any]) -> str | None:
-    exe = _dict(_dict(read.get("provenance")).get("exe"))
+    exe = as_dict(as_dict(read.get("provenance")).get("exe"))
     sha = exe.get("sha256")
     return sha if isinstance(sha, str) and sha else None
 
 
 def _strings(values: Any) -> list[str]:
-    return [str(v) for v in _list(values) if v is not None]
+    return [str(v) for v in as_list(values) if v is not None]
 
 
 def siem_block(alert: dict[str, Any]) -> dict[str, Any]:
     """The flat block, from the alert's JSON (everything it says is said elsewhere in the alert)."""
-    enrichment = _dict(alert.get("enrichment"))
-    device = _dict(enrichment.get("device"))
-    placement = _dict(enrichment.get("placement"))
-    credential = _dict(enrichment.get("credential"))
-    aws = _dict(enrichment.get("aws"))
-    summary = _dict(alert.get("summary"))
+    enrichment = as_dict(alert.get("enrichment"))
+    device = as_dict(enrichment.get("device"))
+    placement = as_dict(enrichment.get("placement"))
+    credential = as_dict(enrichment.get("credential"))
+    aws = as_dict(enrichment.get("aws"))
+    summary = as_dict(alert.get("summary"))
     read = decisive_read(alert) or {}
     cmdline = _strings(read.get("cmdline"))
     techniques = list(TECHNIQUES_BY_KIND.get(str(alert.get("kind")), ()))
@@ -93,7 +121,7 @@ def siem_block(alert: dict[str, Any]) -> dict[str, Any]:
         "first_seen": alert.get("first_seen"),
         "last_seen": alert.get("last_seen"),
         "event_count": alert.get("event_count"),
-        "verdict_hint": _dict(alert.get("verdict")).get("hint"),
+        "verdict_hint": as_dict(alert.get("verdict")).get("hint"),
         "host": device.get("hostname"),
         "device_id": device.get("device_id"),
         "os": device.get("os"),

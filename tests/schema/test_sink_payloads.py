@@ -98,3 +98,35 @@ def test_the_email_lists_the_siem_fields_in_the_one_time_format(schema_world: Sc
             "T1552.001",
         ):
             assert value in text, value
+
+
+def test_renderings_of_an_alert_with_no_reader_and_aws_internal_addresses(schema_world: SchemaWorld) -> None:
+    """AWS's own calls come from "AWS Internal" (no address), a key can be used before any read was
+    recorded, and an older alert may lack its siem block: each rendering stays in its schema and
+    says nothing it does not know."""
+    from issuer.alerts.sinks import render
+
+    alert = _native_alert(schema_world)
+    alert["enrichment"]["reads"] = []
+    alert["verdict"]["reasons"] = []
+    for call in alert["enrichment"]["aws"]["calls"]:
+        call["source_ip"] = "AWS Internal"
+    alert["siem"] = {
+        **{k: v for k, v in alert["siem"].items() if not k.startswith("reader_")},
+        "first_source_ip": "AWS Internal",
+        "last_source_ip": "AWS Internal",
+        "source_ips": ["AWS Internal"],
+    }
+    ocsf = render(alert, "ocsf")
+    validate(ocsf, "sinks.json#/$defs/ocsf")
+    assert "actor" not in ocsf, ocsf.get("actor")
+    assert all("process" not in e for e in ocsf["evidences"]), ocsf["evidences"]
+    assert "AWS Internal" not in json.dumps([o for o in ocsf.get("observables", []) if o["type_id"] == 2])
+    ecs = render(alert, "ecs")
+    validate(ecs, "sinks.json#/$defs/ecs")
+    assert "process" not in ecs and "ip" not in ecs.get("source", {}), ecs.get("source")
+
+    older = {k: v for k, v in _native_alert(schema_world).items() if k != "siem"}
+    for fmt in ("ocsf", "ecs"):
+        rendered = render(older, fmt)
+        assert rendered, fmt  # an alert stored before the siem block still renders
