@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from server_api_client import fleet_format
 from server_api_client import formatting as fmt
 from server_api_client.client import IssuerClient
 from server_api_client.coverage_format import coverage_report
@@ -98,7 +99,7 @@ def cmd_reads(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
 
 def cmd_credentials_lookup(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     cred = client.lookup_credential(args.access_key_id).raw
-    return _emit_one(out, args, cred, fmt.credential_report(cred))
+    return _emit_one(out, args, cred, fleet_format.credential_report(cred))
 
 
 def cmd_credentials_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -112,7 +113,7 @@ def cmd_credentials_list(client: IssuerClient, args: argparse.Namespace, out: Ou
             **_paging(args),
         )
     )
-    return _emit_list(out, args, "credentials", credentials, fmt.credentials_table, "no credentials")
+    return _emit_list(out, args, "credentials", credentials, fleet_format.credentials_table, "no credentials")
 
 
 def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
@@ -131,13 +132,13 @@ def cmd_devices_list(client: IssuerClient, args: argparse.Namespace, out: Out) -
     )
     filtered = args.stale or args.unhealthy or args.not_planted or args.os or args.search
     empty = "no stale devices" if args.stale else "no matching devices" if filtered else "no enrolled devices"
-    return _emit_list(out, args, "devices", devices, fmt.devices_table, empty)
+    return _emit_list(out, args, "devices", devices, fleet_format.devices_table, empty)
 
 
 def cmd_devices_show(client: IssuerClient, args: argparse.Namespace, out: Out) -> int:
     device = client.get_device(args.device_id).raw
     credentials = [c.raw for c in client.list_credentials(args.device_id)]
-    text = fmt.device_report(device, credentials)
+    text = fleet_format.device_report(device, credentials)
     return _emit_one(out, args, {**device, "credentials": credentials}, text)
 
 
@@ -150,7 +151,7 @@ def cmd_dead_letters(client: IssuerClient, args: argparse.Namespace, out: Out) -
     if not 1 <= args.limit <= 1000:
         raise CommandUsageError("--limit must be between 1 and 1000")
     report = client.dead_letters(source=args.source, limit=args.limit)
-    return _emit_one(out, args, report.raw, fmt.dead_letters_report(report.counters, report.entries))
+    return _emit_one(out, args, report.raw, fleet_format.dead_letters_report(report.counters, report.entries))
 
 
 class CommandUsageError(ValueError):

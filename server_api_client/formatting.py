@@ -38,14 +38,15 @@ def text(value: Any) -> str:
     return visible(value)
 
 
-def _clip(value: str, width: int) -> str:
+def clip(value: str, width: int) -> str:
+    """At most `width` characters, the cut marked."""
     value = value.replace("\n", " ")
     return value if len(value) <= width else value[: width - 1] + "…"
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], max_cell: int = MAX_CELL) -> str:
     """A left-aligned text table; long cells are clipped with '…' (use --json for everything)."""
-    cells = [[_clip(text(cell), max_cell) for cell in row] for row in rows]
+    cells = [[clip(text(cell), max_cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for index, cell in enumerate(row):
@@ -67,21 +68,12 @@ def section(title: str, body: str) -> str:
     return f"{title}\n{body}" if body else f"{title}\n  (none)"
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_dict(value: Any) -> dict[str, Any]:
+    """A part of the issuer's JSON that may be absent (an older issuer) as a dict."""
     return value if isinstance(value, dict) else {}
 
 
-def _deadman_text(value: Any) -> str | None:
-    """'armed (systemd, 1500 ms)' / 'NOT armed (why)' / None (an agent that does not say)."""
-    deadman = _dict(value)
-    if not deadman:
-        return None
-    if deadman.get("armed"):
-        return f"armed ({text(deadman.get('kind'))}, {text(deadman.get('timeout_ms'))} ms)"
-    return f"NOT armed ({text(deadman.get('detail'))})"
-
-
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -105,7 +97,7 @@ def alerts_table(alerts: Sequence[Mapping[str, Any]]) -> str:
                 a.get("access_key_id"),
                 a.get("last_seen"),
                 a.get("event_count"),
-                a.get("verdict_hint") or _dict(a.get("verdict")).get("hint"),
+                a.get("verdict_hint") or as_dict(a.get("verdict")).get("hint"),
                 a.get("title"),
             ]
             for a in alerts
@@ -126,7 +118,7 @@ def _reads_block(reads: list[Any]) -> str:
     """One entry per reader: an AWS tool opens the file several times in one run, and a responder
     wants to see each process once (with how many opens), not a wall of repeats."""
     groups: list[tuple[dict[str, Any], int]] = []
-    for read in (_dict(r) for r in reads):
+    for read in (as_dict(r) for r in reads):
         if groups and _same_reader(groups[-1][0]) == _same_reader(read):
             groups[-1] = (groups[-1][0], groups[-1][1] + 1)
         else:
@@ -146,7 +138,7 @@ def _reads_block(reads: list[Any]) -> str:
         provenance = _provenance_line(read)
         if provenance:
             lines.append(f"      provenance: {provenance}")
-        ancestors = [_dict(a) for a in _list(read.get("ancestors"))]
+        ancestors = [as_dict(a) for a in as_list(read.get("ancestors"))]
         if ancestors:
             chain = " <- ".join(
                 f"{text(a.get('exe'))}[{text(a.get('pid'))}"
@@ -160,7 +152,7 @@ def _reads_block(reads: list[Any]) -> str:
 
 def _provenance_line(read: Mapping[str, Any]) -> str:
     """Where the reader's executable came from, in one line (and a claim it did not support)."""
-    exe = _dict(_dict(read.get("provenance")).get("exe"))
+    exe = as_dict(as_dict(read.get("provenance")).get("exe"))
     parts = []
     if exe.get("error"):
         parts.append(str(exe["error"]))
@@ -181,8 +173,8 @@ def _provenance_line(read: Mapping[str, Any]) -> str:
 
 def _addresses(aws: Mapping[str, Any]) -> list[str]:
     return [
-        f"{text(_dict(a).get('address'))} ({text(_dict(a).get('meaning'))})"
-        for a in _list(aws.get("source_addresses"))
+        f"{text(as_dict(a).get('address'))} ({text(as_dict(a).get('meaning'))})"
+        for a in as_list(aws.get("source_addresses"))
     ]
 
 
@@ -198,17 +190,17 @@ def _note_line(note: Any) -> str:
 
 def alert_report(alert: Mapping[str, Any]) -> str:
     """The full alert as a responder reads it, from headline to delivery status."""
-    summary = _dict(alert.get("summary"))
-    enrichment = _dict(alert.get("enrichment"))
-    verdict = _dict(alert.get("verdict"))
-    device = _dict(enrichment.get("device"))
-    placement = _dict(enrichment.get("placement"))
-    credential = _dict(enrichment.get("credential"))
-    health = _dict(enrichment.get("agent_health"))
-    sensor = _dict(health.get("sensor"))
-    reads = _list(enrichment.get("reads"))
-    window = _dict(enrichment.get("reads_window"))
-    aws = _dict(enrichment.get("aws"))
+    summary = as_dict(alert.get("summary"))
+    enrichment = as_dict(alert.get("enrichment"))
+    verdict = as_dict(alert.get("verdict"))
+    device = as_dict(enrichment.get("device"))
+    placement = as_dict(enrichment.get("placement"))
+    credential = as_dict(enrichment.get("credential"))
+    health = as_dict(enrichment.get("agent_health"))
+    sensor = as_dict(health.get("sensor"))
+    reads = as_list(enrichment.get("reads"))
+    window = as_dict(enrichment.get("reads_window"))
+    aws = as_dict(enrichment.get("aws"))
     selftest = " [SELFTEST]" if alert.get("selftest") else ""
 
     parts = [
@@ -221,12 +213,12 @@ def alert_report(alert: Mapping[str, Any]) -> str:
                 ("first seen", alert.get("first_seen")),
                 ("last seen", alert.get("last_seen")),
                 ("events", alert.get("event_count")),
-                ("ATT&CK", _dict(alert.get("siem")).get("attack_technique_ids") or None),
+                ("ATT&CK", as_dict(alert.get("siem")).get("attack_technique_ids") or None),
             ]
         ),
         section(
             f"VERDICT HINT: {text(verdict.get('hint'))}",
-            "\n".join(f"  - {text(_reason_text(r))}" for r in _list(verdict.get("reasons"))),
+            "\n".join(f"  - {text(_reason_text(r))}" for r in as_list(verdict.get("reasons"))),
         ),
         section(
             "CREDENTIAL AND PLACEMENT",
@@ -273,8 +265,8 @@ def alert_report(alert: Mapping[str, Any]) -> str:
         section(
             "SELF-REPORTS",
             "\n".join(
-                f"  {text(_dict(r).get('time'))}  {text(_dict(r).get('user'))}: {text(_dict(r).get('note'))}"
-                for r in _list(enrichment.get("self_reports"))
+                f"  {text(report.get('time'))}  {text(report.get('user'))}: {text(report.get('note'))}"
+                for report in map(as_dict, as_list(enrichment.get("self_reports")))
             ),
         ),
         section(
@@ -300,28 +292,28 @@ def alert_report(alert: Mapping[str, Any]) -> str:
         section(
             "DELIVERIES",
             "\n".join(
-                f"  {text(_dict(d).get('sink'))}"
-                + (f" (update #{_dict(d)['revision']})" if _dict(d).get("revision") else "")
-                + f": {text(_dict(d).get('status'))}"
-                f" (attempts {text(_dict(d).get('attempts'))}, delivered {text(_dict(d).get('delivered_at'))}"
-                f", last error {text(_dict(d).get('last_error'))})"
-                for d in _list(alert.get("deliveries"))
+                f"  {text(d.get('sink'))}"
+                + (f" (update #{d['revision']})" if d.get("revision") else "")
+                + f": {text(d.get('status'))}"
+                f" (attempts {text(d.get('attempts'))}, delivered {text(d.get('delivered_at'))}"
+                f", last error {text(d.get('last_error'))})"
+                for d in map(as_dict, as_list(alert.get("deliveries")))
             ),
         ),
     ]
-    updates = [_dict(u) for u in _list(alert.get("updates"))]
+    updates = [as_dict(u) for u in as_list(alert.get("updates"))]
     if updates:
         parts.append(
             section(
                 "UPDATES SENT",
                 "\n".join(
                     f"  #{text(u.get('revision'))} {text(u.get('at'))}: "
-                    + "; ".join(str(change) for change in _list(u.get("changes")))
+                    + "; ".join(str(change) for change in as_list(u.get("changes")))
                     for u in updates
                 ),
             )
         )
-    notes = _list(alert.get("notes"))
+    notes = as_list(alert.get("notes"))
     if notes:
         parts.append(section("NOTES", "\n".join(_note_line(n) for n in notes)))
     return "\n\n".join(parts)
@@ -351,256 +343,3 @@ def reads_table(reads: Sequence[Mapping[str, Any]]) -> str:
             for r in reads
         ],
     )
-
-
-# ------------------------------------------------------------------------------------------ devices
-
-
-def _targets(device: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return [_dict(t) for t in _list(_dict(device.get("health")).get("targets"))]
-
-
-def _sensor(device: Mapping[str, Any]) -> dict[str, Any]:
-    return _dict(_dict(device.get("health")).get("sensor"))
-
-
-def coverage_state(device: Mapping[str, Any]) -> str:
-    """The device's coverage state (issuer/coverage.py); an older issuer only says whether it is stale."""
-    state = _dict(device.get("coverage")).get("state")
-    if isinstance(state, str) and state:
-        return state
-    return "stale" if device.get("stale") else "ok"
-
-
-def _mints(device: Mapping[str, Any]) -> str | None:
-    minting = _dict(device.get("minting"))
-    if not minting:
-        return None
-    shown = f"{text(minting.get('minted_in_window'))}/{text(minting.get('window_limit'))}"
-    refused = minting.get("refused")
-    return f"{shown} ({refused} REFUSED)" if refused else shown
-
-
-def devices_table(devices: Sequence[Mapping[str, Any]]) -> str:
-    rows = []
-    for d in devices:
-        sensor = _sensor(d)
-        targets = _targets(d)
-        planted = sum(1 for t in targets if t.get("planted"))
-        sensor_state = None
-        if sensor:
-            sensor_state = f"{text(sensor.get('name'))} {'ok' if sensor.get('healthy') else 'UNHEALTHY'}"
-        state = coverage_state(d)
-        shown = state if state == "ok" else state.replace("_", " ").upper()
-        if d.get("retired_at"):
-            shown = "RETIRED"
-        rows.append(
-            [
-                d.get("device_id"),
-                d.get("hostname"),
-                d.get("os"),
-                d.get("agent_version"),
-                d.get("last_heartbeat_at"),
-                sensor_state,
-                f"{planted}/{len(targets)}" if targets else "0/0",
-                _mints(d),
-                shown,
-            ]
-        )
-    return table(
-        [
-            "DEVICE ID",
-            "HOSTNAME",
-            "OS",
-            "AGENT",
-            "LAST HEARTBEAT",
-            "SENSOR",
-            "PLANTED",
-            "MINTS/WINDOW",
-            "STATE",
-        ],
-        rows,
-    )
-
-
-def _selfreport(health: Mapping[str, Any]) -> str | None:
-    selfreport = _dict(health.get("selfreport"))
-    if not selfreport:
-        return None
-    if not selfreport.get("enabled"):
-        return "disabled"
-    if selfreport.get("running"):
-        restarts = f", restarted {text(selfreport.get('restarts'))}x" if selfreport.get("restarts") else ""
-        refused, busy = text(selfreport.get("refused")), text(selfreport.get("busy"))
-        return f"running ({refused} refused, {busy} busy{restarts})"
-    return f"DOWN: {text(selfreport.get('error'))}"
-
-
-def device_report(device: Mapping[str, Any], credentials: Sequence[Mapping[str, Any]] | None) -> str:
-    health = _dict(device.get("health"))
-    sensor = _sensor(device)
-    targets = _targets(device)
-    parts = [
-        f"DEVICE {text(device.get('device_id'))}: {text(device.get('hostname'))}"
-        + ("  [STALE: no recent heartbeat]" if device.get("stale") else "")
-        + (f"  [RETIRED at {text(device.get('retired_at'))}]" if device.get("retired_at") else ""),
-        fields(
-            [
-                ("os", " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None),
-                ("serial", device.get("serial")),
-                ("users", device.get("users")),
-                ("agent version", device.get("agent_version")),
-                ("enrolled at", device.get("enrolled_at")),
-                ("last heartbeat", device.get("last_heartbeat_at")),
-                ("stale", device.get("stale")),
-                ("retired at", device.get("retired_at")),
-            ]
-        ),
-        section(
-            "SENSOR",
-            fields(
-                [
-                    ("name", sensor.get("name")),
-                    ("mode", sensor.get("mode")),
-                    ("healthy", sensor.get("healthy")),
-                    ("error", sensor.get("error")),
-                    ("lost events", sensor.get("lost_events")),
-                    ("last event at", health.get("last_event_at")),
-                    ("spool pending", health.get("spool_pending")),
-                    ("spool dropped", health.get("spool_dropped")),
-                    ("refused by the issuer", health.get("spool_rejected")),
-                    ("not written to the read log", health.get("readlog_failed")),
-                    ("not written to the spool", health.get("spool_failed")),
-                    ("deadman", _deadman_text(health.get("deadman"))),
-                    ("self-report socket", _selfreport(health)),
-                ]
-            )
-            if sensor or health
-            else "",
-        ),
-        section(
-            f"COVERAGE: {coverage_state(device).replace('_', ' ').upper()}",
-            "\n".join(f"  - {text(r)}" for r in _list(_dict(device.get("coverage")).get("reasons"))),
-        ),
-        section(
-            "MINTING (this device's token)",
-            fields(
-                [
-                    ("minted this window", _dict(device.get("minting")).get("minted_in_window")),
-                    ("window limit", _dict(device.get("minting")).get("window_limit")),
-                    ("window ends at", _dict(device.get("minting")).get("window_ends_at")),
-                    ("refused (total)", _dict(device.get("minting")).get("refused")),
-                    ("last refused at", _dict(device.get("minting")).get("last_refused_at")),
-                ]
-            )
-            if device.get("minting")
-            else "",
-        ),
-        section(
-            f"PLANTED TARGETS ({sum(1 for t in targets if t.get('planted'))}/{len(targets)} planted)",
-            table(
-                ["PATH", "USER", "PROFILE", "ACCESS KEY", "PLANTED", "ERROR"],
-                [
-                    [
-                        t.get("path"),
-                        t.get("local_user"),
-                        t.get("profile"),
-                        t.get("access_key_id"),
-                        t.get("planted"),
-                        t.get("error"),
-                    ]
-                    for t in targets
-                ],
-            )
-            if targets
-            else "",
-        ),
-    ]
-    if credentials is not None:
-        parts.append(section("CREDENTIALS", credentials_table(credentials) if credentials else ""))
-    return "\n\n".join(parts)
-
-
-# ------------------------------------------------------------------------------------------ credentials
-
-
-def credentials_table(credentials: Sequence[Mapping[str, Any]]) -> str:
-    return table(
-        ["CREDENTIAL ID", "ACCESS KEY", "STATUS", "USER", "PATH", "PROFILE", "CREATED"],
-        [
-            [
-                c.get("credential_id"),
-                c.get("access_key_id"),
-                c.get("status"),
-                c.get("local_user"),
-                c.get("path"),
-                c.get("profile"),
-                c.get("created_at"),
-            ]
-            for c in credentials
-        ],
-    )
-
-
-def credential_report(cred: Mapping[str, Any]) -> str:
-    device = _dict(cred.get("device"))
-    status = text(cred.get("status"))
-    warning = ""
-    if status in ("retired", "revoked", "expired"):
-        warning = f"  [{status.upper()}: no longer in the file, still a canary]"
-    return "\n\n".join(
-        [
-            f"ACCESS KEY {text(cred.get('access_key_id'))}: {status}{warning}",
-            section(
-                "WHERE IT WAS PLANTED",
-                fields(
-                    [
-                        ("host", device.get("hostname")),
-                        ("device id", cred.get("device_id") or device.get("device_id")),
-                        (
-                            "os",
-                            " ".join(x for x in (device.get("os"), device.get("os_version")) if x) or None,
-                        ),
-                        ("user", cred.get("local_user")),
-                        ("path", cred.get("path")),
-                        ("profile", cred.get("profile")),
-                        ("device last heartbeat", device.get("last_heartbeat_at")),
-                        ("device stale", device.get("stale")),
-                    ]
-                ),
-            ),
-            section(
-                "CREDENTIAL",
-                fields(
-                    [
-                        ("credential id", cred.get("credential_id")),
-                        ("backend", cred.get("backend")),
-                        ("account", cred.get("account")),
-                        ("principal", cred.get("principal_arn") or cred.get("principal_name")),
-                        ("created at", cred.get("created_at")),
-                        ("expires at", cred.get("expires_at")),
-                        ("retired at", cred.get("retired_at")),
-                        ("revoked at", cred.get("revoked_at")),
-                    ]
-                ),
-            ),
-        ]
-    )
-
-
-# ------------------------------------------------------------------------------------------ dead letters
-
-
-def dead_letters_report(counters: Mapping[str, int], entries: Sequence[Mapping[str, Any]]) -> str:
-    """Skipped-input counters, then each dead letter: when, source, why, and what it was."""
-    skipped = [(name, value) for name, value in sorted(counters.items()) if value]
-    parts = [section("SKIPPED INPUT (counters)", fields(skipped))]
-    lines = []
-    for entry in entries:
-        where = f" device {text(entry.get('device_id'))}" if entry.get("device_id") else ""
-        when, source = text(entry.get("received_at")), text(entry.get("source"))
-        lines.append(f"  #{text(entry.get('dead_letter_id'))}  {when}  {source}{where}")
-        lines.append(f"      why:  {text(entry.get('reason'))}")
-        lines.append(f"      what: {_clip(text(entry.get('payload')), 200)}")
-    parts.append(section(f"DEAD LETTERS ({len(entries)}, newest first)", "\n".join(lines)))
-    return "\n\n".join(parts)
