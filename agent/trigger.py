@@ -166,6 +166,10 @@ def aws_env(config: AgentConfig, path: str) -> dict[str, str]:
         AWS_DEFAULT_REGION=config.region or "us-east-1",
         AWS_EC2_METADATA_DISABLED="true",
         AWS_PAGER="",
+        # One retry, not the CLI's default five with back-off: an unreachable AWS is then reported in
+        # about a second instead of twelve, and a person at a terminal is waiting for the answer.
+        AWS_RETRY_MODE="standard",
+        AWS_MAX_ATTEMPTS="2",
     )
     return env
 
