@@ -210,7 +210,7 @@ def test_no_input_kills_the_server_thread(server: tuple[SelfReportServer, Record
     srv, recorder = server
     srv.request_seconds = 0.3  # a request that never ends costs the test 0.3 s, not 2
 
-    @settings(max_examples=80)
+    @settings(max_examples=50)
     @given(parts=chunks)
     def run(parts: list[bytes]) -> None:
         raw_request(srv.socket_path, b"".join(parts), timeout=5)
