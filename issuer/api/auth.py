@@ -29,13 +29,13 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 def require_enroll(principal: PrincipalDep) -> Principal:
     if principal.role != "enroll":
-        raise Forbidden(f"this route needs an enroll token, not a {principal.role} token")
+        raise Forbidden(f"this route needs an enroll token, not a token with the {principal.role} role")
     return principal
 
 
 def require_responder(principal: PrincipalDep) -> Principal:
     if principal.role != "responder":
-        raise Forbidden(f"this route needs a responder token, not a {principal.role} token")
+        raise Forbidden(f"this route needs a responder token, not a token with the {principal.role} role")
     return principal
 
 
@@ -52,7 +52,7 @@ def _check_device(principal: Principal, request: Request, *, allow_responder: bo
     if principal.role == "responder" and allow_responder:
         return principal
     allowed = "that device's token or a responder token" if allow_responder else "that device's token"
-    raise Forbidden(f"this route needs {allowed}, not a {principal.role} token")
+    raise Forbidden(f"this route needs {allowed}, not a token with the {principal.role} role")
 
 
 def require_own_device(principal: PrincipalDep, request: Request) -> Principal:

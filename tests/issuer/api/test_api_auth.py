@@ -153,6 +153,14 @@ def test_device_token_on_unknown_device_is_403_not_404(live_issuer: Any) -> None
         assert response.status_code == 403, response.text
 
 
+def test_a_wrong_role_is_named_in_a_sentence_that_reads(live_issuer: Any) -> None:
+    response = live_issuer.request("GET", "/v1/devices", live_issuer.create_token("enroll"))
+    assert response.status_code == 403
+    assert response.json()["error"]["message"] == (
+        "this route needs a responder token, not a token with the enroll role"
+    )
+
+
 def test_other_schemes_and_malformed_headers_are_401(live_issuer: Any) -> None:
     for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "tkr_abc", "Token abc"):
         response = live_issuer.request("GET", "/v1/devices", headers={"Authorization": header})
