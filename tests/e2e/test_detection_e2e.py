@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from server_api_client import IssuerClient
-from tests.support.e2e import E2EUser
+from tests.support.e2e import E2EUser, wait_for_agent
 from tests.support.paths import FAKE_AWS_ENV, VENV_BIN, requires_root
 from tests.support.schema import read_jsonl, validate
 from tests.support.schema_mappings import (
@@ -65,18 +64,6 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     yield f"http://127.0.0.1:{server.server_address[1]}/hook", server.received  # type: ignore[attr-defined]
     server.shutdown()
     server.server_close()
-
-
-def _wait(check: Any, timeout: float, what: str, agent: subprocess.Popen[str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if agent is not None and agent.poll() is not None:
-            raise AssertionError(f"the agent exited ({agent.returncode}) while waiting for {what}")
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @requires_root
@@ -123,7 +110,7 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
     )
     responder = IssuerClient(issuer.url, issuer.create_token("responder"), timeout=5, retries=1)
     try:
-        device = _wait(lambda: responder.list_devices(), 30, "enrollment", agent)[0]
+        device = wait_for_agent(lambda: responder.list_devices(), 30, "enrollment", agent)[0]
 
         def planted() -> Any:
             health = responder.get_device(device.device_id).health or {}
@@ -131,7 +118,7 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
             targets = health.get("targets") or []
             return sensor.get("healthy") and targets and all(t.get("planted") for t in targets)
 
-        _wait(planted, 30, "the plant and a healthy sensor", agent)
+        wait_for_agent(planted, 30, "the plant and a healthy sensor", agent)
         active = [c for c in responder.list_credentials(device.device_id) if c.status == "active"]
         key_id = active[0].access_key_id
 
@@ -154,7 +141,7 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         def cat_reads() -> list[Any]:
             return [r for r in responder.device_reads(device.device_id) if r.raw.get("exe") == "/usr/bin/cat"]
 
-        _wait(cat_reads, 30, "the cat read to reach the issuer", agent)
+        wait_for_agent(cat_reads, 30, "the cat read to reach the issuer", agent)
 
         # The attacker: the real AWS CLI with the planted profile.
         attacker_env = {**os.environ, **FAKE_AWS_ENV, "AWS_SHARED_CREDENTIALS_FILE": str(credentials)}
@@ -182,7 +169,7 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
         principal = responder.lookup_credential(key_id).principal_name
         assert json.loads(used.stdout)["Arn"].split("/")[-1] == principal
 
-        delivered = _wait(lambda: [r for r in received if r["valid"]], 60, "the webhook delivery")
+        delivered = wait_for_agent(lambda: [r for r in received if r["valid"]], 60, "the webhook delivery")
         validate(delivered[0]["body"], "sinks.json#/$defs/webhook_native")
         alert = delivered[0]["body"]["alert"]
         assert alert["enrichment"]["credential"]["access_key_id"] == key_id
@@ -205,8 +192,8 @@ def test_read_then_use_raises_an_alert_naming_the_reader(
 
         # The same alert as an OCSF Detection Finding and an ECS document says what the alert says,
         # the cat reader included.
-        ocsf = _wait(lambda: read_jsonl(tmp_path / "ocsf.jsonl"), 30, "the OCSF line")[0]
-        ecs = _wait(lambda: read_jsonl(tmp_path / "ecs.jsonl"), 30, "the ECS line")[0]
+        ocsf = wait_for_agent(lambda: read_jsonl(tmp_path / "ocsf.jsonl"), 30, "the OCSF line")[0]
+        ecs = wait_for_agent(lambda: read_jsonl(tmp_path / "ecs.jsonl"), 30, "the ECS line")[0]
         validate(ocsf, "sinks.json#/$defs/ocsf")
         validate(ecs, "sinks.json#/$defs/ecs")
         assert alert["siem"]["reader_exe"] == "/usr/bin/cat", alert["siem"]

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import pytest
 
 from issuer.alerts.verdict import HINTS
 from server_api_client import IssuerClient
-from tests.support.e2e import E2EUser
+from tests.support.e2e import E2EUser, wait_for_agent
 from tests.support.net import SourceRelay
 from tests.support.paths import VENV_BIN, requires_root
 from tests.support.pushpath import PushPath
@@ -114,20 +114,6 @@ def trufflehog_verifies(endpoint: str, keys: tuple[str, str]) -> None:
 
     sts.meta.events.register("before-send.sts.GetCallerIdentity", replace_agent)
     sts.get_caller_identity()
-
-
-def wait(
-    check: Callable[[], Any], timeout: float, what: str, agent: subprocess.Popen[bytes] | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if agent is not None and agent.poll() is not None:
-            raise AssertionError(f"the agent exited ({agent.returncode}) while waiting for {what}")
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -214,7 +200,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
     scanner_dir = Path(f"/opt/tripkey-e2e-{os.getpid()}")
     hints: dict[str, dict[str, Any]] = {}
     try:
-        device = wait(lambda: responder.list_devices(), 30, "enrollment", agent)[0]
+        device = wait_for_agent(lambda: responder.list_devices(), 30, "enrollment", agent)[0]
 
         def ready() -> bool:
             health = responder.get_device(device.device_id).health or {}
@@ -225,7 +211,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
                 and all(t.get("planted") for t in targets)
             )
 
-        wait(ready, 60, "a healthy sensor and six planted files", agent)
+        wait_for_agent(ready, 60, "a healthy sensor and six planted files", agent)
         key_of = {
             t["path"]: t["access_key_id"] for t in responder.get_device(device.device_id).health["targets"]
         }
@@ -248,7 +234,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
 
         def settle(name: str, key_id: str, hint: str, kind: str = "canary_use") -> dict[str, Any]:
             try:
-                alert = wait(
+                alert = wait_for_agent(
                     lambda: alert_for(key_id, kind, hint), 60, f"the {name} alert to say {hint}", None
                 )
             except AssertionError:
@@ -266,7 +252,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         fake = fake_dir / "trufflehog"
         shown = as_user(alice, str(fake), str(files["masquerade"])).stdout
         stolen = keys_in(shown)
-        [fake_read] = wait(lambda: reads_by(str(fake)), 30, "the fake scanner's read", agent)[:1]
+        [fake_read] = wait_for_agent(lambda: reads_by(str(fake)), 30, "the fake scanner's read", agent)[:1]
         assert fake_read.raw["classification"] == "masquerading"
         assert fake_read.raw["claimed_label"] == "secret_scanner"
         assert fake_read.raw["provenance"]["exe"]["owner"] == alice.name
@@ -288,7 +274,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
                 assert evidence in reasons, (evidence, reasons)
             assert "127.77.0.9" in alert["summary"]["source_ips"]
             assert any(ua.startswith("aws-cli/") for ua in alert["summary"]["user_agents"])
-            first = wait(
+            first = wait_for_agent(
                 lambda: [b for b in hook.json_bodies() if b["alert"]["alert_id"] == alert["alert_id"]],
                 30,
                 "the delivery",
@@ -296,7 +282,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
             assert "update" not in first[0]["alert"]
             # The incident goes on: enumeration is new, and the sinks hear of it as an update.
             aws(relay.url, "s3", "ls", keys=stolen)
-            updated = wait(
+            updated = wait_for_agent(
                 lambda: [
                     b["alert"]
                     for b in hook.json_bodies()
@@ -317,7 +303,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         os.chown(alice.home / "bin", alice.uid, alice.gid)
         os.chown(fake_aws, alice.uid, alice.gid)
         as_user(alice, "/usr/bin/python3", str(fake_aws), str(files["masquerade"]))
-        [home_read] = wait(
+        [home_read] = wait_for_agent(
             lambda: [
                 r
                 for r in reads_by(os.path.realpath("/usr/bin/python3"))
@@ -341,7 +327,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         scanner = scanner_dir / "bin" / "trufflehog"
         shutil.copy2("/usr/bin/cat", scanner)
         found = keys_in(as_user(bob, str(scanner), str(files["scanner"])).stdout)
-        [scan_read] = wait(lambda: reads_by(str(scanner)), 30, "the scanner's read", agent)[:1]
+        [scan_read] = wait_for_agent(lambda: reads_by(str(scanner)), 30, "the scanner's read", agent)[:1]
         assert scan_read.raw["classification"] == "secret_scanner", scan_read.raw.get("trust_reason")
         trufflehog_verifies(push_path.aws_url, found)
         alert = settle("scanner", found[0], "scanner_verification")
@@ -359,7 +345,7 @@ def test_every_verdict_hint_through_cloudtrail_eventbridge_and_sqs(
         # --- likely_benign: alice cats her file, says so, and the key is used from her network -----
         shown = as_user(alice, "/usr/bin/cat", str(files["benign"])).stdout
         own = keys_in(shown)
-        wait(
+        wait_for_agent(
             lambda: [r for r in reads_by("/usr/bin/cat") if r.raw.get("path") == str(files["benign"])],
             30,
             "cat",

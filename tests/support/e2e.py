@@ -9,8 +9,10 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,3 +66,18 @@ def e2e_users() -> Iterator[list[E2EUser]]:
         for name in E2E_USER_NAMES:
             _delete_user(name)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for_agent(
+    check: Callable[[], Any], timeout: float, what: str, agent: subprocess.Popen[Any] | None = None
+) -> Any:
+    """Poll `check` until it returns something true; fail at once if the agent under test exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if agent is not None and agent.poll() is not None:
+            raise AssertionError(f"the agent exited ({agent.returncode}) while waiting for {what}")
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
